@@ -1,0 +1,43 @@
+# The two commands a user types: `make test` and `make benchmark`.
+# Everything else (the virtual environment, the editable install) happens on demand.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PROFILE ?= default
+ARGS   ?=
+# `make benchmark PROFILE=smoke pretrain.steps=50`: command-line variables other than the
+# Makefile's own become config overrides.
+OVERRIDES := $(filter-out PROFILE=% ARGS=% PYTHON=%,$(-*-command-variables-*-))
+
+.PHONY: install test test-slow benchmark bench lint clean
+
+# Recreate the install when pyproject.toml changes (the stamp is older than it).
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" $(ARGS)
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow $(ARGS)
+
+# `make benchmark PROFILE=smoke key=value ...`: extra words on the command line become overrides.
+benchmark: $(STAMP)
+	$(PY) -m benchmark run --profile $(PROFILE) $(OVERRIDES) $(ARGS)
+
+bench: $(STAMP)
+	$(PY) -m benchmark.perf $(ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check benchmark methods tasks reports tests
+	$(VENV)/bin/ruff format --check benchmark methods tasks reports tests
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache .hypothesis
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

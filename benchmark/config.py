@@ -1,0 +1,380 @@
+"""Configuration: frozen dataclasses are the only source of defaults.
+
+Every field carries a comment with its unit and origin:
+  (paper)    the poster / paper, REFERENCE.md
+  (code)     the authors' public code (cgaroufis/MSCOL_SMC23, built on Google's COLA code)
+  (ours)     a choice of this harness
+
+The dataclass defaults describe the paper's setting. Named profiles
+(``benchmark/profiles/<name>.toml``) hold only differences from these defaults, and
+``key=value`` overrides on the command line are applied last, e.g.
+``pretrain.steps=300 encoder.width_coefficient=0.5``.
+
+Unknown keys and values of the wrong type raise :class:`ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROFILE_DIR = Path(__file__).parent / "profiles"
+
+
+class ConfigError(ValueError):
+    """A user mistake in a profile or an override (unknown key, wrong type, bad value)."""
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    runs_dir: str = "runs"  # root of every generated artefact (ours); git-ignored
+    tracking_uri: str = ""  # MLflow tracking URI; "" -> sqlite:///<runs_dir>/mlflow.db (ours)
+    optuna_storage: str = ""  # SQLAlchemy URL; "" -> sqlite:///<runs_dir>/optuna.db (ours)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "synthetic"  # "synthetic" (generated corpus) or "real" (roots below) (ours)
+    synth_size: str = "default"  # synthetic corpus size: smoke | default | <clips per split> (ours)
+    synth_seed: int = 0  # seed of the synthetic corpus generator (ours)
+    mtat_root: str = ""  # real MTAT: folder with annotations_final.csv and audio folders 0-f
+    nsynth_root: str = ""  # real NSynth: folder with nsynth-{train,valid,test}/
+    fma_root: str = ""  # real FMA: folder with fma_metadata/ and fma_<subset>/
+    fma_subset: str = "small"  # FMA subset: small | medium (paper: small)
+    max_bad_fraction: float = (
+        0.01  # fail a feature build when more than this fraction is bad (ours)
+    )
+    num_workers: int = 2  # processes for decoding / feature extraction (ours; 2-core machine)
+
+
+@dataclass(frozen=True)
+class FrontEndConfig:
+    sample_rate: int = 16000  # Hz (paper, code)
+    win_length: int = 400  # samples = 25 ms (paper)
+    hop_length: int = 160  # samples = 10 ms (paper)
+    n_fft: int = 1024  # FFT size (code)
+    n_mels: int = 64  # mel bands (paper)
+    f_min: float = 60.0  # Hz (code)
+    f_max: float = 7800.0  # Hz (code)
+    log_offset: float = 1e-6  # log(mel + offset) (code)
+    norm_eps: float = 1e-9  # whole-clip L2 normalisation epsilon (code)
+    excerpt_frames: int = 392  # 4-s storage unit, frames (paper: 4-s excerpts)
+    crop_frames: int = 98  # ~1-s training crop, frames (paper, code)
+
+
+@dataclass(frozen=True)
+class SeparationConfig:
+    separator: str = "umx"  # umx | oracle | random_mask (paper: Open-Unmix)
+    umx_model: str = (
+        "umxhq"  # pretrained name (umxhq, umxl) or a local model directory (paper: umx)
+    )
+    umx_sample_rate: int = 44100  # Hz, the rate Open-Unmix runs at (paper)
+    wiener: bool = False  # apply openunmix's Wiener post-filter (ours; package option)
+    silence_threshold: float = (
+        0.01  # mean |amplitude| over 4 s at or below which a source is silent (code)
+    )
+    batch_size: int = 4  # excerpts per separator forward pass (ours)
+    mask_seed: int = 0  # seed of the random soft masks (ours)
+    mask_time_smooth_frames: int = 25  # random-mask smoothness along time, STFT frames (ours)
+    mask_freq_smooth_bins: int = 16  # random-mask smoothness along frequency, STFT bins (ours)
+    train_steps: int = 3000  # train-separator: optimiser steps per target (ours; ~10 min CPU)
+    train_batch_size: int = 16  # train-separator: excerpts per step (ours)
+    train_seq_dur_s: float = 2.0  # train-separator: excerpt duration, seconds (ours)
+    train_hidden_size: int = 128  # train-separator: OpenUnmix hidden size (ours; umxhq uses 512)
+    train_lr: float = 1e-3  # train-separator: Adam learning rate (openunmix default)
+    train_seed: int = 0  # train-separator seed (ours)
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    width_coefficient: float = 1.0  # EfficientNet width multiplier (paper: B0 = 1.0)
+    depth_coefficient: float = 1.0  # EfficientNet depth multiplier (paper: B0 = 1.0)
+    embedding_dim: int = 512  # contrastive head output (paper)
+    similarity: str = "bilinear"  # bilinear | cosine (paper: bilinear, as COLA)
+    temperature: float = 0.2  # cosine similarity temperature (COLA's alternative)
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    steps: int = 10000  # optimiser steps (paper: 10,000 steps of batch 128)
+    step_unit: str = "batch"  # what one step is: "batch" (poster) or "chunk64" (code: 64 batches)
+    batch_size: int = 128  # anchor-positive pairs per batch (paper)
+    lr: float = 1e-3  # Adam learning rate (paper)
+    lr_decay_fraction: float = 0.5  # lr halved after this fraction of the steps (paper: at 5,000)
+    seeds: tuple[int, ...] = (0,)  # pre-training seeds (ours; paper: one)
+    checkpoint_every: int = 500  # steps between checkpoints (ours)
+    val_every: int = 500  # steps between validation contrastive loss/accuracy (ours)
+    val_batches: int = 4  # batches of the validation split per validation (ours)
+    num_workers: int = 2  # DataLoader workers (ours)
+    silence_fraction: float = 0.5  # MSA: fraction of batches that may hold silent positives (paper)
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # probe seeds (paper: mean of 5 runs)
+    batch_size: int = 128  # windows per probe step (code)
+    max_epochs: int = 50  # (code)
+    patience: int = 5  # early stopping on the validation primary metric, epochs (code)
+    train_hop_frames: int = 49  # hop between cached training windows, frames (ours: half a crop)
+    windows_per_clip: int = 0  # training windows drawn per clip per epoch; 0 -> 1 (code: one crop)
+    params: str = "default"  # "default" (paper's lr) or "tuned" (best Optuna trial) (ours)
+    embed_batch_size: int = 256  # windows per encoder forward pass when embedding (ours)
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    num_trials: int = 20  # Optuna trials per (method, task), equal for every method (ours)
+    sampler_seed: int = 0  # TPE sampler seed, equal for every method (ours)
+    probe_seed: int = 0  # probe seed used inside trials (ours)
+    max_epochs: int = 20  # probe epochs per trial (ours)
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    methods: tuple[str, ...] = (
+        "random_init",
+        "cola",
+        "cola_mws",
+        "cola_random_mask",
+        "msa_bass",
+        "msa_drums",
+        "msa_vocals",
+        "msa_other",
+        "msa_multi",
+    )  # methods of the paper's tables plus the floor (paper)
+    tasks: tuple[str, ...] = ("mtat", "mtat_star", "nsynth", "fma")  # (paper)
+    baseline: str = "cola"  # method every other is compared with (paper)
+    tune: bool = True  # run Optuna before probing (ours)
+    bootstrap_resamples: int = 2000  # paired bootstrap resamples over test clips (ours)
+    alpha: float = 0.05  # family-wise error rate after Holm correction (ours)
+
+
+@dataclass(frozen=True)
+class Config:
+    profile: str = "paper"  # name of the profile this config was resolved from
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    frontend: FrontEndConfig = field(default_factory=FrontEndConfig)
+    separation: SeparationConfig = field(default_factory=SeparationConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+
+    # -- derived locations -------------------------------------------------------------
+    @property
+    def runs_dir(self) -> Path:
+        return Path(self.paths.runs_dir)
+
+    @property
+    def profile_dir(self) -> Path:
+        """Outputs of this profile (data, checkpoints, report)."""
+        return self.runs_dir / self.profile
+
+    @property
+    def cache_dir(self) -> Path:
+        """Content-keyed caches shared by every profile (features, sources, embeddings)."""
+        return self.runs_dir / "cache"
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.paths.tracking_uri or f"sqlite:///{(self.runs_dir / 'mlflow.db').as_posix()}"
+
+    @property
+    def optuna_storage(self) -> str:
+        return self.paths.optuna_storage or f"sqlite:///{(self.runs_dir / 'optuna.db').as_posix()}"
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+    def hash(self) -> str:
+        return stable_hash(self.to_dict())
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def to_dict(obj) -> dict:
+    """Plain, JSON-serialisable dict of a (nested) config dataclass; tuples become lists."""
+    return json.loads(json.dumps(dataclasses.asdict(obj)))
+
+
+def stable_hash(obj, length: int = 16) -> str:
+    """A hash of a JSON-serialisable object that is stable across runs and machines."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def section_hash(*sections, extra: dict | None = None) -> str:
+    """Hash of some config sections (and extra values): the content key of a stage's output."""
+    payload = [to_dict(s) for s in sections]
+    if extra:
+        payload.append(extra)
+    return stable_hash(payload)
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILE_DIR.glob("*.toml"))
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(key: str, value, tp):
+    """Check or convert ``value`` to the field type ``tp``; raise ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        (elem, *_rest) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = _parse_sequence(key, value, elem)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list of {_type_name(elem)}, got {value!r}")
+        return tuple(_coerce(key, v, elem) for v in value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported field type {tp!r}")
+
+
+def _parse_sequence(key: str, text: str, elem) -> list:
+    """Parse "0-4", "0,1,2" or "a,b" into a list (ranges only for integers)."""
+    text = text.strip()
+    if not text:
+        return []
+    items: list = []
+    for part in text.split(","):
+        part = part.strip()
+        match = re.fullmatch(r"(\d+)-(\d+)", part) if elem is int else None
+        if match:
+            items.extend(range(int(match[1]), int(match[2]) + 1))
+        else:
+            items.append(part)
+    return items
+
+
+def _field_types(cls) -> dict[str, object]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _apply(obj, updates: dict, prefix: str = ""):
+    """Return a copy of dataclass ``obj`` with nested ``updates`` applied, type-checked."""
+    types_ = _field_types(type(obj))
+    changes = {}
+    for name, value in updates.items():
+        key = f"{prefix}{name}"
+        if name not in types_:
+            known = ", ".join(sorted(types_))
+            raise ConfigError(f"unknown config key '{key}' (known here: {known})")
+        tp = types_[name]
+        current = getattr(obj, name)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key}: is a section; set its fields, e.g. {key}.<field>=...")
+            changes[name] = _apply(current, value, prefix=f"{key}.")
+        else:
+            if isinstance(tp, types.UnionType):
+                raise ConfigError(f"{key}: unsupported union type")
+            changes[name] = _coerce(key, value, tp)
+    return dataclasses.replace(obj, **changes)
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """Turn ``["a.b=1", "c=x"]`` into a nested dict of strings (types are checked later)."""
+    nested: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form section.key=value")
+        dotted, _, value = item.partition("=")
+        parts = dotted.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"override '{item}' has an empty key")
+        node = nested
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}' conflicts with another override")
+        node[parts[-1]] = value.strip()
+    return nested
+
+
+def load_profile(name: str) -> dict:
+    path = PROFILE_DIR / f"{name}.toml"
+    if not path.is_file():
+        raise ConfigError(
+            f"unknown profile '{name}' (available: {', '.join(available_profiles())})"
+        )
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+
+
+def resolve(profile: str = "default", overrides: list[str] | dict | None = None) -> Config:
+    """Build the configuration: dataclass defaults <- profile TOML <- overrides."""
+    cfg = Config(profile=profile)
+    data = load_profile(profile)
+    if "profile" in data:
+        raise ConfigError(f"profile {profile}.toml must not set 'profile'")
+    cfg = _apply(cfg, data)
+    if overrides:
+        if isinstance(overrides, list):
+            overrides = parse_overrides(overrides)
+        if "profile" in overrides:
+            raise ConfigError("choose the profile with --profile, not an override")
+        cfg = _apply(cfg, overrides)
+    return cfg
+
+
+def from_dict(data: dict) -> Config:
+    """Rebuild a Config from :func:`to_dict` output (e.g. a saved ``config.json``)."""
+    data = dict(data)
+    profile = data.pop("profile", "paper")
+    return _apply(Config(profile=profile), data)
+
+
+def save(cfg: Config, path: Path) -> None:
+    """Write the resolved config and its hash as JSON (atomically)."""
+    from benchmark.io import atomic_write_text
+
+    payload = {"hash": cfg.hash(), "config": cfg.to_dict()}
+    atomic_write_text(Path(path), json.dumps(payload, indent=2, sort_keys=True))

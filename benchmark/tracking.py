@@ -1,0 +1,177 @@
+"""MLflow tracking: the only module of the project that imports mlflow.
+
+Every tracked step carries a tag ``bench.key``, the content key of its output. A step whose
+key already has a FINISHED run is done; an unfinished run with that key (a killed process)
+is resumed rather than duplicated, so reruns never add a second run for the same work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+import mlflow
+from mlflow.entities import RunStatus
+from mlflow.tracking import MlflowClient
+
+log = logging.getLogger(__name__)
+
+KEY_TAG = "bench.key"
+KIND_TAG = "bench.kind"
+
+# MLflow's SQLite store logs schema migrations at INFO on first use; keep the console quiet.
+for _name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, str]:
+    """``{"a": {"b": 1}} -> {"a.b": "1"}`` (MLflow params are flat strings)."""
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{key}."))
+        else:
+            out[key] = str(v)
+    return out
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parent,
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def machine() -> str:
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs, {gpu}"
+
+
+class Tracker:
+    """One MLflow experiment (one per profile) in any tracking store."""
+
+    def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path | None = None):
+        if tracking_uri.startswith("sqlite:///"):
+            Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is None:
+            # With a database store MLflow would put artefacts under ./mlruns of whatever
+            # directory it runs in; keep them beside the database instead.
+            location = (Path(artifact_root) / experiment).resolve().as_uri() if artifact_root else None
+            exp_id = self.client.create_experiment(experiment, artifact_location=location)
+        else:
+            exp_id = exp.experiment_id
+            if exp.lifecycle_stage != "active":
+                self.client.restore_experiment(exp_id)
+        self.experiment_id = exp_id
+        self.experiment = experiment
+
+    # -- lookup -----------------------------------------------------------------------
+    def runs(self, filter_string: str = "", max_results: int = 50000) -> list:
+        return self.client.search_runs(
+            [self.experiment_id], filter_string=filter_string, max_results=max_results
+        )
+
+    def find(self, key: str):
+        """The run holding ``key`` (finished ones first), or None."""
+        runs = self.runs(f"tags.`{KEY_TAG}` = '{key}'")
+        runs.sort(key=lambda r: (r.info.status != "FINISHED", r.info.start_time))
+        return runs[0] if runs else None
+
+    def is_done(self, key: str) -> bool:
+        run = self.find(key)
+        return run is not None and run.info.status == "FINISHED"
+
+    # -- writing ----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def run(self, key: str, kind: str, name: str, tags: dict | None = None, params: dict | None = None):
+        """Open (or resume) the run for ``key``; FINISHED on success, FAILED on error."""
+        existing = self.find(key)
+        if existing is not None and existing.info.status == "FINISHED":
+            raise RuntimeError(f"run {existing.info.run_id} for {kind} {name} is already finished")
+        if existing is not None:
+            run_id = existing.info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+            log.info("resuming MLflow run %s (%s %s)", run_id, kind, name)
+        else:
+            all_tags = {KEY_TAG: key, KIND_TAG: kind, "mlflow.runName": name}
+            run_id = self.client.create_run(self.experiment_id, tags=all_tags, run_name=name).info.run_id
+            if params:
+                self.log_params(run_id, params)
+        if tags:
+            for k, v in tags.items():
+                self.client.set_tag(run_id, k, str(v))
+        handle = RunHandle(self, run_id)
+        try:
+            yield handle
+        except BaseException:
+            self.client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.FAILED))
+            raise
+        self.client.set_terminated(run_id, status="FINISHED")
+
+    def log_params(self, run_id: str, params: dict) -> None:
+        from mlflow.entities import Param
+
+        flat = [Param(k, v[:6000]) for k, v in flatten(params).items()]
+        for i in range(0, len(flat), 100):
+            self.client.log_batch(run_id, params=flat[i : i + 100])
+
+
+class RunHandle:
+    """Logging helpers bound to one run."""
+
+    def __init__(self, tracker: Tracker, run_id: str):
+        self.tracker = tracker
+        self.client = tracker.client
+        self.run_id = run_id
+
+    def metrics(self, values: dict[str, float], step: int | None = None) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step or 0) for k, v in values.items()]
+        for i in range(0, len(batch), 500):
+            self.client.log_batch(self.run_id, metrics=batch[i : i + 500])
+
+    def tag(self, key: str, value) -> None:
+        self.client.set_tag(self.run_id, key, str(value))
+
+    def artifact(self, path: Path, subdir: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), subdir)
+
+    def artifact_dict(self, obj: dict, name: str) -> None:
+        self.client.log_dict(self.run_id, obj, name)
+
+
+def load_artifact_dict(client: MlflowClient, run_id: str, name: str) -> dict:
+    """Read a JSON artifact written with :meth:`RunHandle.artifact_dict`."""
+    return mlflow.artifacts.load_dict(f"{client.get_run(run_id).info.artifact_uri}/{name}")
+
+
+def download_artifact(client: MlflowClient, run_id: str, path: str, dst: Path) -> Path:
+    dst.mkdir(parents=True, exist_ok=True)
+    return Path(client.download_artifacts(run_id, path, str(dst)))

@@ -1,0 +1,94 @@
+"""Configuration: profiles hold differences, overrides are typed, hashes are stable."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from benchmark import config
+from benchmark.config import Config, ConfigError, resolve
+
+
+def test_defaults_are_the_papers():
+    cfg = Config()
+    assert (cfg.pretrain.steps, cfg.pretrain.batch_size, cfg.pretrain.lr) == (10000, 128, 1e-3)
+    assert (cfg.frontend.win_length, cfg.frontend.hop_length, cfg.frontend.n_fft) == (400, 160, 1024)
+    assert (cfg.frontend.n_mels, cfg.frontend.f_min, cfg.frontend.f_max) == (64, 60.0, 7800.0)
+    assert cfg.encoder.width_coefficient == cfg.encoder.depth_coefficient == 1.0
+    assert cfg.probe.seeds == (0, 1, 2, 3, 4)
+
+
+def test_paper_profile_changes_only_data_source():
+    paper = resolve("paper")
+    base = Config(profile="paper")
+    assert paper.data.source == "real"
+    assert paper.encoder == base.encoder and paper.pretrain == base.pretrain
+
+
+@pytest.mark.parametrize("profile", config.available_profiles())
+def test_every_profile_resolves(profile):
+    assert resolve(profile).profile == profile
+
+
+def test_overrides_are_typed():
+    cfg = resolve("smoke", ["pretrain.steps=7", "encoder.similarity=cosine", "probe.seeds=0-2",
+                            "benchmark.methods=cola,msa_multi", "benchmark.tune=false",
+                            "pretrain.lr=2e-4"])
+    assert cfg.pretrain.steps == 7 and cfg.encoder.similarity == "cosine"
+    assert cfg.probe.seeds == (0, 1, 2)
+    assert cfg.benchmark.methods == ("cola", "msa_multi")
+    assert cfg.benchmark.tune is False and cfg.pretrain.lr == 2e-4
+
+
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("pretrain.stepz=3", "unknown config key 'pretrain.stepz'"),
+        ("nosuch.x=1", "unknown config key 'nosuch'"),
+        ("pretrain.steps=many", "pretrain.steps: expected an integer"),
+        ("pretrain.lr=fast", "pretrain.lr: expected a number"),
+        ("benchmark.tune=maybe", "benchmark.tune: expected true/false"),
+        ("pretrain=3", "pretrain: is a section"),
+        ("steps", "not of the form"),
+    ],
+)
+def test_bad_overrides_name_the_key(override, match):
+    with pytest.raises(ConfigError, match=match):
+        resolve("smoke", [override])
+
+
+def test_profile_with_wrong_type_is_rejected(tmp_path, monkeypatch):
+    (tmp_path / "bad.toml").write_text("[pretrain]\nsteps = 'ten'\n")
+    monkeypatch.setattr(config, "PROFILE_DIR", tmp_path)
+    with pytest.raises(ConfigError, match="pretrain.steps: expected an integer"):
+        resolve("bad")
+
+
+def test_hash_is_stable_and_sensitive():
+    a, b = resolve("smoke"), resolve("smoke")
+    assert a.hash() == b.hash()
+    assert resolve("smoke", ["pretrain.steps=99"]).hash() != a.hash()
+    # the value is a pure function of the content: pinned across processes
+    out = subprocess.run([sys.executable, "-c", "from benchmark.config import resolve;"
+                          "print(resolve('smoke').hash())"], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == a.hash()
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = resolve("smoke", ["pretrain.steps=5"])
+    config.save(cfg, tmp_path / "config.json")
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["hash"] == cfg.hash()
+    assert config.from_dict(saved["config"]) == cfg
+
+
+def test_cli_reports_user_errors_in_one_line():
+    out = subprocess.run([sys.executable, "-m", "benchmark", "config", "pretrain.stepz=1"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        out.stderr.strip().splitlines()[0]
+    ] and "unknown config key 'pretrain.stepz'" in out.stderr
+    assert "Traceback" not in out.stderr
