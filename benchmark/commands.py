@@ -3,10 +3,226 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-from benchmark.cli import command
+from benchmark.cli import UserError, command
+
+
+def _tracker(cfg):
+    from benchmark.tracking import Tracker
+
+    return Tracker(cfg.tracking_uri, f"mscol-{cfg.profile}", artifact_root=cfg.runs_dir / "mlartifacts")
+
+
+def _method_arg(p):
+    p.add_argument("--method", required=True, help="a registered method (see `list`)")
+
+
+def _task_arg(p, required=True):
+    p.add_argument("--task", required=required, help="a registered task (see `list`)")
+
+
+def _seeds(text: str | None, default):
+    if not text:
+        return tuple(default)
+    from benchmark.config import _parse_sequence
+
+    return tuple(int(s) for s in _parse_sequence("--seeds", text, int))
+
+
+def _checked(fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
 
 
 @command("config", "print the resolved configuration of a profile (with overrides) and its hash")
 def cmd_config(args, cfg):
     print(json.dumps({"hash": cfg.hash(), "config": cfg.to_dict()}, indent=2))
+
+
+@command("list", "list the registered methods and tasks")
+def cmd_list(args, cfg):
+    from methods import METHODS
+    from tasks import TASKS
+
+    print("methods:")
+    for name, m in METHODS.items():
+        what = "no pre-training" if not m.pretrained else (
+            f"sources {','.join(m.sources)} from {m.separator}" if m.sources else "mixture crops")
+        print(f"  {name:26s} loss={m.loss:8s} {what}")
+    print("tasks:")
+    for name, t in TASKS.items():
+        print(f"  {name:26s} corpus={t.corpus:7s} probe={t.probe_kind:6s} metrics={','.join(t.metrics)}")
+
+
+def _synth_args(p):
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--size", default="smoke", help="smoke | default | <number of MTAT-like clips>")
+    p.add_argument("--seed", type=int, default=0)
+
+
+@command("synth", "generate the synthetic corpus (MTAT-, NSynth- and FMA-format trees with stems)", _synth_args)
+def cmd_synth(args, cfg):
+    from benchmark.synth import generate
+
+    size = int(args.size) if args.size.isdigit() else args.size
+    if size not in ("smoke", "default") and not isinstance(size, int):
+        raise UserError(f"--size must be smoke, default or a number, got {args.size!r}")
+    manifest = generate(Path(args.out), size, args.seed, workers=cfg.data.num_workers)
+    print(json.dumps({k: v for k, v in manifest.items() if k != "clips"}, indent=2, default=str))
+
+
+@command("features", "build the log-mel feature stores of every task's corpus")
+def cmd_features(args, cfg):
+    from benchmark import stages
+    from tasks import TASKS
+
+    paths = stages.data_paths(cfg)
+    for corpus in sorted({TASKS[t].corpus for t in cfg.benchmark.tasks} | {"mtat"}):
+        store = stages.mixture_store(cfg, paths, corpus)
+        rep = store.report()
+        print(f"{corpus}: {len(store)} clips in {store.root} ({rep['num_bad']} skipped)")
+
+
+@command("train-separator", "train Open-Unmix on the synthetic corpus's true stems (local model dir)")
+def cmd_train_separator(args, cfg):
+    from benchmark import stages
+
+    out = stages.train_separator_stage(cfg, stages.data_paths(cfg), _tracker(cfg))
+    print(json.dumps({"model_dir": str(out), **json.loads((out / "quality.json").read_text())}, indent=2, default=str))
+
+
+def _separate_args(p):
+    p.add_argument("--separator", default=None, help="umx | oracle | random_mask (default: config)")
+
+
+@command("separate", "separate the pre-training clips into sources (log-mel + silence flags)", _separate_args)
+def cmd_separate(args, cfg):
+    from dataclasses import replace
+
+    from benchmark import stages
+    from benchmark.features import source_activity
+
+    sep = args.separator or cfg.separation.separator
+    cfg = replace(cfg, separation=replace(cfg.separation, separator="umx" if sep == "random_mask" else sep))
+    store = stages.source_store(cfg, stages.data_paths(cfg), "random_mask" if sep == "random_mask" else "config", _tracker(cfg))
+    print(json.dumps({"store": str(store.root), "activity": source_activity(store), "report": store.report()}, indent=2))
+
+
+def _pretrain_args(p):
+    _method_arg(p)
+    p.add_argument("--seed", type=int, default=None, help="pre-training seed (default: pretrain.seeds)")
+    p.add_argument("--resume", action="store_true", help="resume an unfinished run (automatic when one exists)")
+
+
+@command("pretrain", "pre-train one method (resumes an unfinished run of the same config)", _pretrain_args)
+def cmd_pretrain(args, cfg):
+    from benchmark import stages
+
+    seeds = [args.seed] if args.seed is not None else cfg.pretrain.seeds
+    tracker = _tracker(cfg)
+    for seed in seeds:
+        model = _checked(stages.run_pretrain, cfg, args.method, seed, tracker)
+        print(f"{args.method} seed {seed}: {model.final_path or 'random init (no pre-training)'}")
+
+
+def _probe_args(p):
+    _method_arg(p)
+    _task_arg(p)
+    p.add_argument("--seeds", default=None, help="probe seeds, e.g. 0-4 (default: probe.seeds)")
+    p.add_argument("--force", action="store_true", help="rerun finished probe runs")
+
+
+@command("probe", "embed with the frozen encoder (cached) and train/test probes, 5 seeds", _probe_args)
+def cmd_probe(args, cfg):
+    from benchmark import stages
+    from tasks import get_task
+
+    task = _checked(get_task, args.task)
+    tracker = _tracker(cfg)
+    for pseed in cfg.pretrain.seeds:
+        model = _checked(stages.run_pretrain, cfg, args.method, pseed, tracker)
+        for seed in _seeds(args.seeds, cfg.probe.seeds):
+            status = stages.run_probe(cfg, model, task, seed, tracker, force=args.force)
+            print(f"{args.method} {task.name} pretrain seed {pseed} probe seed {seed}: {status}")
+
+
+def _tune_args(p):
+    _method_arg(p)
+    _task_arg(p)
+
+
+@command("tune", "equal-budget Optuna search of the probe's lr / weight decay / dropout", _tune_args)
+def cmd_tune(args, cfg):
+    from benchmark import stages
+    from tasks import get_task
+
+    task = _checked(get_task, args.task)
+    tracker = _tracker(cfg)
+    for pseed in cfg.pretrain.seeds:
+        model = _checked(stages.run_pretrain, cfg, args.method, pseed, tracker)
+        out = stages.run_tune(cfg, model, task, tracker)
+        print(json.dumps({"best_params": out["best_params"], "best_value": out["best_value"]}, indent=2))
+
+
+def _report_args(p):
+    p.add_argument("--tracking-uri", default=None, help="read results from this MLflow store")
+    p.add_argument("--out", default=None, help="output folder (default runs/<profile>/report)")
+
+
+@command("report", "build the leaderboard (md, csv, html) and figures from the MLflow store", _report_args)
+def cmd_report(args, cfg):
+    from dataclasses import replace
+
+    from benchmark.reporting import make_report
+
+    if args.tracking_uri:
+        cfg = replace(cfg, paths=replace(cfg.paths, tracking_uri=args.tracking_uri))
+    paths = make_report(cfg, _tracker(cfg), Path(args.out) if args.out else None)
+    for name, path in sorted(paths.items()):
+        print(f"{name}: {path}")
+
+
+def _run_args(p):
+    p.add_argument("--dry-run", action="store_true", help="print the plan and what is done")
+    p.add_argument("--only", default=None, help="comma-separated stages: features,separate,pretrain,tune,probe")
+    p.add_argument("--methods", default=None, help="comma-separated methods (default: the profile's)")
+    p.add_argument("--tasks", default=None, help="comma-separated tasks (default: the profile's)")
+
+
+@command("run", "the whole pipeline of a profile, resumable; ends with the report", _run_args)
+def cmd_run(args, cfg):
+    import time
+
+    from benchmark.io import atomic_write_json
+    from benchmark.plan import build_plan, execute, plan_status
+    from benchmark.reporting import make_report
+
+    split = lambda s: [x.strip() for x in s.split(",") if x.strip()] if s else None  # noqa: E731
+    tracker = _tracker(cfg)
+    steps = _checked(build_plan, cfg, tracker, split(args.methods), split(args.tasks), split(args.only))
+    if args.dry_run:
+        for line in plan_status(steps, tracker, cfg):
+            print(line)
+        return 0
+    t0 = time.perf_counter()
+    wall = execute(steps)
+    status = {
+        "steps": {s.name: {"status": s.status, "error": s.error, "wall_s": round(s.wall_s, 2)} for s in steps},
+        "stage_wall_s": {k: round(v, 1) for k, v in wall.items()},
+    }
+    atomic_write_json(cfg.profile_dir / "plan_status.json", status)
+    t1 = time.perf_counter()
+    paths = make_report(cfg, tracker, plan_status=status)
+    status["stage_wall_s"]["report"] = round(time.perf_counter() - t1, 1)
+    atomic_write_json(cfg.profile_dir / "plan_status.json", status)
+    failed = [s for s in steps if s.status in ("failed", "blocked")]
+    print(f"finished in {time.perf_counter() - t0:.0f} s: "
+          f"{sum(s.status == 'ran' for s in steps)} steps ran, {sum(s.status == 'done' for s in steps)} were done, "
+          f"{len(failed)} failed or blocked")
+    for s in failed:
+        print(f"  {s.status}: {s.name}: {s.error}")
+    print(f"report: {paths.get('leaderboard.md', cfg.profile_dir / 'report')}")
+    return 1 if failed else 0

@@ -113,7 +113,6 @@ class PretrainConfig:
     val_every: int = 500  # steps between validation contrastive loss/accuracy (ours)
     val_batches: int = 4  # batches of the validation split per validation (ours)
     num_workers: int = 2  # DataLoader workers (ours)
-    silence_fraction: float = 0.5  # MSA: fraction of batches that may hold silent positives (paper)
 
 
 @dataclass(frozen=True)

@@ -175,3 +175,70 @@ def load_artifact_dict(client: MlflowClient, run_id: str, name: str) -> dict:
 def download_artifact(client: MlflowClient, run_id: str, path: str, dst: Path) -> Path:
     dst.mkdir(parents=True, exist_ok=True)
     return Path(client.download_artifacts(run_id, path, str(dst)))
+
+
+# -- reading results back (the report stage) ----------------------------------------------
+
+
+def collect(tracker: Tracker, workdir: Path) -> dict:
+    """Everything the report needs, from the MLflow store alone (works for runs made elsewhere).
+
+    Returns dict with ``scores`` (method, task, seed, metric, value), ``predictions``
+    ((method, task, seed) -> clip_ids/targets/scores), ``per_tag``, ``loss_curves``,
+    ``source_activity``, ``separation_quality`` (DataFrames or None) and ``runs`` counts.
+    """
+    import numpy as np
+    import pandas as pd
+
+    runs = [r for r in tracker.runs() if r.info.status == "FINISHED"]
+    score_rows, tag_rows, loss_rows, activity_rows, quality_rows = [], [], [], [], []
+    predictions: dict = {}
+    for run in runs:
+        kind = run.data.tags.get(KIND_TAG)
+        tags = run.data.tags
+        if kind == "probe":
+            method, task, seed = tags["method"], tags["task"], int(tags["seed"])
+            for metric in ("roc_auc", "pr_auc", "accuracy", "balanced_accuracy"):
+                if metric in run.data.metrics:
+                    score_rows.append((method, task, seed, metric, run.data.metrics[metric]))
+            pred = download_artifact(tracker.client, run.info.run_id, "predictions.npz", workdir / run.info.run_id)
+            with np.load(pred, allow_pickle=False) as z:
+                predictions[(method, task, seed)] = {
+                    "clip_ids": [str(c) for c in z["clip_ids"]],
+                    "targets": z["targets"],
+                    "scores": z["scores"],
+                    "vocabulary": [str(v) for v in z["vocabulary"]],
+                }
+            try:
+                details = load_artifact_dict(tracker.client, run.info.run_id, "details.json")
+            except Exception:  # older runs without details
+                details = {}
+            for tag, values in (details.get("per_tag") or {}).items():
+                tag_rows.append((method, task, seed, tag, values.get("roc_auc"), values.get("pr_auc")))
+        elif kind == "pretrain":
+            history = tracker.client.get_metric_history(run.info.run_id, "loss")
+            for m in history:
+                loss_rows.append((tags.get("method"), int(tags.get("seed", 0)), m.step, m.value))
+        elif kind == "separate":
+            d = load_artifact_dict(tracker.client, run.info.run_id, "activity.json")
+            for src, row in d["activity"].items():
+                activity_rows.append((tags.get("separator"), src, row["active"], row["total"]))
+        elif kind == "train-separator":
+            q = load_artifact_dict(tracker.client, run.info.run_id, "quality.json")
+            for sep in ("umx", "random_mask"):
+                for src, value in q.get(sep, {}).get("mean_si_sdr_db", {}).items():
+                    quality_rows.append((f"{sep} (trained here)" if sep == "umx" else sep, src, value))
+
+    def frame(rows, cols):
+        return pd.DataFrame(rows, columns=cols) if rows else None
+
+    activity = frame(activity_rows, ["separator", "source", "active", "total"])
+    return {
+        "scores": pd.DataFrame(score_rows, columns=["method", "task", "seed", "metric", "value"]),
+        "predictions": predictions,
+        "per_tag": frame(tag_rows, ["method", "task", "seed", "tag", "roc_auc", "pr_auc"]),
+        "loss_curves": frame(loss_rows, ["method", "seed", "step", "loss"]),
+        "source_activity": activity,
+        "separation_quality": frame(quality_rows, ["separator", "source", "si_sdr"]),
+        "num_runs": len(runs),
+    }

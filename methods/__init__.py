@@ -1,0 +1,37 @@
+"""The method registry: a plain dict from name to method (no import side effects).
+
+Variants are parameters of one implementation, never copies. To add a method, write a
+module with a frozen dataclass implementing :class:`methods.base.Method`, add one line here
+and one test file (see README, "Adding a method").
+"""
+
+from methods.cola import COLA
+from methods.msa import MSA
+from methods.random_init import RandomInit
+
+METHODS = {
+    "random_init": RandomInit(),
+    "cola": COLA("cola"),
+    "cola_mws": COLA("cola_mws", augment=True),
+    "cola_random_mask": MSA("cola_random_mask", separator="random_mask"),
+    "msa_bass": MSA("msa_bass", sources=("bass",)),
+    "msa_drums": MSA("msa_drums", sources=("drums",)),
+    "msa_vocals": MSA("msa_vocals", sources=("vocals",)),
+    "msa_other": MSA("msa_other", sources=("other",)),
+    "msa_multi": MSA("msa_multi"),
+    # Ablations of msa_multi named in the paper.
+    "msa_multi_no_silence": MSA("msa_multi_no_silence", silence=False),
+    "msa_multi_mixed_batches": MSA("msa_multi_mixed_batches", homogeneous=False),
+    "msa_multi_plain_loss": MSA("msa_multi_plain_loss", loss="plain"),
+    "msa_multi_no_shift": MSA("msa_multi_no_shift", time_shift=False),
+}
+
+ABLATIONS = tuple(name for name in METHODS if name.startswith("msa_multi_"))
+
+
+def get_method(name: str):
+    """The registered method ``name``; ValueError listing the known ones otherwise."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown method '{name}' (known: {', '.join(METHODS)})") from None

@@ -1,0 +1,45 @@
+"""What a downstream task declares: its data, split, labels, probe and metrics (no code paths).
+
+The evaluation pipeline (benchmark/evaluate.py) reads these declarations; a task never trains
+or scores anything itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from benchmark.datasets import Dataset
+from benchmark.probe import ProbeSpec
+
+
+@dataclass(frozen=True)
+class Task:
+    """A downstream task.
+
+    Attributes:
+        name: registry key.
+        corpus: the audio corpus the task reads ("mtat", "nsynth", "fma"); tasks on the same
+            corpus share its features and embeddings (MTAT and MTAT* do).
+        load: ``DataPaths -> Dataset`` (clips with splits and targets).
+        probe_kind: "linear" or "mlp" (REFERENCE.md section 5).
+        lr: the paper's probe learning rate (Adam).
+        multilabel: multi-label (sigmoid, BCE) or multi-class (softmax, CE).
+        metrics: the metrics reported; the first is the primary one (model selection,
+            early stopping, tuning, ranking).
+    """
+
+    name: str
+    corpus: str
+    load: Callable[..., Dataset]
+    probe_kind: str
+    lr: float
+    multilabel: bool
+    metrics: tuple[str, ...]
+
+    @property
+    def primary(self) -> str:
+        return self.metrics[0]
+
+    def probe_spec(self, num_outputs: int) -> ProbeSpec:
+        return ProbeSpec(kind=self.probe_kind, multilabel=self.multilabel, num_outputs=num_outputs)

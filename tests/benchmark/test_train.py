@@ -1,0 +1,144 @@
+"""The pre-training loop: determinism, exact resumption after SIGKILL, every method trains."""
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+from benchmark.config import resolve
+from benchmark.train import is_complete, load_checkpoint, pretrain, pretrain_key
+from methods import METHODS
+from tests.fixtures import make_corpus
+
+TINY = ["encoder.width_coefficient=0.1", "encoder.depth_coefficient=0.1", "pretrain.batch_size=4",
+        "pretrain.num_workers=0", "pretrain.val_batches=1"]
+
+
+def _cfg(steps, *extra):
+    return resolve("smoke", [*TINY, f"pretrain.steps={steps}", *extra])
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return make_corpus(tmp_path_factory.mktemp("corpus"), num_clips=4)
+
+
+def _weights(path):
+    return torch.load(path, weights_only=True)
+
+
+def test_same_seed_same_weights_and_workers_do_not_matter(tmp_path, corpus):
+    m = METHODS["msa_multi"]
+    runs = []
+    for i, workers in enumerate([0, 2, 0]):
+        cfg = _cfg(3, f"pretrain.num_workers={workers}", "pretrain.checkpoint_every=3")
+        key = pretrain_key(cfg, m, 0, "fixture")
+        res = pretrain(cfg, m, corpus, corpus, tmp_path / f"r{i}", key, seed=0, progress=False)
+        runs.append(_weights(res.final_path))
+    for name in runs[0]:
+        torch.testing.assert_close(runs[0][name], runs[1][name], rtol=0, atol=0)
+        torch.testing.assert_close(runs[0][name], runs[2][name], rtol=0, atol=0)
+    cfg = _cfg(3, "pretrain.checkpoint_every=3")
+    other = pretrain(cfg, m, corpus, None, tmp_path / "s1", pretrain_key(cfg, m, 1, "f"), seed=1,
+                     progress=False)
+    assert any(not torch.equal(runs[0][k], v) for k, v in _weights(other.final_path).items())
+
+
+_KILL_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from benchmark.config import resolve
+    from benchmark.train import pretrain, pretrain_key
+    from methods import METHODS
+    from tests.fixtures import make_corpus
+
+    tmp, run_dir = Path(sys.argv[1]), Path(sys.argv[2])
+    corpus = make_corpus(tmp / "corpus", num_clips=4)
+    cfg = resolve("smoke", sys.argv[3:])
+    m = METHODS["cola_mws"]
+    pretrain(cfg, m, corpus, None, run_dir, pretrain_key(cfg, m, 0, "fixture"), seed=0, progress=False)
+    """
+)
+
+
+def test_sigkill_and_resume_gives_the_uninterrupted_weights(tmp_path):
+    overrides = [*TINY, "pretrain.steps=10", "pretrain.checkpoint_every=2"]
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    # Uninterrupted reference.
+    subprocess.run([sys.executable, "-c", _KILL_SCRIPT, str(tmp_path), str(tmp_path / "ref"), *overrides],
+                   check=True, env=env)
+    # Killed with SIGKILL once a mid-run checkpoint exists, then resumed.
+    run_dir = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, str(tmp_path), str(run_dir), *overrides], env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        ckpt = run_dir / "checkpoint.pt"
+        if ckpt.is_file():
+            try:
+                if 2 <= load_checkpoint(ckpt)["step"] < 10:
+                    break
+            except Exception:  # being replaced right now; the rename is atomic, so retry
+                pass
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    step_at_kill = load_checkpoint(run_dir / "checkpoint.pt")["step"]
+    assert step_at_kill < 10 and not (run_dir / "final.pt").exists(), "the run finished before the kill"
+    subprocess.run([sys.executable, "-c", _KILL_SCRIPT, str(tmp_path), str(run_dir), *overrides],
+                   check=True, env=env)
+    ref, resumed = _weights(tmp_path / "ref" / "final.pt"), _weights(run_dir / "final.pt")
+    for name in ref:
+        torch.testing.assert_close(resumed[name], ref[name], rtol=0, atol=0)
+
+
+def test_checkpoint_of_another_config_is_refused(tmp_path, corpus):
+    m = METHODS["cola"]
+    cfg = _cfg(2, "pretrain.checkpoint_every=1")
+    pretrain(cfg, m, corpus, None, tmp_path, pretrain_key(cfg, m, 0, "a"), seed=0, progress=False, stop_after=1)
+    with pytest.raises(RuntimeError, match="another configuration"):
+        pretrain(cfg, m, corpus, None, tmp_path, pretrain_key(cfg, m, 0, "b"), seed=0, progress=False)
+
+
+def test_lr_is_halved_at_half_the_steps(tmp_path, corpus):
+    m = METHODS["cola"]
+    cfg = _cfg(4, "pretrain.checkpoint_every=2")
+    seen = {}
+    pretrain(cfg, m, corpus, None, tmp_path, pretrain_key(cfg, m, 0, "a"), seed=0, progress=False,
+             stop_after=2)
+    seen[2] = load_checkpoint(tmp_path / "checkpoint.pt")["scheduler"]["_last_lr"][0]
+    pretrain(cfg, m, corpus, None, tmp_path, pretrain_key(cfg, m, 0, "a"), seed=0, progress=False)
+    seen[4] = load_checkpoint(tmp_path / "checkpoint.pt")["scheduler"]["_last_lr"][0]
+    assert seen == {2: 5e-4, 4: 5e-4} and cfg.pretrain.lr == 1e-3
+
+
+def test_chunk64_step_unit_means_64_updates_per_step(tmp_path, corpus):
+    from benchmark.train import num_updates
+
+    assert num_updates(_cfg(3).pretrain) == 3
+    assert num_updates(_cfg(3, "pretrain.step_unit=chunk64").pretrain) == 192
+    with pytest.raises(ValueError, match="step_unit"):
+        num_updates(dataclasses.replace(_cfg(3).pretrain, step_unit="epoch"))
+
+
+@pytest.mark.parametrize("name", [n for n, m in METHODS.items() if m.pretrained])
+def test_every_method_trains(tmp_path, corpus, name):
+    m = METHODS[name]
+    cfg = _cfg(2, "pretrain.checkpoint_every=1", "pretrain.val_every=2")
+    metrics = []
+    key = pretrain_key(cfg, m, 0, "fixture")
+    init = {k: v.clone() for k, v in __import__("benchmark.train", fromlist=["x"]).build_model(
+        cfg.encoder, 0, torch.device("cpu")).state_dict().items()}
+    res = pretrain(cfg, m, corpus, corpus, tmp_path, key, seed=0, progress=False,
+                   on_metrics=lambda d, s: metrics.append(d))
+    assert is_complete(tmp_path, key)
+    final = _weights(res.final_path)
+    assert any(not torch.equal(init[k], final[k]) for k in final if final[k].is_floating_point())
+    losses = [d["loss"] for d in metrics if "loss" in d] + [d["val_loss"] for d in metrics if "val_loss" in d]
+    assert losses and all(torch.isfinite(torch.tensor(v)) for v in losses)
