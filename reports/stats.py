@@ -266,6 +266,22 @@ def _macro_over_runs(score_fn, targets, scores, keep):
     return np.asarray(per_tag, dtype=float).reshape(num_runs, -1).mean(axis=1)
 
 
+def _roc_auc_columns(targets, scores, average=None):
+    """ROC-AUC of every column at once through the Mann-Whitney rank identity.
+
+    AUC = (sum of the positives' ranks - P(P+1)/2) / (P N), ties at mid-rank: the value
+    scikit-learn's ``roc_auc_score`` gives, at one ``scipy.stats.rankdata`` call per resample
+    instead of one scikit-learn call per column (the bootstrap's hot path; tested against
+    scikit-learn). Columns must hold both classes.
+    """
+    targets = np.asarray(targets, dtype=float)
+    ranks = stats.rankdata(np.asarray(scores, dtype=float), axis=0)
+    pos = targets.sum(axis=0)
+    neg = targets.shape[0] - pos
+    auc = ((ranks * targets).sum(axis=0) - pos * (pos + 1) / 2) / (pos * neg)
+    return float(auc.mean()) if average == "macro" else auc
+
+
 def macro_roc_auc(targets, scores):
     """Macro ROC-AUC (scikit-learn) over the tags that have both positives and negatives.
 
@@ -279,7 +295,7 @@ def macro_roc_auc(targets, scores):
     targets, scores = _multilabel(targets, scores)
     positives = targets.sum(axis=0)
     keep = (positives > 0) & (positives < targets.shape[0])
-    return _macro_over_runs(roc_auc_score, targets, scores, keep)
+    return _macro_over_runs(_roc_auc_columns, targets, scores, keep)
 
 
 def macro_pr_auc(targets, scores):

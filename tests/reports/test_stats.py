@@ -353,3 +353,21 @@ def test_friedman_and_nemenyi_reject_bad_shapes():
         stats.friedman([[1.0, 2.0, np.nan], [1.0, 2.0, 3.0]])
     with pytest.raises(ValueError):
         stats.nemenyi_cd(1, 4)
+
+
+def test_rank_based_roc_auc_equals_scikit_learn_with_ties_and_stacked_runs():
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from reports.stats import macro_roc_auc
+
+    rng = np.random.default_rng(0)
+    targets = (rng.random((60, 7)) < 0.3).astype(int)
+    targets[0, :] = 1
+    targets[1, :] = 0
+    scores = np.round(rng.random((3, 60, 7)), 1)  # rounding makes many ties
+    for run in scores:
+        assert macro_roc_auc(targets, run) == pytest.approx(roc_auc_score(targets, run, average="macro"), abs=1e-12)
+    stacked = macro_roc_auc(targets, scores)
+    expected = [roc_auc_score(targets, run, average="macro") for run in scores]
+    np.testing.assert_allclose(stacked, expected, atol=1e-12)
