@@ -23,7 +23,9 @@ class UserError(Exception):
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable]] = {}
 
 
-def command(name: str, help_: str, add_args: Callable[[argparse.ArgumentParser], None] | None = None):
+def command(
+    name: str, help_: str, add_args: Callable[[argparse.ArgumentParser], None] | None = None
+):
     """Register ``fn(args, cfg)`` as a sub-command."""
 
     def deco(fn):
@@ -35,7 +37,9 @@ def command(name: str, help_: str, add_args: Callable[[argparse.ArgumentParser],
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", default="default", help="named profile (benchmark/profiles/*.toml)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. pretrain.steps=50")
+    p.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. pretrain.steps=50"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Benchmark harness for contrastive self-supervised learning on music audio.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     for name, (help_, add_args, _fn) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)

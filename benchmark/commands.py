@@ -11,7 +11,9 @@ from benchmark.cli import UserError, command
 def _tracker(cfg):
     from benchmark.tracking import Tracker
 
-    return Tracker(cfg.tracking_uri, f"mscol-{cfg.profile}", artifact_root=cfg.runs_dir / "mlartifacts")
+    return Tracker(
+        cfg.tracking_uri, f"mscol-{cfg.profile}", artifact_root=cfg.runs_dir / "mlartifacts"
+    )
 
 
 def _method_arg(p):
@@ -49,12 +51,21 @@ def cmd_list(args, cfg):
 
     print("methods:")
     for name, m in METHODS.items():
-        what = "no pre-training" if not m.pretrained else (
-            f"sources {','.join(m.sources)} from {m.separator}" if m.sources else "mixture crops")
+        what = (
+            "no pre-training"
+            if not m.pretrained
+            else (
+                f"sources {','.join(m.sources)} from {m.separator}"
+                if m.sources
+                else "mixture crops"
+            )
+        )
         print(f"  {name:26s} loss={m.loss:8s} {what}")
     print("tasks:")
     for name, t in TASKS.items():
-        print(f"  {name:26s} corpus={t.corpus:7s} probe={t.probe_kind:6s} metrics={','.join(t.metrics)}")
+        print(
+            f"  {name:26s} corpus={t.corpus:7s} probe={t.probe_kind:6s} metrics={','.join(t.metrics)}"
+        )
 
 
 def _synth_args(p):
@@ -63,7 +74,11 @@ def _synth_args(p):
     p.add_argument("--seed", type=int, default=0)
 
 
-@command("synth", "generate the synthetic corpus (MTAT-, NSynth- and FMA-format trees with stems)", _synth_args)
+@command(
+    "synth",
+    "generate the synthetic corpus (MTAT-, NSynth- and FMA-format trees with stems)",
+    _synth_args,
+)
 def cmd_synth(args, cfg):
     from benchmark.synth import generate
 
@@ -86,19 +101,31 @@ def cmd_features(args, cfg):
         print(f"{corpus}: {len(store)} clips in {store.root} ({rep['num_bad']} skipped)")
 
 
-@command("train-separator", "train Open-Unmix on the synthetic corpus's true stems (local model dir)")
+@command(
+    "train-separator", "train Open-Unmix on the synthetic corpus's true stems (local model dir)"
+)
 def cmd_train_separator(args, cfg):
     from benchmark import stages
 
     out = stages.train_separator_stage(cfg, stages.data_paths(cfg), _tracker(cfg))
-    print(json.dumps({"model_dir": str(out), **json.loads((out / "quality.json").read_text())}, indent=2, default=str))
+    print(
+        json.dumps(
+            {"model_dir": str(out), **json.loads((out / "quality.json").read_text())},
+            indent=2,
+            default=str,
+        )
+    )
 
 
 def _separate_args(p):
     p.add_argument("--separator", default=None, help="umx | oracle | random_mask (default: config)")
 
 
-@command("separate", "separate the pre-training clips into sources (log-mel + silence flags)", _separate_args)
+@command(
+    "separate",
+    "separate the pre-training clips into sources (log-mel + silence flags)",
+    _separate_args,
+)
 def cmd_separate(args, cfg):
     from dataclasses import replace
 
@@ -106,18 +133,42 @@ def cmd_separate(args, cfg):
     from benchmark.features import source_activity
 
     sep = args.separator or cfg.separation.separator
-    cfg = replace(cfg, separation=replace(cfg.separation, separator="umx" if sep == "random_mask" else sep))
-    store = stages.source_store(cfg, stages.data_paths(cfg), "random_mask" if sep == "random_mask" else "config", _tracker(cfg))
-    print(json.dumps({"store": str(store.root), "activity": source_activity(store), "report": store.report()}, indent=2))
+    cfg = replace(
+        cfg, separation=replace(cfg.separation, separator="umx" if sep == "random_mask" else sep)
+    )
+    store = stages.source_store(
+        cfg,
+        stages.data_paths(cfg),
+        "random_mask" if sep == "random_mask" else "config",
+        _tracker(cfg),
+    )
+    print(
+        json.dumps(
+            {
+                "store": str(store.root),
+                "activity": source_activity(store),
+                "report": store.report(),
+            },
+            indent=2,
+        )
+    )
 
 
 def _pretrain_args(p):
     _method_arg(p)
-    p.add_argument("--seed", type=int, default=None, help="pre-training seed (default: pretrain.seeds)")
-    p.add_argument("--resume", action="store_true", help="resume an unfinished run (automatic when one exists)")
+    p.add_argument(
+        "--seed", type=int, default=None, help="pre-training seed (default: pretrain.seeds)"
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="resume an unfinished run (automatic when one exists)"
+    )
 
 
-@command("pretrain", "pre-train one method (resumes an unfinished run of the same config)", _pretrain_args)
+@command(
+    "pretrain",
+    "pre-train one method (resumes an unfinished run of the same config)",
+    _pretrain_args,
+)
 def cmd_pretrain(args, cfg):
     from benchmark import stages
 
@@ -135,7 +186,9 @@ def _probe_args(p):
     p.add_argument("--force", action="store_true", help="rerun finished probe runs")
 
 
-@command("probe", "embed with the frozen encoder (cached) and train/test probes, 5 seeds", _probe_args)
+@command(
+    "probe", "embed with the frozen encoder (cached) and train/test probes, 5 seeds", _probe_args
+)
 def cmd_probe(args, cfg):
     from benchmark import stages
     from tasks import get_task
@@ -154,7 +207,9 @@ def _tune_args(p):
     _task_arg(p)
 
 
-@command("tune", "equal-budget Optuna search of the probe's lr / weight decay / dropout", _tune_args)
+@command(
+    "tune", "equal-budget Optuna search of the probe's lr / weight decay / dropout", _tune_args
+)
 def cmd_tune(args, cfg):
     from benchmark import stages
     from tasks import get_task
@@ -164,7 +219,11 @@ def cmd_tune(args, cfg):
     for pseed in cfg.pretrain.seeds:
         model = _checked(stages.run_pretrain, cfg, args.method, pseed, tracker)
         out = stages.run_tune(cfg, model, task, tracker)
-        print(json.dumps({"best_params": out["best_params"], "best_value": out["best_value"]}, indent=2))
+        print(
+            json.dumps(
+                {"best_params": out["best_params"], "best_value": out["best_value"]}, indent=2
+            )
+        )
 
 
 def _report_args(p):
@@ -172,7 +231,11 @@ def _report_args(p):
     p.add_argument("--out", default=None, help="output folder (default runs/<profile>/report)")
 
 
-@command("report", "build the leaderboard (md, csv, html) and figures from the MLflow store", _report_args)
+@command(
+    "report",
+    "build the leaderboard (md, csv, html) and figures from the MLflow store",
+    _report_args,
+)
 def cmd_report(args, cfg):
     from dataclasses import replace
 
@@ -187,8 +250,12 @@ def cmd_report(args, cfg):
 
 def _run_args(p):
     p.add_argument("--dry-run", action="store_true", help="print the plan and what is done")
-    p.add_argument("--only", default=None, help="comma-separated stages: features,separate,pretrain,tune,probe")
-    p.add_argument("--methods", default=None, help="comma-separated methods (default: the profile's)")
+    p.add_argument(
+        "--only", default=None, help="comma-separated stages: features,separate,pretrain,tune,probe"
+    )
+    p.add_argument(
+        "--methods", default=None, help="comma-separated methods (default: the profile's)"
+    )
     p.add_argument("--tasks", default=None, help="comma-separated tasks (default: the profile's)")
 
 
@@ -202,7 +269,9 @@ def cmd_run(args, cfg):
 
     split = lambda s: [x.strip() for x in s.split(",") if x.strip()] if s else None  # noqa: E731
     tracker = _tracker(cfg)
-    steps = _checked(build_plan, cfg, tracker, split(args.methods), split(args.tasks), split(args.only))
+    steps = _checked(
+        build_plan, cfg, tracker, split(args.methods), split(args.tasks), split(args.only)
+    )
     if args.dry_run:
         for line in plan_status(steps, tracker, cfg):
             print(line)
@@ -210,7 +279,10 @@ def cmd_run(args, cfg):
     t0 = time.perf_counter()
     wall = execute(steps)
     status = {
-        "steps": {s.name: {"status": s.status, "error": s.error, "wall_s": round(s.wall_s, 2)} for s in steps},
+        "steps": {
+            s.name: {"status": s.status, "error": s.error, "wall_s": round(s.wall_s, 2)}
+            for s in steps
+        },
         "stage_wall_s": {k: round(v, 1) for k, v in wall.items()},
     }
     atomic_write_json(cfg.profile_dir / "plan_status.json", status)
@@ -219,9 +291,11 @@ def cmd_run(args, cfg):
     status["stage_wall_s"]["report"] = round(time.perf_counter() - t1, 1)
     atomic_write_json(cfg.profile_dir / "plan_status.json", status)
     failed = [s for s in steps if s.status in ("failed", "blocked")]
-    print(f"finished in {time.perf_counter() - t0:.0f} s: "
-          f"{sum(s.status == 'ran' for s in steps)} steps ran, {sum(s.status == 'done' for s in steps)} were done, "
-          f"{len(failed)} failed or blocked")
+    print(
+        f"finished in {time.perf_counter() - t0:.0f} s: "
+        f"{sum(s.status == 'ran' for s in steps)} steps ran, {sum(s.status == 'done' for s in steps)} were done, "
+        f"{len(failed)} failed or blocked"
+    )
     for s in failed:
         print(f"  {s.status}: {s.name}: {s.error}")
     print(f"report: {paths.get('leaderboard.md', cfg.profile_dir / 'report')}")

@@ -115,5 +115,7 @@ class PairCorpus:
             silent[b] = self.silent[name][e]
             if not silent[b]:
                 start = int(self.excerpt_index[e]) * self.excerpt_frames + int(s)
-                out[b] = self.sources.frames(int(self.source_rows[name][e]), start, self.crop_frames)
+                out[b] = self.sources.frames(
+                    int(self.source_rows[name][e]), start, self.crop_frames
+                )
         return out, silent

@@ -55,14 +55,22 @@ def bench_frontend(tmp: Path, seconds: float = 30.0, clips: int = 8) -> dict:
         log_mel(load_audio(p), cfg)
     decode_mel = clips * seconds / (_cpu_time() - t0)
     torch.set_num_threads(2)
-    return {"mel_x_realtime_per_core": mel_only, "decode_mp3_plus_mel_x_realtime_per_core": decode_mel}
+    return {
+        "mel_x_realtime_per_core": mel_only,
+        "decode_mp3_plus_mel_x_realtime_per_core": decode_mel,
+    }
 
 
 def bench_store(tmp: Path, num_clips: int = 256) -> dict:
-    from benchmark.store import Entry, FeatureStore, Job, build
+    from benchmark.store import FeatureStore, Job, build
 
-    build(tmp / "store", [Job(f"c{i:05d}", f"k{i}", i) for i in range(num_clips)], _extract_random,
-          shard_size=64, progress=False)
+    build(
+        tmp / "store",
+        [Job(f"c{i:05d}", f"k{i}", i) for i in range(num_clips)],
+        _extract_random,
+        shard_size=64,
+        progress=False,
+    )
     store = FeatureStore(tmp / "store")
     rng = np.random.default_rng(0)
     rows = rng.integers(0, len(store), 20000)
@@ -85,8 +93,14 @@ def bench_pretrain(tmp: Path, profile: str, steps: int = 12) -> dict:
     from methods import METHODS
     from tests.fixtures import make_corpus
 
-    cfg = resolve(profile, [f"pretrain.steps={steps}", f"pretrain.checkpoint_every={steps}",
-                            f"pretrain.val_every={steps * 10}"])
+    cfg = resolve(
+        profile,
+        [
+            f"pretrain.steps={steps}",
+            f"pretrain.checkpoint_every={steps}",
+            f"pretrain.val_every={steps * 10}",
+        ],
+    )
     corpus = make_corpus(tmp / "corpus", num_clips=24)
     method = METHODS["msa_multi"]
     bs = cfg.pretrain.batch_size
@@ -107,8 +121,16 @@ def bench_pretrain(tmp: Path, profile: str, steps: int = 12) -> dict:
         loss.backward()
         opt.step()
     encoder_rate = steps * bs / (time.perf_counter() - t0)
-    res = pretrain(cfg, method, corpus, None, tmp / "run", pretrain_key(cfg, method, 0, "bench"), 0,
-                   progress=False)
+    res = pretrain(
+        cfg,
+        method,
+        corpus,
+        None,
+        tmp / "run",
+        pretrain_key(cfg, method, 0, "bench"),
+        0,
+        progress=False,
+    )
     loop_rate = steps * bs / res.wall_s
     return {
         "profile": profile,
@@ -133,8 +155,10 @@ def bench_separation(seconds: float = 12.0) -> dict:
     sep.separate(wave, "bench")
     rm = seconds / (time.perf_counter() - t0)
     # umxhq-sized network (untrained: weights cannot be downloaded here) at 44.1 kHz.
-    targets = {t: OpenUnmix(nb_bins=2049, nb_channels=2, hidden_size=512, max_bin=1487).eval()
-               for t in ("vocals", "drums", "bass", "other")}
+    targets = {
+        t: OpenUnmix(nb_bins=2049, nb_channels=2, hidden_size=512, max_bin=1487).eval()
+        for t in ("vocals", "drums", "bass", "other")
+    }
     umx = Separator(targets, niter=0, sample_rate=44100).eval()
     x = torch.from_numpy(np.stack([wave, wave])).float()
     import torchaudio
@@ -142,7 +166,10 @@ def bench_separation(seconds: float = 12.0) -> dict:
     t0 = time.perf_counter()
     with torch.inference_mode():
         umx(torchaudio.functional.resample(x, 16000, 44100)[None])
-    return {"random_mask_x_realtime": rm, "umxhq_sized_x_realtime": seconds / (time.perf_counter() - t0)}
+    return {
+        "random_mask_x_realtime": rm,
+        "umxhq_sized_x_realtime": seconds / (time.perf_counter() - t0),
+    }
 
 
 def main(argv=None) -> int:
@@ -161,7 +188,11 @@ def main(argv=None) -> int:
         ):
             results[name] = fn()
             for k, v in results[name].items():
-                print(f"{name:11s} {k:42s} {v:12.1f}" if isinstance(v, float) else f"{name:11s} {k:42s} {v:>12}")
+                print(
+                    f"{name:11s} {k:42s} {v:12.1f}"
+                    if isinstance(v, float)
+                    else f"{name:11s} {k:42s} {v:>12}"
+                )
     results["device"] = "cuda" if torch.cuda.is_available() else "cpu"
     atomic_write_json(Path(args.out), results)
     print(json.dumps({"written": args.out}))

@@ -32,7 +32,9 @@ class Step:
     wall_s: float = 0.0
 
 
-def build_plan(cfg: Config, tracker: Tracker, methods=None, tasks=None, only=None, progress=True) -> list[Step]:
+def build_plan(
+    cfg: Config, tracker: Tracker, methods=None, tasks=None, only=None, progress=True
+) -> list[Step]:
     from methods import get_method
     from tasks import get_task
 
@@ -53,13 +55,24 @@ def build_plan(cfg: Config, tracker: Tracker, methods=None, tasks=None, only=Non
     steps.append(Step("data", "data", paths))
     corpora = sorted({get_task(t).corpus for t in task_names} | {"mtat"})
     for corpus in corpora:
-        steps.append(Step(f"features:{corpus}", "features",
-                          lambda c=corpus: stages.mixture_store(cfg, paths(), c, progress), ["data"]))
+        steps.append(
+            Step(
+                f"features:{corpus}",
+                "features",
+                lambda c=corpus: stages.mixture_store(cfg, paths(), c, progress),
+                ["data"],
+            )
+        )
     separators = sorted({get_method(m).separator for m in method_names if get_method(m).sources})
     for sep in separators:
-        steps.append(Step(f"separate:{sep}", "separate",
-                          lambda s=sep: stages.source_store(cfg, paths(), s, tracker, progress),
-                          ["features:mtat"]))
+        steps.append(
+            Step(
+                f"separate:{sep}",
+                "separate",
+                lambda s=sep: stages.source_store(cfg, paths(), s, tracker, progress),
+                ["features:mtat"],
+            )
+        )
     models: dict[tuple[str, int], stages.PretrainedModel] = {}
     for m in method_names:
         method = get_method(m)
@@ -68,7 +81,7 @@ def build_plan(cfg: Config, tracker: Tracker, methods=None, tasks=None, only=Non
 
             def _pre(m=m, seed=seed):
                 models[(m, seed)] = stages.run_pretrain(cfg, m, seed, tracker, progress)
-                return models[(m, seed)]
+                return "done" if models[(m, seed)].cached else "ran"
 
             steps.append(Step(f"pretrain:{m}:s{seed}", "pretrain", _pre, deps))
             for t in task_names:
@@ -76,17 +89,40 @@ def build_plan(cfg: Config, tracker: Tracker, methods=None, tasks=None, only=Non
                 pre = [f"pretrain:{m}:s{seed}", f"features:{task.corpus}"]
                 probe_deps = list(pre)
                 if cfg.benchmark.tune:
-                    steps.append(Step(f"tune:{m}:s{seed}:{t}", "tune",
-                                      lambda m=m, seed=seed, task=task: stages.run_tune(cfg, models[(m, seed)], task, tracker, progress),
-                                      pre))
+                    steps.append(
+                        Step(
+                            f"tune:{m}:s{seed}:{t}",
+                            "tune",
+                            lambda m=m, seed=seed, task=task: (
+                                "done"
+                                if stages.run_tune(
+                                    cfg, models[(m, seed)], task, tracker, progress
+                                ).get("cached")
+                                else "ran"
+                            ),
+                            pre,
+                        )
+                    )
                     probe_deps.append(f"tune:{m}:s{seed}:{t}")
                 # With tuning on, the probes use the tuned values (equal budget per method).
                 mode = "tuned" if cfg.benchmark.tune else cfg.probe.params
                 for ps in cfg.probe.seeds:
-                    steps.append(Step(f"probe:{m}:s{seed}:{t}:p{ps}", "probe",
-                                      lambda m=m, seed=seed, task=task, ps=ps, mode=mode: stages.run_probe(
-                                          cfg, models[(m, seed)], task, ps, tracker, progress, params_mode=mode),
-                                      probe_deps))
+                    steps.append(
+                        Step(
+                            f"probe:{m}:s{seed}:{t}:p{ps}",
+                            "probe",
+                            lambda m=m, seed=seed, task=task, ps=ps, mode=mode: stages.run_probe(
+                                cfg,
+                                models[(m, seed)],
+                                task,
+                                ps,
+                                tracker,
+                                progress,
+                                params_mode=mode,
+                            ),
+                            probe_deps,
+                        )
+                    )
     if only:
         wanted = set(only)
         steps = [s for s in steps if s.stage in wanted or s.stage in ("data",)]
@@ -128,8 +164,11 @@ def plan_status(steps: list[Step], tracker: Tracker, cfg: Config) -> list[str]:
     the cache stages (data, features, separate) are content-keyed on disk and report
     "checked when run" (a finished one costs seconds).
     """
-    finished = [r for r in tracker.runs() if r.info.status == "FINISHED"
-                and r.data.tags.get("config_hash", cfg.hash()) == cfg.hash()]
+    finished = [
+        r
+        for r in tracker.runs()
+        if r.info.status == "FINISHED" and r.data.tags.get("config_hash", cfg.hash()) == cfg.hash()
+    ]
     seen = set()
     for r in finished:
         t = r.data.tags
@@ -139,7 +178,9 @@ def plan_status(steps: list[Step], tracker: Tracker, cfg: Config) -> list[str]:
         elif kind == "tune":
             seen.add(f"tune:{t.get('method')}:s{t.get('pretrain_seed', 0)}:{t.get('task')}")
         elif kind == "probe":
-            seen.add(f"probe:{t.get('method')}:s{t.get('pretrain_seed')}:{t.get('task')}:p{t.get('probe_seed')}")
+            seen.add(
+                f"probe:{t.get('method')}:s{t.get('pretrain_seed')}:{t.get('task')}:p{t.get('probe_seed')}"
+            )
     lines, left = [], 0
     for s in steps:
         if s.stage in ("pretrain", "tune", "probe"):

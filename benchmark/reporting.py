@@ -13,8 +13,20 @@ from benchmark.tracking import Tracker, collect, git_commit, machine
 
 log = logging.getLogger(__name__)
 
-VERSIONED = ("torch", "torchaudio", "openunmix", "efficientnet_pytorch", "mlflow", "optuna",
-             "scikit-learn", "scipy", "statsmodels", "numpy", "pandas", "soundfile")
+VERSIONED = (
+    "torch",
+    "torchaudio",
+    "openunmix",
+    "efficientnet_pytorch",
+    "mlflow",
+    "optuna",
+    "scikit-learn",
+    "scipy",
+    "statsmodels",
+    "numpy",
+    "pandas",
+    "soundfile",
+)
 
 
 def package_versions() -> dict[str, str]:
@@ -27,7 +39,9 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def make_report(cfg: Config, tracker: Tracker, out_dir: Path | None = None, plan_status: dict | None = None) -> dict:
+def make_report(
+    cfg: Config, tracker: Tracker, out_dir: Path | None = None, plan_status: dict | None = None
+) -> dict:
     """Build ``leaderboard.{md,csv,html}`` + figures from the MLflow store alone."""
     from reports.leaderboard import build_report
     from tasks import TASKS
@@ -38,8 +52,11 @@ def make_report(cfg: Config, tracker: Tracker, out_dir: Path | None = None, plan
     data = collect(tracker, work)
     status_file = cfg.profile_dir / "plan_status.json"
     plan_status = plan_status or (read_json(status_file) if status_file.is_file() else {})
-    skipped = [f"{name}: {info['status']} ({info['error']})" for name, info in plan_status.get("steps", {}).items()
-               if info["status"] in ("failed", "blocked")]
+    skipped = [
+        f"{name}: {info['status']} ({info['error']})"
+        for name, info in plan_status.get("steps", {}).items()
+        if info["status"] in ("failed", "blocked")
+    ]
     provenance = {
         "profile": cfg.profile,
         "config_hash": cfg.hash(),
@@ -52,13 +69,25 @@ def make_report(cfg: Config, tracker: Tracker, out_dir: Path | None = None, plan
         "experiment": tracker.experiment,
         "seeds": "seed = 1000 x pre-training seed + probe seed",
     }
-    extras = {k: data[k] for k in ("loss_curves", "source_activity", "separation_quality") if data[k] is not None}
+    extras = {
+        k: data[k]
+        for k in ("loss_curves", "source_activity", "separation_quality")
+        if data[k] is not None
+    }
     primary = {name: task.primary for name, task in TASKS.items()}
     paths = build_report(
-        out_dir, data["scores"], data["predictions"], data["per_tag"], provenance, extras,
-        primary=primary, baseline=cfg.benchmark.baseline,
-        expected_methods=list(cfg.benchmark.methods), expected_tasks=list(cfg.benchmark.tasks),
-        bootstrap_resamples=cfg.benchmark.bootstrap_resamples, alpha=cfg.benchmark.alpha,
+        out_dir,
+        data["scores"],
+        data["predictions"],
+        data["per_tag"],
+        provenance,
+        extras,
+        primary=primary,
+        baseline=cfg.benchmark.baseline,
+        expected_methods=list(cfg.benchmark.methods),
+        expected_tasks=list(cfg.benchmark.tasks),
+        bootstrap_resamples=cfg.benchmark.bootstrap_resamples,
+        alpha=cfg.benchmark.alpha,
         # Item-level intervals for the primary metrics only: BCa's jackknife costs one metric
         # evaluation per test clip, which PR-AUC over 50 tags makes expensive.
         item_metrics=sorted({task.primary for task in TASKS.values()}),

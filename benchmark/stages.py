@@ -104,7 +104,9 @@ def load_task_dataset(task, paths: DataPaths) -> Dataset:
 
 
 def _load_task_dataset(task, paths: DataPaths) -> Dataset:
-    root = {"mtat": paths.mtat_root, "nsynth": paths.nsynth_root, "fma": paths.fma_root}[task.corpus]
+    root = {"mtat": paths.mtat_root, "nsynth": paths.nsynth_root, "fma": paths.fma_root}[
+        task.corpus
+    ]
     if root is None:
         raise StageError(
             f"task {task.name} needs data.{task.corpus}_root (set it with "
@@ -126,7 +128,9 @@ def corpus_items(tasks, paths: DataPaths, corpus: str) -> list[AudioItem]:
     return list(items.values())
 
 
-def mixture_store(cfg: Config, paths: DataPaths, corpus: str, progress: bool = True) -> FeatureStore:
+def mixture_store(
+    cfg: Config, paths: DataPaths, corpus: str, progress: bool = True
+) -> FeatureStore:
     key = ("mix", corpus, paths, cfg.frontend, cfg.data.max_bad_fraction)
     return _memo(key, lambda: _mixture_store(cfg, paths, corpus, progress))
 
@@ -169,11 +173,16 @@ def _dir_digest(folder: Path) -> str:
 
 def trained_separator_dir(cfg: Config, paths: DataPaths) -> Path:
     s = to_dict(cfg.separation)
-    key = stable_hash({k: v for k, v in s.items() if k.startswith("train_")} | {"corpus": paths.corpus_version, "stems": str(paths.stems_root)})
+    key = stable_hash(
+        {k: v for k, v in s.items() if k.startswith("train_")}
+        | {"corpus": paths.corpus_version, "stems": str(paths.stems_root)}
+    )
     return cfg.cache_dir / "separators" / f"umx-{key}"
 
 
-def train_separator_stage(cfg: Config, paths: DataPaths, tracker: Tracker | None, progress=True) -> Path:
+def train_separator_stage(
+    cfg: Config, paths: DataPaths, tracker: Tracker | None, progress=True
+) -> Path:
     """Train Open-Unmix on the corpus's true stems (synthetic corpus), once per config."""
     from benchmark.separation import train_separator
 
@@ -187,8 +196,14 @@ def train_separator_stage(cfg: Config, paths: DataPaths, tracker: Tracker | None
     key = f"train-separator:{out.name}"
     run = tracker.run(key, "train-separator", "train-separator") if tracker else _nullcontext()
     with run as handle:
-        train_separator(paths.stems_root, [c.clip_id for c in train], [c.clip_id for c in valid],
-                        out, cfg.separation, progress=progress)
+        train_separator(
+            paths.stems_root,
+            [c.clip_id for c in train],
+            [c.clip_id for c in valid],
+            out,
+            cfg.separation,
+            progress=progress,
+        )
         if handle:
             handle.tag("model_dir", out)
             quality = read_json(out / "quality.json")
@@ -218,7 +233,9 @@ def resolve_separation(cfg: Config, paths: DataPaths, separator: str, tracker=No
     return sep, sep.umx_model if sep.separator == "umx" else sep.separator
 
 
-def source_store(cfg: Config, paths: DataPaths, separator: str, tracker: Tracker | None = None, progress=True) -> FeatureStore:
+def source_store(
+    cfg: Config, paths: DataPaths, separator: str, tracker: Tracker | None = None, progress=True
+) -> FeatureStore:
     """Stage ``separate``: per-source log-mel + silence flags of the pre-training clips."""
     key = ("src", separator, paths, cfg.frontend, cfg.separation, cfg.data.max_bad_fraction)
     return _memo(key, lambda: _source_store(cfg, paths, separator, tracker, progress))
@@ -243,7 +260,12 @@ def _source_store(cfg, paths, separator, tracker, progress) -> FeatureStore:
     if tracker is not None:
         key = f"separate:{store.root.name}"
         if not tracker.is_done(key):
-            with tracker.run(key, "separate", f"separate-{sep_cfg.separator}", tags={"separator": sep_cfg.separator}) as h:
+            with tracker.run(
+                key,
+                "separate",
+                f"separate-{sep_cfg.separator}",
+                tags={"separator": sep_cfg.separator},
+            ) as h:
                 activity = source_activity(store)
                 h.artifact_dict({"activity": activity, "report": store.report()}, "activity.json")
                 for src, row in activity.items():
@@ -260,14 +282,20 @@ def silence_value(cfg: Config) -> float:
     return float(np.log(cfg.frontend.log_offset))
 
 
-def pair_corpora(cfg, paths, method, tracker=None, progress=True) -> tuple[PairCorpus, PairCorpus, str]:
+def pair_corpora(
+    cfg, paths, method, tracker=None, progress=True
+) -> tuple[PairCorpus, PairCorpus, str]:
     mix = mixture_store(cfg, paths, "mtat", progress)
     sources = None
     if method.sources:
         sources = source_store(cfg, paths, method.separator, tracker, progress)
     train, valid = pretrain_clips(paths)
     f = cfg.frontend
-    make = lambda clips: PairCorpus(mix, f.excerpt_frames, f.crop_frames, silence_value(cfg), sources, [c.clip_id for c in clips])  # noqa: E731
+
+    def make(clips):
+        ids = [c.clip_id for c in clips]
+        return PairCorpus(mix, f.excerpt_frames, f.crop_frames, silence_value(cfg), sources, ids)
+
     identity = mix.root.name + ("|" + sources.root.name if sources is not None else "")
     return make(train), make(valid), identity
 
@@ -279,28 +307,51 @@ class PretrainedModel:
     key: str
     final_path: Path | None  # None for random_init
     run_id: str | None
+    cached: bool = False  # found finished; nothing was trained
 
 
-def run_pretrain(cfg: Config, method_name: str, seed: int, tracker: Tracker, progress=True) -> PretrainedModel:
+def run_pretrain(
+    cfg: Config, method_name: str, seed: int, tracker: Tracker, progress=True
+) -> PretrainedModel:
     from benchmark.train import is_complete, pretrain, pretrain_key
     from methods import get_method
 
     method = get_method(method_name)
     if not method.pretrained:
-        key = stable_hash({"method": method.params(), "encoder": to_dict(cfg.encoder), "seed": seed})
-        return PretrainedModel(method_name, seed, key, None, None)
+        key = stable_hash(
+            {"method": method.params(), "encoder": to_dict(cfg.encoder), "seed": seed}
+        )
+        return PretrainedModel(method_name, seed, key, None, None, cached=True)
     paths = data_paths(cfg, progress)
     corpus, valid, identity = pair_corpora(cfg, paths, method, tracker, progress)
     key = pretrain_key(cfg, method, seed, identity)
     run_dir = cfg.profile_dir / "pretrain" / f"{method_name}-s{seed}-{key}"
     existing = tracker.find(key)
     if is_complete(run_dir, key) and existing is not None and existing.info.status == "FINISHED":
-        return PretrainedModel(method_name, seed, key, run_dir / "final.pt", existing.info.run_id)
+        return PretrainedModel(
+            method_name, seed, key, run_dir / "final.pt", existing.info.run_id, cached=True
+        )
     params = {"config": cfg.to_dict(), "method": method.params(), "seed": seed}
-    tags = {"method": method_name, "seed": seed, "config_hash": cfg.hash(), "git_commit": git_commit()}
-    with tracker.run(key, "pretrain", f"pretrain-{method_name}-s{seed}", tags=tags, params=params) as h:
-        result = pretrain(cfg, method, corpus, valid, run_dir, key, seed,
-                          on_metrics=lambda m, step: h.metrics(m, step), progress=progress)
+    tags = {
+        "method": method_name,
+        "seed": seed,
+        "config_hash": cfg.hash(),
+        "git_commit": git_commit(),
+    }
+    with tracker.run(
+        key, "pretrain", f"pretrain-{method_name}-s{seed}", tags=tags, params=params
+    ) as h:
+        result = pretrain(
+            cfg,
+            method,
+            corpus,
+            valid,
+            run_dir,
+            key,
+            seed,
+            on_metrics=lambda m, step: h.metrics(m, step),
+            progress=progress,
+        )
         h.tag("checkpoint", result.final_path.resolve())
         h.artifact(run_dir / "config.json")
         h.metrics({"wall_s": result.wall_s, "resumed_from_step": result.resumed_from})
@@ -337,61 +388,104 @@ def _encoder_for(cfg: Config, model: PretrainedModel, store: FeatureStore, train
     return net.eval()
 
 
-def embed(cfg: Config, model: PretrainedModel, task, dataset: Dataset, store: FeatureStore, progress=True) -> dict:
-    """Window embeddings of every split of ``dataset`` (cached): split -> (emb, clip_index, clips)."""
+def _embed_store(
+    cfg, model, store, hop, bn_rows, bn_key, progress
+) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings of every ``hop``-spaced window of every clip of ``store`` (cached on disk).
+
+    Shared by every task on the same corpus (MTAT and MTAT* embed once). Returns
+    ``(embeddings (W, D) float16 memory map, offsets (rows + 1,))``: the windows of store row
+    ``r`` are ``embeddings[offsets[r]:offsets[r + 1]]``.
+    """
+    from tqdm import tqdm
+
+    crop = cfg.frontend.crop_frames
+    key = stable_hash(
+        {"model": model.key, "store": store.root.name, "hop": hop, "crop": crop, "bn": bn_key}
+    )
+    out = (
+        cfg.cache_dir
+        / "embeddings"
+        / f"{store.root.name[:40]}-{model.method}-s{model.seed}-h{hop}-{key}"
+    )
+    if not (out / "done.json").is_file():
+        counts = [len(window_starts(int(n), crop, hop)) for n in store.lengths]
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        windows = [
+            (r, st) for r, n in enumerate(store.lengths) for st in window_starts(int(n), crop, hop)
+        ]
+        device = pick_device()
+        net = _encoder_for(cfg, model, store, bn_rows, device)
+        feats = np.empty((len(windows), net.feature_dim), dtype=np.float16)
+        bs = cfg.probe.embed_batch_size
+        with torch.inference_mode():
+            for i in tqdm(
+                range(0, len(windows), bs),
+                desc=f"embed {store.root.name[:24]} ({model.method})",
+                disable=not progress,
+            ):
+                chunk = windows[i : i + bs]
+                x = store.crops(
+                    np.array([r for r, _ in chunk]), np.array([st for _, st in chunk]), crop
+                )
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                    feats[i : i + len(chunk)] = (
+                        net.features(torch.from_numpy(x).to(device)).float().cpu().numpy()
+                    )
+        atomic_save_npy(out / "embeddings.npy", feats)
+        atomic_save_npy(out / "offsets.npy", offsets)
+        atomic_write_json(out / "done.json", {"key": key, "windows": len(windows)})
+    return np.load(out / "embeddings.npy", mmap_mode="r"), np.load(out / "offsets.npy")
+
+
+def embed(
+    cfg: Config, model: PretrainedModel, task, dataset: Dataset, store: FeatureStore, progress=True
+) -> dict:
+    """Window embeddings of the splits of ``dataset``: split -> (WindowSet, clips), plus "key".
+
+    Training windows every ``probe.train_hop_frames`` frames (crop diversity), validation and
+    test windows non-overlapping (REFERENCE.md section 5). The frozen encoder runs once per
+    (checkpoint, corpus store, hop); tasks select their clips from that cache.
+    """
     from benchmark.probe import WindowSet
 
     crop = cfg.frontend.crop_frames
-    hops = {"train": cfg.probe.train_hop_frames, "valid": crop, "test": crop}  # test: non-overlapping
-    key = stable_hash({"model": model.key, "store": store.root.name, "hops": hops, "crop": crop,
-                       "task": task.name, "clips": stable_hash(sorted(c.clip_id for c in dataset.clips)),
-                       "random_init_bn": "task-train" if model.final_path is None else ""})
-    out_dir = cfg.cache_dir / "embeddings" / f"{task.name}-{model.method}-s{model.seed}-{key}"
-    splits = {s: [c for c in dataset.split(s) if store.has(c.clip_id)] for s in ("train", "valid", "test")}
+    hops = {"train": cfg.probe.train_hop_frames, "valid": crop, "test": crop}
+    splits = {
+        s: [c for c in dataset.split(s) if store.has(c.clip_id)] for s in ("train", "valid", "test")
+    }
     missing = {s: len(dataset.split(s)) - len(v) for s, v in splits.items()}
     if any(missing.values()):
-        log.warning("%s: clips without features (skipped at the feature stage): %s", task.name, missing)
-    done = out_dir / "done.json"
-    need = [s for s in splits if not (done.is_file() and s in read_json(done).get("splits", []))]
-    if need:
-        device = pick_device()
-        train_rows = np.array([store.index(c.clip_id) for c in splits["train"]])
-        net = None
-        for split in need:
-            rows, clip_index = [], []
-            for ci, clip in enumerate(splits[split]):
-                r = store.index(clip.clip_id)
-                for s in window_starts(int(store.lengths[r]), crop, hops[split]):
-                    rows.append((r, s))
-                    clip_index.append(ci)
-            all_ids = {c.clip_id for c in splits[split]}
-            cache = out_dir / f"{split}.npy"
-            if net is None:
-                net = _encoder_for(cfg, model, store, train_rows, device)
-            feats = np.empty((len(rows), net.feature_dim), dtype=np.float16)
-            bs = cfg.probe.embed_batch_size
-            from tqdm import tqdm
-
-            with torch.inference_mode():
-                for i in tqdm(range(0, len(rows), bs), desc=f"embed {task.corpus} {split} ({model.method})", disable=not progress):
-                    chunk = rows[i : i + bs]
-                    x = store.crops(np.array([r for r, _ in chunk]), np.array([s for _, s in chunk]), crop)
-                    xb = torch.from_numpy(x).to(device)
-                    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                        feats[i : i + len(chunk)] = net.features(xb).float().cpu().numpy()
-            atomic_save_npy(cache, feats)
-            atomic_save_npy(out_dir / f"{split}.clip_index.npy", np.asarray(clip_index, dtype=np.int64))
-            atomic_write_json(out_dir / f"{split}.clips.json", sorted(all_ids))
-            prev = read_json(done).get("splits", []) if done.is_file() else []
-            atomic_write_json(done, {"key": key, "splits": sorted(set(prev) | {split})})
-    result = {}
+        log.warning(
+            "%s: clips without features (skipped at the feature stage): %s", task.name, missing
+        )
+    bn_rows = np.array([store.index(c.clip_id) for c in splits["train"]])
+    # random_init re-estimates BatchNorm on this task's training windows (REFERENCE 9).
+    bn_key = (
+        stable_hash(sorted(c.clip_id for c in splits["train"])) if model.final_path is None else ""
+    )
+    result: dict = {}
     for split, clips in splits.items():
+        emb, offsets = _embed_store(cfg, model, store, hops[split], bn_rows, bn_key, progress)
+        rows = [store.index(c.clip_id) for c in clips]
+        idx = np.concatenate([np.arange(offsets[r], offsets[r + 1]) for r in rows])
+        clip_index = np.concatenate(
+            [np.full(offsets[r + 1] - offsets[r], i) for i, r in enumerate(rows)]
+        )
         result[split] = (
-            WindowSet(np.load(out_dir / f"{split}.npy", mmap_mode="r"),
-                      np.load(out_dir / f"{split}.clip_index.npy"), dataset.targets(clips)),
+            WindowSet(np.asarray(emb[idx]), clip_index.astype(np.int64), dataset.targets(clips)),
             clips,
         )
-    result["key"] = key
+    result["key"] = stable_hash(
+        {
+            "model": model.key,
+            "store": store.root.name,
+            "hops": hops,
+            "bn": bn_key,
+            "task": task.name,
+            "clips": stable_hash(sorted(c.clip_id for c in dataset.clips)),
+        }
+    )
     return result
 
 
@@ -413,7 +507,9 @@ def probe_params(cfg: Config, task, method_name: str, emb_key: str, mode: str | 
     if mode == "tuned":
         path = tuned_path(cfg, method_name, task.name, emb_key)
         if not path.is_file():
-            raise StageError(f"no tuned parameters for {method_name} on {task.name}: run `tune` first ({path})")
+            raise StageError(
+                f"no tuned parameters for {method_name} on {task.name}: run `tune` first ({path})"
+            )
         best = read_json(path)["best_params"]
         return ProbeParams(**best)
     raise StageError(f"probe.params must be 'default' or 'tuned', got {mode!r}")
@@ -433,33 +529,66 @@ def run_tune(cfg: Config, model: PretrainedModel, task, tracker: Tracker, progre
     emb = embed(cfg, model, task, dataset, store, progress)
     path = tuned_path(cfg, model.method, task.name, emb["key"])
     if path.is_file():
-        return read_json(path)
+        return {**read_json(path), "cached": True}
     t = cfg.tune
-    key = stable_hash({"tune": to_dict(t), "emb": emb["key"], "task": task.name, "probe": to_dict(cfg.probe)})
+    key = stable_hash(
+        {"tune": to_dict(t), "emb": emb["key"], "task": task.name, "probe": to_dict(cfg.probe)}
+    )
     study = f"{cfg.profile}-{model.method}-s{model.seed}-{task.name}-{key}"
-    with tracker.run(f"tune:{key}", "tune", f"tune-{model.method}-{task.name}",
-                     tags={"method": model.method, "task": task.name, "study": study,
-                           "pretrain_seed": model.seed, "config_hash": cfg.hash()},
-                     params={"tune": to_dict(t)}) as h:
+    with tracker.run(
+        f"tune:{key}",
+        "tune",
+        f"tune-{model.method}-{task.name}",
+        tags={
+            "method": model.method,
+            "task": task.name,
+            "study": study,
+            "pretrain_seed": model.seed,
+            "config_hash": cfg.hash(),
+        },
+        params={"tune": to_dict(t)},
+    ) as h:
         result = tune_probe(
-            study, cfg.optuna_storage, task.probe_spec(len(dataset.vocabulary)),
-            emb["train"][0], emb["valid"][0],
-            num_trials=t.num_trials, sampler_seed=t.sampler_seed, probe_seed=t.probe_seed,
-            max_epochs=t.max_epochs, batch_size=cfg.probe.batch_size, patience=cfg.probe.patience,
+            study,
+            cfg.optuna_storage,
+            task.probe_spec(len(dataset.vocabulary)),
+            emb["train"][0],
+            emb["valid"][0],
+            num_trials=t.num_trials,
+            sampler_seed=t.sampler_seed,
+            probe_seed=t.probe_seed,
+            max_epochs=t.max_epochs,
+            batch_size=cfg.probe.batch_size,
+            patience=cfg.probe.patience,
             score_fn=_score_fn(task, dataset),
             baseline_params=probe_params(cfg, task, model.method, emb["key"], "default"),
-            on_trial=lambda tr: h.metrics({"trial_value": tr["value"] if tr["value"] is not None else float("nan")}, tr["number"]),
+            on_trial=lambda tr: h.metrics(
+                {"trial_value": tr["value"] if tr["value"] is not None else float("nan")},
+                tr["number"],
+            ),
         )
-        out = {"best_params": result.best_params.__dict__, "best_value": result.best_value,
-               "trials": result.trials, "study": study}
+        out = {
+            "best_params": result.best_params.__dict__,
+            "best_value": result.best_value,
+            "trials": result.trials,
+            "study": study,
+        }
         h.artifact_dict(out, "tuning.json")
         h.metrics({"best_valid": result.best_value})
     atomic_write_json(path, out)
     return out
 
 
-def run_probe(cfg: Config, model: PretrainedModel, task, probe_seed: int, tracker: Tracker,
-              progress=True, force=False, params_mode: str | None = None) -> str:
+def run_probe(
+    cfg: Config,
+    model: PretrainedModel,
+    task,
+    probe_seed: int,
+    tracker: Tracker,
+    progress=True,
+    force=False,
+    params_mode: str | None = None,
+) -> str:
     """Train and test one probe seed; returns 'done' (already there) or 'ran'."""
     from benchmark.metrics import score
     from benchmark.probe import predict_clips, train_probe
@@ -470,39 +599,78 @@ def run_probe(cfg: Config, model: PretrainedModel, task, probe_seed: int, tracke
     emb = embed(cfg, model, task, dataset, store, progress)
     params = probe_params(cfg, task, model.method, emb["key"], params_mode)
     p = cfg.probe
-    key = stable_hash({"emb": emb["key"], "task": task.name, "seed": probe_seed, "params": params.__dict__,
-                       "batch_size": p.batch_size, "max_epochs": p.max_epochs, "patience": p.patience,
-                       "windows_per_clip": p.windows_per_clip})
+    key = stable_hash(
+        {
+            "emb": emb["key"],
+            "task": task.name,
+            "seed": probe_seed,
+            "params": params.__dict__,
+            "batch_size": p.batch_size,
+            "max_epochs": p.max_epochs,
+            "patience": p.patience,
+            "windows_per_clip": p.windows_per_clip,
+        }
+    )
     if tracker.is_done(key) and not force:
         return "done"
     train, valid, test = emb["train"][0], emb["valid"][0], emb["test"][0]
     spec = task.probe_spec(len(dataset.vocabulary))
     seed_label = model.seed * 1000 + probe_seed
-    tags = {"method": model.method, "task": task.name, "seed": seed_label, "probe_seed": probe_seed,
-            "pretrain_seed": model.seed, "pretrain_run_id": model.run_id or "", "config_hash": cfg.hash(),
-            "git_commit": git_commit()}
+    tags = {
+        "method": model.method,
+        "task": task.name,
+        "seed": seed_label,
+        "probe_seed": probe_seed,
+        "pretrain_seed": model.seed,
+        "pretrain_run_id": model.run_id or "",
+        "config_hash": cfg.hash(),
+        "git_commit": git_commit(),
+    }
     if force and tracker.is_done(key):
         key = f"{key}:forced:{time.time_ns()}"
-    with tracker.run(key, "probe", f"probe-{model.method}-{task.name}-s{seed_label}", tags=tags,
-                     params={"probe": to_dict(p), "params": params.__dict__, "spec": spec.__dict__}) as h:
+    with tracker.run(
+        key,
+        "probe",
+        f"probe-{model.method}-{task.name}-s{seed_label}",
+        tags=tags,
+        params={"probe": to_dict(p), "params": params.__dict__, "spec": spec.__dict__},
+    ) as h:
         t0 = time.perf_counter()
-        result = train_probe(spec, params, train, valid, seed=probe_seed, batch_size=p.batch_size,
-                             max_epochs=p.max_epochs, patience=p.patience,
-                             windows_per_clip=max(1, p.windows_per_clip),
-                             score_fn=_score_fn(task, dataset))
+        result = train_probe(
+            spec,
+            params,
+            train,
+            valid,
+            seed=probe_seed,
+            batch_size=p.batch_size,
+            max_epochs=p.max_epochs,
+            patience=p.patience,
+            windows_per_clip=max(1, p.windows_per_clip),
+            score_fn=_score_fn(task, dataset),
+        )
         scores = predict_clips(result.model, test)
         targets = test.targets
         metrics = score(targets, scores, list(dataset.vocabulary), dataset.multilabel)
         flat = {m: metrics[m] for m in task.metrics}
-        flat.update({"best_epoch": result.best_epoch, "valid_primary": result.best_valid_score,
-                     "train_s": time.perf_counter() - t0, "num_test_clips": len(targets)})
+        flat.update(
+            {
+                "best_epoch": result.best_epoch,
+                "valid_primary": result.best_valid_score,
+                "train_s": time.perf_counter() - t0,
+                "num_test_clips": len(targets),
+            }
+        )
         h.metrics(flat)
         h.artifact_dict({k: v for k, v in metrics.items() if k not in task.metrics}, "details.json")
         tmp = cfg.profile_dir / "tmp" / f"{h.run_id}"
         tmp.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(tmp / "predictions.npz", clip_ids=np.array([c.clip_id for c in emb["test"][1]]),
-                            targets=targets, scores=scores.astype(np.float32),
-                            vocabulary=np.array(dataset.vocabulary))
+        np.savez_compressed(
+            tmp / "predictions.npz",
+            clip_ids=np.array([c.clip_id for c in emb["test"][1]]),
+            targets=targets,
+            scores=scores.astype(np.float32),
+            vocabulary=np.array(dataset.vocabulary),
+        )
         h.artifact(tmp / "predictions.npz")
         shutil.rmtree(tmp, ignore_errors=True)
     return "ran"

@@ -79,7 +79,9 @@ class Tracker:
         if exp is None:
             # With a database store MLflow would put artefacts under ./mlruns of whatever
             # directory it runs in; keep them beside the database instead.
-            location = (Path(artifact_root) / experiment).resolve().as_uri() if artifact_root else None
+            location = (
+                (Path(artifact_root) / experiment).resolve().as_uri() if artifact_root else None
+            )
             exp_id = self.client.create_experiment(experiment, artifact_location=location)
         else:
             exp_id = exp.experiment_id
@@ -106,7 +108,9 @@ class Tracker:
 
     # -- writing ----------------------------------------------------------------------
     @contextlib.contextmanager
-    def run(self, key: str, kind: str, name: str, tags: dict | None = None, params: dict | None = None):
+    def run(
+        self, key: str, kind: str, name: str, tags: dict | None = None, params: dict | None = None
+    ):
         """Open (or resume) the run for ``key``; FINISHED on success, FAILED on error."""
         existing = self.find(key)
         if existing is not None and existing.info.status == "FINISHED":
@@ -117,7 +121,9 @@ class Tracker:
             log.info("resuming MLflow run %s (%s %s)", run_id, kind, name)
         else:
             all_tags = {KEY_TAG: key, KIND_TAG: kind, "mlflow.runName": name}
-            run_id = self.client.create_run(self.experiment_id, tags=all_tags, run_name=name).info.run_id
+            run_id = self.client.create_run(
+                self.experiment_id, tags=all_tags, run_name=name
+            ).info.run_id
             if params:
                 self.log_params(run_id, params)
         if tags:
@@ -201,7 +207,9 @@ def collect(tracker: Tracker, workdir: Path) -> dict:
             for metric in ("roc_auc", "pr_auc", "accuracy", "balanced_accuracy"):
                 if metric in run.data.metrics:
                     score_rows.append((method, task, seed, metric, run.data.metrics[metric]))
-            pred = download_artifact(tracker.client, run.info.run_id, "predictions.npz", workdir / run.info.run_id)
+            pred = download_artifact(
+                tracker.client, run.info.run_id, "predictions.npz", workdir / run.info.run_id
+            )
             with np.load(pred, allow_pickle=False) as z:
                 predictions[(method, task, seed)] = {
                     "clip_ids": [str(c) for c in z["clip_ids"]],
@@ -214,7 +222,9 @@ def collect(tracker: Tracker, workdir: Path) -> dict:
             except Exception:  # older runs without details
                 details = {}
             for tag, values in (details.get("per_tag") or {}).items():
-                tag_rows.append((method, task, seed, tag, values.get("roc_auc"), values.get("pr_auc")))
+                tag_rows.append(
+                    (method, task, seed, tag, values.get("roc_auc"), values.get("pr_auc"))
+                )
         elif kind == "pretrain":
             history = tracker.client.get_metric_history(run.info.run_id, "loss")
             for m in history:
@@ -227,7 +237,9 @@ def collect(tracker: Tracker, workdir: Path) -> dict:
             q = load_artifact_dict(tracker.client, run.info.run_id, "quality.json")
             for sep in ("umx", "random_mask"):
                 for src, value in q.get(sep, {}).get("mean_si_sdr_db", {}).items():
-                    quality_rows.append((f"{sep} (trained here)" if sep == "umx" else sep, src, value))
+                    quality_rows.append(
+                        (f"{sep} (trained here)" if sep == "umx" else sep, src, value)
+                    )
 
     def frame(rows, cols):
         return pd.DataFrame(rows, columns=cols) if rows else None

@@ -42,7 +42,9 @@ def num_updates(p: PretrainConfig) -> int:
     (the authors' script calls a chunk of 64 batches one step)."""
     per_step = {"batch": 1, "chunk64": 64}
     if p.step_unit not in per_step:
-        raise ValueError(f"pretrain.step_unit must be one of {sorted(per_step)}, got {p.step_unit!r}")
+        raise ValueError(
+            f"pretrain.step_unit must be one of {sorted(per_step)}, got {p.step_unit!r}"
+        )
     return p.steps * per_step[p.step_unit]
 
 
@@ -57,7 +59,16 @@ class _Batches(IterableDataset):
     DataLoader reads its workers round-robin, so batches arrive in step order.
     """
 
-    def __init__(self, method, corpus: PairCorpus, batch_size: int, seed: int, start: int, stop: int, stream: int = 0):
+    def __init__(
+        self,
+        method,
+        corpus: PairCorpus,
+        batch_size: int,
+        seed: int,
+        start: int,
+        stop: int,
+        stream: int = 0,
+    ):
         self.method, self.corpus, self.batch_size = method, corpus, batch_size
         self.seed, self.start, self.stop, self.stream = seed, start, stop, stream
 
@@ -150,7 +161,10 @@ def pretrain(
     total = num_updates(p)
     device = device or pick_device()
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_dir / "config.json", {"hash": key, "method": method.params(), "seed": seed, "config": cfg.to_dict()})
+    atomic_write_json(
+        run_dir / "config.json",
+        {"hash": key, "method": method.params(), "seed": seed, "config": cfg.to_dict()},
+    )
     model = build_model(cfg.encoder, seed, device)
     opt = torch.optim.Adam(model.parameters(), lr=p.lr)
     sched = torch.optim.lr_scheduler.MultiStepLR(
@@ -161,7 +175,9 @@ def pretrain(
     if ckpt_path.is_file():
         state = load_checkpoint(ckpt_path, device)
         if state.get("key") != key:
-            raise RuntimeError(f"{ckpt_path}: checkpoint of another configuration ({state.get('key')} != {key})")
+            raise RuntimeError(
+                f"{ckpt_path}: checkpoint of another configuration ({state.get('key')} != {key})"
+            )
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -174,7 +190,13 @@ def pretrain(
     stop = total if stop_after is None else min(total, stop_after)
     t0 = time.perf_counter()
     model.train()
-    bar = tqdm(total=total, initial=start, desc=f"pretrain {method.name} s{seed}", unit="step", disable=not progress)
+    bar = tqdm(
+        total=total,
+        initial=start,
+        desc=f"pretrain {method.name} s{seed}",
+        unit="step",
+        disable=not progress,
+    )
     window_t, window_pairs = time.perf_counter(), 0
     for step, batch in batches(method, corpus, p.batch_size, seed, start, stop, p.num_workers):
         anchors = batch.anchors.to(device, non_blocking=True)
@@ -204,7 +226,14 @@ def pretrain(
             window_t, window_pairs = now, 0
         if valid is not None and (done % p.val_every == 0 or done == total):
             metrics = validate(model, method, valid, p, seed, device)
-            log.info("%s s%d step %d: val loss %.4f acc %.3f", method.name, seed, done, metrics["val_loss"], metrics["val_contrastive_accuracy"])
+            log.info(
+                "%s s%d step %d: val loss %.4f acc %.3f",
+                method.name,
+                seed,
+                done,
+                metrics["val_loss"],
+                metrics["val_contrastive_accuracy"],
+            )
             if on_metrics:
                 on_metrics(metrics, done)
         if done % p.checkpoint_every == 0 or done == total:
@@ -215,7 +244,10 @@ def pretrain(
     if steps_done == total:
         with atomic_path(final, suffix=".pt") as tmp:
             torch.save(model.state_dict(), tmp)
-        atomic_write_json(run_dir / "final.json", {"hash": key, "steps": total, "method": method.name, "seed": seed})
+        atomic_write_json(
+            run_dir / "final.json",
+            {"hash": key, "steps": total, "method": method.name, "seed": seed},
+        )
     return PretrainResult(run_dir, final, steps_done, start, time.perf_counter() - t0)
 
 

@@ -32,7 +32,9 @@ def _source_extract(payload):
     return out
 
 
-def make_corpus(tmp_path, num_clips: int = 6, frames: int = 3 * 392 + 20, sources: bool = True) -> PairCorpus:
+def make_corpus(
+    tmp_path, num_clips: int = 6, frames: int = 3 * 392 + 20, sources: bool = True
+) -> PairCorpus:
     jobs = [Job(f"c{i:03d}", f"k{i}-{frames}", (i, frames)) for i in range(num_clips)]
     build(tmp_path / "mix", jobs, _mix_extract, progress=False)
     src = None

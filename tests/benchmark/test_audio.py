@@ -27,7 +27,9 @@ def reference_log_mel(wave: np.ndarray, cfg: FrontEndConfig = CFG) -> np.ndarray
     x = x / (np.sqrt(np.sum(x**2)) + cfg.norm_eps)
     n = 1 + (len(x) - cfg.win_length) // cfg.hop_length
     window = scipy.signal.get_window("hann", cfg.win_length, fftbins=True)
-    frames = np.stack([x[i * cfg.hop_length : i * cfg.hop_length + cfg.win_length] for i in range(n)])
+    frames = np.stack(
+        [x[i * cfg.hop_length : i * cfg.hop_length + cfg.win_length] for i in range(n)]
+    )
     spec = np.abs(np.fft.rfft(frames * window, n=cfg.n_fft, axis=1))  # (n, n_fft/2+1)
     freqs = np.linspace(0, cfg.sample_rate / 2, cfg.n_fft // 2 + 1)
     edges = _htk_hz(np.linspace(_htk_mel(cfg.f_min), _htk_mel(cfg.f_max), cfg.n_mels + 2))
@@ -43,7 +45,9 @@ def reference_log_mel(wave: np.ndarray, cfg: FrontEndConfig = CFG) -> np.ndarray
 def _tone_and_noise(seconds=2.0, sr=16000, seed=0):
     rng = np.random.default_rng(seed)
     t = np.arange(int(seconds * sr)) / sr
-    return (0.3 * np.sin(2 * np.pi * 440 * t) + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
+    return (0.3 * np.sin(2 * np.pi * 440 * t) + 0.05 * rng.standard_normal(t.size)).astype(
+        np.float32
+    )
 
 
 def test_log_mel_matches_numpy_reference():
@@ -73,7 +77,9 @@ def test_batched_equals_single():
         np.testing.assert_allclose(batched[i], log_mel(waves[i]), atol=1e-5)
 
 
-@pytest.mark.parametrize("fmt,ext", [("WAV", "wav"), ("FLAC", "flac"), ("OGG", "ogg"), ("MP3", "mp3")])
+@pytest.mark.parametrize(
+    "fmt,ext", [("WAV", "wav"), ("FLAC", "flac"), ("OGG", "ogg"), ("MP3", "mp3")]
+)
 def test_load_audio_formats_mono_and_resample(tmp_path, fmt, ext):
     sr = 22050
     t = np.arange(sr) / sr

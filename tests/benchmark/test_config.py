@@ -13,7 +13,11 @@ from benchmark.config import Config, ConfigError, resolve
 def test_defaults_are_the_papers():
     cfg = Config()
     assert (cfg.pretrain.steps, cfg.pretrain.batch_size, cfg.pretrain.lr) == (10000, 128, 1e-3)
-    assert (cfg.frontend.win_length, cfg.frontend.hop_length, cfg.frontend.n_fft) == (400, 160, 1024)
+    assert (cfg.frontend.win_length, cfg.frontend.hop_length, cfg.frontend.n_fft) == (
+        400,
+        160,
+        1024,
+    )
     assert (cfg.frontend.n_mels, cfg.frontend.f_min, cfg.frontend.f_max) == (64, 60.0, 7800.0)
     assert cfg.encoder.width_coefficient == cfg.encoder.depth_coefficient == 1.0
     assert cfg.probe.seeds == (0, 1, 2, 3, 4)
@@ -32,9 +36,17 @@ def test_every_profile_resolves(profile):
 
 
 def test_overrides_are_typed():
-    cfg = resolve("smoke", ["pretrain.steps=7", "encoder.similarity=cosine", "probe.seeds=0-2",
-                            "benchmark.methods=cola,msa_multi", "benchmark.tune=false",
-                            "pretrain.lr=2e-4"])
+    cfg = resolve(
+        "smoke",
+        [
+            "pretrain.steps=7",
+            "encoder.similarity=cosine",
+            "probe.seeds=0-2",
+            "benchmark.methods=cola,msa_multi",
+            "benchmark.tune=false",
+            "pretrain.lr=2e-4",
+        ],
+    )
     assert cfg.pretrain.steps == 7 and cfg.encoder.similarity == "cosine"
     assert cfg.probe.seeds == (0, 1, 2)
     assert cfg.benchmark.methods == ("cola", "msa_multi")
@@ -70,9 +82,16 @@ def test_hash_is_stable_and_sensitive():
     assert a.hash() == b.hash()
     assert resolve("smoke", ["pretrain.steps=99"]).hash() != a.hash()
     # the value is a pure function of the content: pinned across processes
-    out = subprocess.run([sys.executable, "-c", "from benchmark.config import resolve;"
-                          "print(resolve('smoke').hash())"], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from benchmark.config import resolve;print(resolve('smoke').hash())",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout.strip() == a.hash()
 
 
@@ -85,10 +104,14 @@ def test_saved_config_round_trips(tmp_path):
 
 
 def test_cli_reports_user_errors_in_one_line():
-    out = subprocess.run([sys.executable, "-m", "benchmark", "config", "pretrain.stepz=1"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmark", "config", "pretrain.stepz=1"],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 2
-    assert out.stderr.strip().splitlines() == [
-        out.stderr.strip().splitlines()[0]
-    ] and "unknown config key 'pretrain.stepz'" in out.stderr
+    assert (
+        out.stderr.strip().splitlines() == [out.stderr.strip().splitlines()[0]]
+        and "unknown config key 'pretrain.stepz'" in out.stderr
+    )
     assert "Traceback" not in out.stderr

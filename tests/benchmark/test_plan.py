@@ -9,15 +9,34 @@ from collections import Counter
 
 import pytest
 
-ARGS = ["--methods", "random_init,cola", "--tasks", "fma", "benchmark.tune=false",
-        "probe.seeds=0-1"]
+ARGS = [
+    "--methods",
+    "random_init,cola",
+    "--tasks",
+    "fma",
+    "benchmark.tune=false",
+    "probe.seeds=0-1",
+]
 
 
 def _run(tmp_path, extra=()):
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
-    cmd = [sys.executable, "-m", "benchmark", "--log-level", "WARNING", "run", "--profile", "smoke",
-           f"paths.runs_dir={tmp_path / 'runs'}", *ARGS, *extra]
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmark",
+        "--log-level",
+        "WARNING",
+        "run",
+        "--profile",
+        "smoke",
+        f"paths.runs_dir={tmp_path / 'runs'}",
+        *ARGS,
+        *extra,
+    ]
+    return subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 @pytest.mark.slow

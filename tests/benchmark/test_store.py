@@ -11,7 +11,15 @@ import soundfile as sf
 
 from benchmark.config import FrontEndConfig
 from benchmark.features import AudioItem, build_mixtures
-from benchmark.store import BadClip, Entry, FeatureStore, Job, StoreBuildError, StoreReadError, build
+from benchmark.store import (
+    BadClip,
+    Entry,
+    FeatureStore,
+    Job,
+    StoreBuildError,
+    StoreReadError,
+    build,
+)
 
 CFG = FrontEndConfig()
 
@@ -132,13 +140,23 @@ def test_bad_audio_is_skipped_counted_and_thresholded(tmp_path):
     (tmp_path / "audio" / "empty.wav").write_bytes(b"")
     (tmp_path / "audio" / "corrupt.mp3").write_bytes(os.urandom(2000))
     sf.write(tmp_path / "audio" / "short.wav", np.full(8000, 0.1, np.float32), 16000)
-    sf.write(tmp_path / "audio" / "nan.wav", np.full(20000, np.nan, np.float32), 16000, subtype="FLOAT")
-    bad = [AudioItem(n, tmp_path / "audio" / f) for n, f in
-           [("empty", "empty.wav"), ("corrupt", "corrupt.mp3"), ("short", "short.wav"), ("nan", "nan.wav")]]
+    sf.write(
+        tmp_path / "audio" / "nan.wav", np.full(20000, np.nan, np.float32), 16000, subtype="FLOAT"
+    )
+    bad = [
+        AudioItem(n, tmp_path / "audio" / f)
+        for n, f in [
+            ("empty", "empty.wav"),
+            ("corrupt", "corrupt.mp3"),
+            ("short", "short.wav"),
+            ("nan", "nan.wav"),
+        ]
+    ]
     with pytest.raises(StoreBuildError, match="4 of 10 clips are bad"):
         build_mixtures(items + bad, tmp_path / "cache", "toy", CFG, progress=False)
-    store = build_mixtures(items + bad, tmp_path / "cache", "toy", CFG, progress=False,
-                           max_bad_fraction=0.5)
+    store = build_mixtures(
+        items + bad, tmp_path / "cache", "toy", CFG, progress=False, max_bad_fraction=0.5
+    )
     report = store.report()
     assert report["num_bad"] == 4
     reasons = dict(report["bad"])
@@ -153,8 +171,13 @@ def test_extractor_bad_clip_exception_is_a_skip(tmp_path):
             raise BadClip("clip 2: deliberately bad")
         return [Entry("mix", np.zeros((10, 4), np.float32))]
 
-    report = build(tmp_path, [Job(f"c{i}", f"k{i}", i) for i in range(50)], extract,
-                   progress=False, max_bad_fraction=0.05)
+    report = build(
+        tmp_path,
+        [Job(f"c{i}", f"k{i}", i) for i in range(50)],
+        extract,
+        progress=False,
+        max_bad_fraction=0.05,
+    )
     assert report.num_bad == 1 and report.bad == [("c2", "clip 2: deliberately bad")]
 
 
@@ -189,7 +212,9 @@ def test_memory_stays_flat_as_the_corpus_grows(tmp_path):
     def peak_kib(n):
         out = subprocess.run(
             [sys.executable, "-c", _RSS_SCRIPT, str(n), str(tmp_path / f"s{n}")],
-            check=True, capture_output=True, text=True,
+            check=True,
+            capture_output=True,
+            text=True,
         )
         build_peak, anon = out.stdout.strip().splitlines()[-1].split()
         return int(build_peak), int(anon)

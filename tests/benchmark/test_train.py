@@ -16,8 +16,13 @@ from benchmark.train import is_complete, load_checkpoint, pretrain, pretrain_key
 from methods import METHODS
 from tests.fixtures import make_corpus
 
-TINY = ["encoder.width_coefficient=0.1", "encoder.depth_coefficient=0.1", "pretrain.batch_size=4",
-        "pretrain.num_workers=0", "pretrain.val_batches=1"]
+TINY = [
+    "encoder.width_coefficient=0.1",
+    "encoder.depth_coefficient=0.1",
+    "pretrain.batch_size=4",
+    "pretrain.num_workers=0",
+    "pretrain.val_batches=1",
+]
 
 
 def _cfg(steps, *extra):
@@ -45,8 +50,9 @@ def test_same_seed_same_weights_and_workers_do_not_matter(tmp_path, corpus):
         torch.testing.assert_close(runs[0][name], runs[1][name], rtol=0, atol=0)
         torch.testing.assert_close(runs[0][name], runs[2][name], rtol=0, atol=0)
     cfg = _cfg(3, "pretrain.checkpoint_every=3")
-    other = pretrain(cfg, m, corpus, None, tmp_path / "s1", pretrain_key(cfg, m, 1, "f"), seed=1,
-                     progress=False)
+    other = pretrain(
+        cfg, m, corpus, None, tmp_path / "s1", pretrain_key(cfg, m, 1, "f"), seed=1, progress=False
+    )
     assert any(not torch.equal(runs[0][k], v) for k, v in _weights(other.final_path).items())
 
 
@@ -72,11 +78,16 @@ def test_sigkill_and_resume_gives_the_uninterrupted_weights(tmp_path):
     overrides = [*TINY, "pretrain.steps=10", "pretrain.checkpoint_every=2"]
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     # Uninterrupted reference.
-    subprocess.run([sys.executable, "-c", _KILL_SCRIPT, str(tmp_path), str(tmp_path / "ref"), *overrides],
-                   check=True, env=env)
+    subprocess.run(
+        [sys.executable, "-c", _KILL_SCRIPT, str(tmp_path), str(tmp_path / "ref"), *overrides],
+        check=True,
+        env=env,
+    )
     # Killed with SIGKILL once a mid-run checkpoint exists, then resumed.
     run_dir = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, str(tmp_path), str(run_dir), *overrides], env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILL_SCRIPT, str(tmp_path), str(run_dir), *overrides], env=env
+    )
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         ckpt = run_dir / "checkpoint.pt"
@@ -90,9 +101,14 @@ def test_sigkill_and_resume_gives_the_uninterrupted_weights(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     step_at_kill = load_checkpoint(run_dir / "checkpoint.pt")["step"]
-    assert step_at_kill < 10 and not (run_dir / "final.pt").exists(), "the run finished before the kill"
-    subprocess.run([sys.executable, "-c", _KILL_SCRIPT, str(tmp_path), str(run_dir), *overrides],
-                   check=True, env=env)
+    assert step_at_kill < 10 and not (run_dir / "final.pt").exists(), (
+        "the run finished before the kill"
+    )
+    subprocess.run(
+        [sys.executable, "-c", _KILL_SCRIPT, str(tmp_path), str(run_dir), *overrides],
+        check=True,
+        env=env,
+    )
     ref, resumed = _weights(tmp_path / "ref" / "final.pt"), _weights(run_dir / "final.pt")
     for name in ref:
         torch.testing.assert_close(resumed[name], ref[name], rtol=0, atol=0)
@@ -101,17 +117,38 @@ def test_sigkill_and_resume_gives_the_uninterrupted_weights(tmp_path):
 def test_checkpoint_of_another_config_is_refused(tmp_path, corpus):
     m = METHODS["cola"]
     cfg = _cfg(2, "pretrain.checkpoint_every=1")
-    pretrain(cfg, m, corpus, None, tmp_path, pretrain_key(cfg, m, 0, "a"), seed=0, progress=False, stop_after=1)
+    pretrain(
+        cfg,
+        m,
+        corpus,
+        None,
+        tmp_path,
+        pretrain_key(cfg, m, 0, "a"),
+        seed=0,
+        progress=False,
+        stop_after=1,
+    )
     with pytest.raises(RuntimeError, match="another configuration"):
-        pretrain(cfg, m, corpus, None, tmp_path, pretrain_key(cfg, m, 0, "b"), seed=0, progress=False)
+        pretrain(
+            cfg, m, corpus, None, tmp_path, pretrain_key(cfg, m, 0, "b"), seed=0, progress=False
+        )
 
 
 def test_lr_is_halved_at_half_the_steps(tmp_path, corpus):
     m = METHODS["cola"]
     cfg = _cfg(4, "pretrain.checkpoint_every=2")
     seen = {}
-    pretrain(cfg, m, corpus, None, tmp_path, pretrain_key(cfg, m, 0, "a"), seed=0, progress=False,
-             stop_after=2)
+    pretrain(
+        cfg,
+        m,
+        corpus,
+        None,
+        tmp_path,
+        pretrain_key(cfg, m, 0, "a"),
+        seed=0,
+        progress=False,
+        stop_after=2,
+    )
     seen[2] = load_checkpoint(tmp_path / "checkpoint.pt")["scheduler"]["_last_lr"][0]
     pretrain(cfg, m, corpus, None, tmp_path, pretrain_key(cfg, m, 0, "a"), seed=0, progress=False)
     seen[4] = load_checkpoint(tmp_path / "checkpoint.pt")["scheduler"]["_last_lr"][0]
@@ -133,12 +170,28 @@ def test_every_method_trains(tmp_path, corpus, name):
     cfg = _cfg(2, "pretrain.checkpoint_every=1", "pretrain.val_every=2")
     metrics = []
     key = pretrain_key(cfg, m, 0, "fixture")
-    init = {k: v.clone() for k, v in __import__("benchmark.train", fromlist=["x"]).build_model(
-        cfg.encoder, 0, torch.device("cpu")).state_dict().items()}
-    res = pretrain(cfg, m, corpus, corpus, tmp_path, key, seed=0, progress=False,
-                   on_metrics=lambda d, s: metrics.append(d))
+    init = {
+        k: v.clone()
+        for k, v in __import__("benchmark.train", fromlist=["x"])
+        .build_model(cfg.encoder, 0, torch.device("cpu"))
+        .state_dict()
+        .items()
+    }
+    res = pretrain(
+        cfg,
+        m,
+        corpus,
+        corpus,
+        tmp_path,
+        key,
+        seed=0,
+        progress=False,
+        on_metrics=lambda d, s: metrics.append(d),
+    )
     assert is_complete(tmp_path, key)
     final = _weights(res.final_path)
     assert any(not torch.equal(init[k], final[k]) for k in final if final[k].is_floating_point())
-    losses = [d["loss"] for d in metrics if "loss" in d] + [d["val_loss"] for d in metrics if "val_loss" in d]
+    losses = [d["loss"] for d in metrics if "loss" in d] + [
+        d["val_loss"] for d in metrics if "val_loss" in d
+    ]
     assert losses and all(torch.isfinite(torch.tensor(v)) for v in losses)

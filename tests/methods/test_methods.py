@@ -17,8 +17,12 @@ def corpus(tmp_path_factory):
 def test_registry_keys_match_names_and_ablations_exist():
     for key, method in METHODS.items():
         assert method.name == key
-    assert set(ABLATIONS) == {"msa_multi_no_silence", "msa_multi_mixed_batches",
-                              "msa_multi_plain_loss", "msa_multi_no_shift"}
+    assert set(ABLATIONS) == {
+        "msa_multi_no_silence",
+        "msa_multi_mixed_batches",
+        "msa_multi_plain_loss",
+        "msa_multi_no_shift",
+    }
     with pytest.raises(ValueError, match="unknown method 'nope'"):
         get_method("nope")
 
@@ -56,7 +60,9 @@ def test_msa_positive_is_the_source_of_the_same_excerpt(corpus):
     offsets = {"bass": 0.5, "drums": 1.0, "vocals": 1.5, "other": 2.0}  # see tests/fixtures.py
     for seed in range(6):
         batch = METHODS["msa_multi"].sample(corpus, 8, np.random.default_rng(seed))
-        for a, p, silent in zip(batch.anchors.numpy(), batch.positives.numpy(), batch.silent.numpy(), strict=True):
+        for a, p, silent in zip(
+            batch.anchors.numpy(), batch.positives.numpy(), batch.silent.numpy(), strict=True
+        ):
             e, _ = _which_excerpt(corpus, a)
             if silent:
                 assert np.all(p == SILENCE)
@@ -84,12 +90,18 @@ def test_source_targeted_and_no_silence_variants(corpus):
     for seed in range(30):
         b = METHODS["msa_vocals"].sample(corpus, 8, np.random.default_rng(seed))
         assert b.source == "vocals"
-        assert not METHODS["msa_multi_no_silence"].sample(corpus, 8, np.random.default_rng(seed)).silent.any()
+        assert (
+            not METHODS["msa_multi_no_silence"]
+            .sample(corpus, 8, np.random.default_rng(seed))
+            .silent.any()
+        )
 
 
 def test_no_shift_ablation_uses_the_anchor_position(corpus):
     batch = METHODS["msa_multi_no_shift"].sample(corpus, 8, np.random.default_rng(1))
-    for a, p, silent in zip(batch.anchors.numpy(), batch.positives.numpy(), batch.silent.numpy(), strict=True):
+    for a, p, silent in zip(
+        batch.anchors.numpy(), batch.positives.numpy(), batch.silent.numpy(), strict=True
+    ):
         if not silent:
             diff = p - a
             assert np.allclose(diff, diff.flat[0], atol=2e-2)  # same frames, constant offset

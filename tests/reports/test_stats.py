@@ -367,7 +367,9 @@ def test_rank_based_roc_auc_equals_scikit_learn_with_ties_and_stacked_runs():
     targets[1, :] = 0
     scores = np.round(rng.random((3, 60, 7)), 1)  # rounding makes many ties
     for run in scores:
-        assert macro_roc_auc(targets, run) == pytest.approx(roc_auc_score(targets, run, average="macro"), abs=1e-12)
+        assert macro_roc_auc(targets, run) == pytest.approx(
+            roc_auc_score(targets, run, average="macro"), abs=1e-12
+        )
     stacked = macro_roc_auc(targets, scores)
     expected = [roc_auc_score(targets, run, average="macro") for run in scores]
     np.testing.assert_allclose(stacked, expected, atol=1e-12)
