@@ -30,8 +30,9 @@ def _run(tmp_path, extra=()):
         "run",
         "--profile",
         "smoke",
+        *ARGS[:4],  # options first: argparse reads the key=value overrides as one positional
         f"paths.runs_dir={tmp_path / 'runs'}",
-        *ARGS,
+        *ARGS[4:],
         *extra,
     ]
     return subprocess.Popen(
