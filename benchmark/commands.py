@@ -179,6 +179,14 @@ def cmd_pretrain(args, cfg):
         print(f"{args.method} seed {seed}: {model.final_path or 'random init (no pre-training)'}")
 
 
+def _pretrained(cfg, method: str, tracker):
+    """The method's model for every pre-training seed (trained now if not finished)."""
+    from benchmark import stages
+
+    for seed in cfg.pretrain.seeds:
+        yield seed, _checked(stages.run_pretrain, cfg, method, seed, tracker)
+
+
 def _probe_args(p):
     _method_arg(p)
     _task_arg(p)
@@ -195,8 +203,7 @@ def cmd_probe(args, cfg):
 
     task = _checked(get_task, args.task)
     tracker = _tracker(cfg)
-    for pseed in cfg.pretrain.seeds:
-        model = _checked(stages.run_pretrain, cfg, args.method, pseed, tracker)
+    for pseed, model in _pretrained(cfg, args.method, tracker):
         for seed in _seeds(args.seeds, cfg.probe.seeds):
             status = stages.run_probe(cfg, model, task, seed, tracker, force=args.force)
             print(f"{args.method} {task.name} pretrain seed {pseed} probe seed {seed}: {status}")
@@ -216,8 +223,7 @@ def cmd_tune(args, cfg):
 
     task = _checked(get_task, args.task)
     tracker = _tracker(cfg)
-    for pseed in cfg.pretrain.seeds:
-        model = _checked(stages.run_pretrain, cfg, args.method, pseed, tracker)
+    for _seed, model in _pretrained(cfg, args.method, tracker):
         out = stages.run_tune(cfg, model, task, tracker)
         print(
             json.dumps(

@@ -78,12 +78,7 @@ def time_mask(
     Raises:
         ValueError: ``crop`` is not 2-D, a start is outside the crop or a width is negative.
     """
-    _check_crop(crop)
-    _check_masks(masks, crop.shape[0], "time")
-    out = crop.copy()
-    for start, width in masks:
-        out[start : start + width, :] = fill_value
-    return out
+    return _mask(crop, masks, 0, fill_value)
 
 
 def freq_mask(
@@ -102,11 +97,17 @@ def freq_mask(
     Raises:
         ValueError: ``crop`` is not 2-D, a start is outside the crop or a width is negative.
     """
+    return _mask(crop, masks, 1, fill_value)
+
+
+def _mask(crop: np.ndarray, masks, axis: int, fill_value: float) -> np.ndarray:
+    """Fill ``width`` entries from ``start`` along ``axis`` (0 time, 1 frequency) per mask."""
     _check_crop(crop)
-    _check_masks(masks, crop.shape[1], "frequency")
+    _check_masks(masks, crop.shape[axis], ("time", "frequency")[axis])
     out = crop.copy()
+    view = out if axis == 0 else out.T
     for start, width in masks:
-        out[:, start : start + width] = fill_value
+        view[start : start + width] = fill_value
     return out
 
 
