@@ -198,14 +198,14 @@ def _probe_args(p):
     "probe", "embed with the frozen encoder (cached) and train/test probes, 5 seeds", _probe_args
 )
 def cmd_probe(args, cfg):
-    from benchmark import stages
+    from benchmark import evaluate
     from tasks import get_task
 
     task = _checked(get_task, args.task)
     tracker = _tracker(cfg)
     for pseed, model in _pretrained(cfg, args.method, tracker):
         for seed in _seeds(args.seeds, cfg.probe.seeds):
-            status = stages.run_probe(cfg, model, task, seed, tracker, force=args.force)
+            status = evaluate.run_probe(cfg, model, task, seed, tracker, force=args.force)
             print(f"{args.method} {task.name} pretrain seed {pseed} probe seed {seed}: {status}")
 
 
@@ -218,13 +218,13 @@ def _tune_args(p):
     "tune", "equal-budget Optuna search of the probe's lr / weight decay / dropout", _tune_args
 )
 def cmd_tune(args, cfg):
-    from benchmark import stages
+    from benchmark import evaluate
     from tasks import get_task
 
     task = _checked(get_task, args.task)
     tracker = _tracker(cfg)
     for _seed, model in _pretrained(cfg, args.method, tracker):
-        out = stages.run_tune(cfg, model, task, tracker)
+        out = evaluate.run_tune(cfg, model, task, tracker)
         print(
             json.dumps(
                 {"best_params": out["best_params"], "best_value": out["best_value"]}, indent=2

@@ -27,6 +27,16 @@ class PairBatch:
     silent: torch.Tensor
     source: str | None = None
 
+    def pin_memory(self) -> PairBatch:
+        """Page-locked copies (DataLoader ``pin_memory=True`` calls this on CUDA machines), so
+        the host-to-device copies of the loop overlap with compute."""
+        return PairBatch(
+            self.anchors.pin_memory(),
+            self.positives.pin_memory(),
+            self.silent.pin_memory(),
+            self.source,
+        )
+
 
 class PairCorpus:
     """The 4-s excerpts of the pre-training clips, and per source which rows/flags they have.

@@ -1,15 +1,21 @@
 """``make bench``: speed and memory of the pipeline's hot paths on this machine.
 
-Prints one line per measurement (and writes ``runs/bench.json``):
-- front end: seconds of audio per CPU-second for decode + log-mel and for log-mel alone
+Each section runs in its own Python process (so its peak memory is its own) and prints one
+line per measurement; everything is also written to ``runs/bench.json``.
+
+- ``frontend``: seconds of audio per CPU-second for decode + log-mel and for log-mel alone
   (target >= 500x real time per core);
-- feature store: random 98-frame crops per second (target >= 20,000/s);
-- pre-training: pairs/s of the full loop (DataLoader, pairing, loss, Adam) versus the
-  encoder's own forward+backward on tensors already in memory (target ratio >= 0.9), and
-  peak memory;
-- separation: real-time factor of random_mask and of an Open-Unmix model (umxhq-sized);
-- probes: time to embed, five probe seeds, and the speed-up versus re-running the encoder
-  every epoch (the original code's approach).
+- ``store``: random 98-frame crops per second from the feature store (target >= 20,000/s);
+- ``separation``: real-time factor of random_mask and of an Open-Unmix model (umxhq-sized);
+- ``pretrain``: steady-state pairs/s of the full loop (DataLoader workers, pairing, loss,
+  Adam) versus the encoder's own forward + backward + Adam on one batch already in memory
+  (target ratio >= 0.9: the data path must be hidden), the data path alone, and peak memory;
+- ``probe``: for one method on the smoke corpus, the time to embed each task, five probe
+  seeds, and the speed-up versus re-running the frozen encoder every epoch (the original
+  code's approach), projected from one measured epoch of that approach.
+
+``--profile`` picks the encoder and batch size (default: the ``default`` profile);
+``--only pretrain,probe`` runs some sections.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,14 +34,19 @@ import soundfile as sf
 import torch
 
 from benchmark.config import FrontEndConfig, resolve
-from benchmark.io import atomic_write_json
+from benchmark.io import atomic_write_json, pick_device
 
 
 def _cpu_time():
     return time.process_time()
 
 
-def bench_frontend(tmp: Path, seconds: float = 30.0, clips: int = 8) -> dict:
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_frontend(tmp: Path, profile: str, seconds: float = 30.0, clips: int = 8) -> dict:
     from benchmark.audio import load_audio, log_mel
 
     torch.set_num_threads(1)  # per core
@@ -54,14 +67,13 @@ def bench_frontend(tmp: Path, seconds: float = 30.0, clips: int = 8) -> dict:
     for p in paths:
         log_mel(load_audio(p), cfg)
     decode_mel = clips * seconds / (_cpu_time() - t0)
-    torch.set_num_threads(2)
     return {
         "mel_x_realtime_per_core": mel_only,
         "decode_mp3_plus_mel_x_realtime_per_core": decode_mel,
     }
 
 
-def bench_store(tmp: Path, num_clips: int = 256) -> dict:
+def bench_store(tmp: Path, profile: str, num_clips: int = 256) -> dict:
     from benchmark.store import FeatureStore, Job, build
 
     build(
@@ -88,61 +100,8 @@ def _extract_random(i):
     return [Entry("mix", np.random.default_rng(i).standard_normal((2900, 64)).astype(np.float32))]
 
 
-def bench_pretrain(tmp: Path, profile: str, steps: int = 12) -> dict:
-    from benchmark.train import build_model, pretrain, pretrain_key
-    from methods import METHODS
-    from tests.fixtures import make_corpus
-
-    cfg = resolve(
-        profile,
-        [
-            f"pretrain.steps={steps}",
-            f"pretrain.checkpoint_every={steps}",
-            f"pretrain.val_every={steps * 10}",
-        ],
-    )
-    corpus = make_corpus(tmp / "corpus", num_clips=24)
-    method = METHODS["msa_multi"]
-    bs = cfg.pretrain.batch_size
-    # Encoder alone: forward + backward + Adam on one batch already in memory.
-    device = torch.device("cpu")
-    model = build_model(cfg.encoder, 0, device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    batch = method.sample(corpus, bs, np.random.default_rng(0))
-    from benchmark.train import loss_fn
-
-    compute = loss_fn(method)
-    for i in range(steps + 2):
-        if i == 2:
-            t0 = time.perf_counter()
-        za, zp = model(batch.anchors, batch.positives)
-        loss, _ = compute(za, zp, batch.silent, model.similarity)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    encoder_rate = steps * bs / (time.perf_counter() - t0)
-    res = pretrain(
-        cfg,
-        method,
-        corpus,
-        None,
-        tmp / "run",
-        pretrain_key(cfg, method, 0, "bench"),
-        0,
-        progress=False,
-    )
-    loop_rate = steps * bs / res.wall_s
-    return {
-        "profile": profile,
-        "batch_pairs": bs,
-        "encoder_only_pairs_per_s": encoder_rate,
-        "full_loop_pairs_per_s": loop_rate,
-        "loop_over_encoder_ratio": loop_rate / encoder_rate,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }
-
-
-def bench_separation(seconds: float = 12.0) -> dict:
+def bench_separation(tmp: Path, profile: str, seconds: float = 12.0) -> dict:
+    import torchaudio
     from openunmix.model import OpenUnmix, Separator
 
     from benchmark.config import SeparationConfig
@@ -161,8 +120,6 @@ def bench_separation(seconds: float = 12.0) -> dict:
     }
     umx = Separator(targets, niter=0, sample_rate=44100).eval()
     x = torch.from_numpy(np.stack([wave, wave])).float()
-    import torchaudio
-
     t0 = time.perf_counter()
     with torch.inference_mode():
         umx(torchaudio.functional.resample(x, 16000, 44100)[None])
@@ -172,28 +129,264 @@ def bench_separation(seconds: float = 12.0) -> dict:
     }
 
 
+def bench_pretrain(tmp: Path, profile: str, warmup: int = 10, steps: int = 30) -> dict:
+    """Steady-state throughput of the loop versus the encoder alone (after ``warmup`` steps).
+
+    The loop reports pairs/s over windows of 10 steps (``benchmark.train``); the windows after
+    the warm-up are compared with the encoder's forward + backward + Adam on one batch already
+    on the device, same model, same autocast, same loss.
+    """
+    from benchmark.train import _autocast, batches, build_model, loss_fn, pretrain, pretrain_key
+    from methods import METHODS
+    from tests.fixtures import make_corpus
+
+    if warmup % 10 or steps % 10:
+        raise ValueError("warmup and steps must be multiples of the loop's 10-step window")
+    total = warmup + steps
+    cfg = resolve(
+        profile,
+        [
+            f"pretrain.steps={total}",
+            f"pretrain.checkpoint_every={total}",
+            f"pretrain.val_every={total * 10}",
+        ],
+    )
+    corpus = make_corpus(tmp / "corpus", num_clips=24)
+    method = METHODS["msa_multi"]
+    bs = cfg.pretrain.batch_size
+    device = pick_device()
+    compute = loss_fn(method)
+
+    # The data path alone: batches/s the DataLoader workers deliver with no model running.
+    loader = batches(method, corpus, bs, 0, 0, 2 * total, cfg.pretrain.num_workers)
+    t0, n = None, 0
+    for i, _ in enumerate(loader):
+        if i == warmup:
+            t0 = time.perf_counter()
+        n += i >= warmup
+    data_rate = n * bs / (time.perf_counter() - t0)
+
+    # The encoder alone, on one batch already on the device.
+    model = build_model(cfg.encoder, 0, device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    batch = method.sample(corpus, bs, np.random.default_rng(0))
+    anchors, positives = batch.anchors.to(device), batch.positives.to(device)
+    silent = batch.silent.to(device)
+    for i in range(warmup + steps):
+        if i == warmup:
+            _sync(device)
+            t0 = time.perf_counter()
+        with _autocast(device):
+            za, zp = model(anchors, positives)
+        loss, _ = compute(za.float(), zp.float(), silent, model.similarity)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    _sync(device)
+    encoder_rate = steps * bs / (time.perf_counter() - t0)
+    del model, opt
+
+    # The full loop.
+    windows: list[tuple[int, float]] = []
+    res = pretrain(
+        cfg,
+        method,
+        corpus,
+        None,
+        tmp / "run",
+        pretrain_key(cfg, method, 0, "bench"),
+        0,
+        on_metrics=lambda m, step: windows.append((step, m["pairs_per_s"])),
+        device=device,
+        progress=False,
+    )
+    steady = [rate for step, rate in windows if step > warmup]
+    loop_rate = len(steady) / sum(1 / r for r in steady)  # equal pairs per window
+    out = {
+        "profile": profile,
+        "device": device.type,
+        "batch_pairs": bs,
+        "dataloader_workers": cfg.pretrain.num_workers,
+        "data_path_only_pairs_per_s": data_rate,
+        "encoder_only_pairs_per_s": encoder_rate,
+        "full_loop_pairs_per_s": loop_rate,
+        "loop_over_encoder_ratio": loop_rate / encoder_rate,
+        "whole_run_incl_startup_pairs_per_s": total * bs / res.wall_s,
+    }
+    if device.type == "cuda":
+        out["peak_cuda_allocated_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out
+
+
+def bench_probe(tmp: Path, profile: str, method: str = "cola") -> dict:
+    """The probe stage of one method on the smoke corpus, task by task.
+
+    ``embed_s``: the frozen encoder over every window of the task's clips (cold cache);
+    ``embed_cached_s``: the same call again (the cache is read, the encoder is not run);
+    ``probes_s``: the five probe seeds from cached embeddings, MLflow logging included;
+    ``reencode_epoch_s``: one measured epoch of the original approach, the frozen encoder on
+    one random crop per training clip and on every window of the validation clips;
+    ``reencode_projected_s``: ``probes_s`` + that epoch times the epochs the five seeds
+    actually ran + the test windows once per seed; ``speedup`` = projected / (embed + probes).
+    """
+    import shutil
+
+    from benchmark import evaluate, stages
+    from benchmark.tracking import KIND_TAG, Tracker
+    from benchmark.train import load_encoder
+    from tasks import TASKS
+
+    cfg = resolve(
+        profile,
+        [
+            f"paths.runs_dir={tmp / 'runs'}",
+            "data.synth_size=smoke",
+            "pretrain.steps=4",
+            "pretrain.checkpoint_every=4",
+            "pretrain.val_every=4",
+            "probe.params=default",
+        ],
+    )
+    tracker = Tracker(cfg.tracking_uri, "bench", artifact_root=cfg.runs_dir / "mlartifacts")
+    device = pick_device()
+    paths = stages.data_paths(cfg, progress=False)
+    model = stages.run_pretrain(cfg, method, 0, tracker, progress=False)
+    net = load_encoder(cfg.encoder, model.final_path, device)
+    f = cfg.frontend
+    with torch.inference_mode():  # warm-up, so the first timed epoch is not penalised
+        net.features(torch.zeros(8, f.crop_frames, f.n_mels, device=device))
+    out: dict = {"profile": profile, "method": method, "device": device.type}
+    totals = {"ours_s": 0.0, "reencode_s": 0.0}
+    for name, task in TASKS.items():
+        dataset = stages.load_task_dataset(task, paths)
+        store = stages.mixture_store(cfg, paths, task.corpus, progress=False)
+        shutil.rmtree(cfg.cache_dir / "embeddings", ignore_errors=True)  # every task cold
+        t0 = time.perf_counter()
+        evaluate.embed(cfg, model, task, dataset, store, progress=False)
+        embed_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        evaluate.embed(cfg, model, task, dataset, store, progress=False)
+        cached_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for seed in cfg.probe.seeds:
+            evaluate.run_probe(cfg, model, task, seed, tracker, progress=False)
+        probes_s = time.perf_counter() - t0
+        runs = tracker.runs(
+            f"tags.`{KIND_TAG}` = 'probe' and tags.task = '{name}' and tags.method = '{method}'"
+        )
+        epochs = sum(int(r.data.metrics["epochs_run"]) for r in runs)
+        epoch_s, test_s = _reencode_costs(cfg, net, store, dataset, device)
+        reencode = probes_s + epochs * epoch_s + len(cfg.probe.seeds) * test_s
+        ours = embed_s + probes_s
+        totals["ours_s"] += ours
+        totals["reencode_s"] += reencode
+        out[name] = {
+            "embed_s": embed_s,
+            "embed_cached_s": cached_s,
+            "probes_s": probes_s,
+            "probe_seeds": len(cfg.probe.seeds),
+            "epochs_run": epochs,
+            "reencode_epoch_s": epoch_s,
+            "reencode_test_s": test_s,
+            "reencode_projected_s": reencode,
+            "speedup": reencode / ours,
+        }
+    out["all_tasks_speedup"] = totals["reencode_s"] / totals["ours_s"]
+    return out
+
+
+def _reencode_costs(cfg, net, store, dataset, device) -> tuple[float, float]:
+    """Measured seconds of one epoch of the re-encoding approach (one random crop per training
+    clip + every non-overlapping window of the validation clips) and of encoding the test."""
+    from benchmark.evaluate import window_starts
+
+    crop = cfg.frontend.crop_frames
+    rng = np.random.default_rng(0)
+
+    def rows(split):
+        return [store.index(c.clip_id) for c in dataset.split(split) if store.has(c.clip_id)]
+
+    def windows(split):
+        return [
+            (r, int(s))
+            for r in rows(split)
+            for s in window_starts(int(store.lengths[r]), crop, crop)
+        ]
+
+    crops = [(r, int(rng.integers(0, store.lengths[r] - crop + 1))) for r in rows("train")]
+    big = cfg.probe.embed_batch_size
+    epoch_s = _encode_time(net, store, crops, crop, cfg.probe.batch_size, device)
+    epoch_s += _encode_time(net, store, windows("valid"), crop, big, device)
+    return epoch_s, _encode_time(net, store, windows("test"), crop, big, device)
+
+
+@torch.inference_mode()
+def _encode_time(net, store, windows, crop: int, batch: int, device) -> float:
+    """Seconds to read and encode ``windows`` [(row, start)] with the frozen encoder."""
+    _sync(device)
+    t0 = time.perf_counter()
+    for i in range(0, len(windows), batch):
+        chunk = np.asarray(windows[i : i + batch])
+        x = torch.from_numpy(store.crops(chunk[:, 0], chunk[:, 1], crop)).to(device)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            net.features(x).float().cpu()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+SECTIONS = {
+    "frontend": bench_frontend,
+    "store": bench_store,
+    "separation": bench_separation,
+    "pretrain": bench_pretrain,
+    "probe": bench_probe,
+}
+
+
+def run_section(name: str, profile: str) -> dict:
+    """One section in this (fresh) process; adds the process's peak resident memory.
+
+    Forked DataLoader workers share the parent's pages, so their own peak is not added.
+    """
+    with tempfile.TemporaryDirectory() as d:
+        result = SECTIONS[name](Path(d), profile)
+    return result | {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def _print(name: str, result: dict, prefix: str = "") -> None:
+    for k, v in result.items():
+        if isinstance(v, dict):
+            _print(name, v, f"{prefix}{k}.")
+            continue
+        label = f"{prefix}{k}"
+        text = f"{v:12.2f}" if isinstance(v, float) else f"{v!s:>12}"
+        print(f"{name:11s} {label:44s} {text}", flush=True)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="default", help="profile whose encoder/batch to time")
+    parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
     parser.add_argument("--out", default="runs/bench.json")
+    parser.add_argument("--section", help=argparse.SUPPRESS)  # internal: one section, JSON out
     args = parser.parse_args(argv)
-    results = {}
-    with tempfile.TemporaryDirectory() as d:
-        tmp = Path(d)
-        for name, fn in (
-            ("frontend", lambda: bench_frontend(tmp)),
-            ("store", lambda: bench_store(tmp)),
-            ("separation", bench_separation),
-            ("pretrain", lambda: bench_pretrain(tmp, args.profile)),
-        ):
-            results[name] = fn()
-            for k, v in results[name].items():
-                print(
-                    f"{name:11s} {k:42s} {v:12.1f}"
-                    if isinstance(v, float)
-                    else f"{name:11s} {k:42s} {v:>12}"
-                )
-    results["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.section:
+        print(json.dumps(run_section(args.section, args.profile)))
+        return 0
+    names = [n.strip() for n in args.only.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(SECTIONS))
+    if unknown:
+        parser.error(f"unknown sections {unknown} (known: {', '.join(SECTIONS)})")
+    results: dict = {"device": pick_device().type}
+    for name in names:
+        proc = subprocess.run(
+            [sys.executable, "-m", "benchmark.perf", "--section", name, "--profile", args.profile],
+            stdout=subprocess.PIPE,
+            check=True,
+            text=True,
+        )
+        results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+        _print(name, results[name])
     atomic_write_json(Path(args.out), results)
     print(json.dumps({"written": args.out}))
     return 0

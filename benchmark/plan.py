@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from benchmark import stages
+from benchmark import evaluate, stages
 from benchmark.config import Config
 from benchmark.tracking import Tracker
 
@@ -95,7 +95,7 @@ def build_plan(
                             "tune",
                             lambda m=m, seed=seed, task=task: (
                                 "done"
-                                if stages.run_tune(
+                                if evaluate.run_tune(
                                     cfg, models[(m, seed)], task, tracker, progress
                                 ).get("cached")
                                 else "ran"
@@ -111,7 +111,7 @@ def build_plan(
                         Step(
                             f"probe:{m}:s{seed}:{t}:p{ps}",
                             "probe",
-                            lambda m=m, seed=seed, task=task, ps=ps, mode=mode: stages.run_probe(
+                            lambda m=m, seed=seed, task=task, ps=ps, mode=mode: evaluate.run_probe(
                                 cfg,
                                 models[(m, seed)],
                                 task,

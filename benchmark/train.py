@@ -81,13 +81,18 @@ class _Batches(IterableDataset):
             yield step, self.method.sample(self.corpus, self.batch_size, rng)
 
 
-def batches(method, corpus, batch_size, seed, start, stop, num_workers, stream=0) -> DataLoader:
+def batches(
+    method, corpus, batch_size, seed, start, stop, num_workers, stream=0, pin_memory=False
+) -> DataLoader:
+    """The batches of steps ``[start, stop)``, made by ``num_workers`` processes (0: inline);
+    ``pin_memory`` page-locks them for asynchronous host-to-device copies (CUDA)."""
     return DataLoader(
         _Batches(method, corpus, batch_size, seed, start, stop, stream),
         batch_size=None,
         num_workers=num_workers,
         prefetch_factor=4 if num_workers else None,
         persistent_workers=False,
+        pin_memory=pin_memory,
     )
 
 
@@ -198,7 +203,17 @@ def pretrain(
         disable=not progress,
     )
     window_t, window_pairs = time.perf_counter(), 0
-    for step, batch in batches(method, corpus, p.batch_size, seed, start, stop, p.num_workers):
+    loader = batches(
+        method,
+        corpus,
+        p.batch_size,
+        seed,
+        start,
+        stop,
+        p.num_workers,
+        pin_memory=device.type == "cuda",
+    )
+    for step, batch in loader:
         anchors = batch.anchors.to(device, non_blocking=True)
         positives = batch.positives.to(device, non_blocking=True)
         silent = batch.silent.to(device)

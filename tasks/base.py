@@ -1,6 +1,6 @@
 """What a downstream task declares: its data, split, labels, probe and metrics (no code paths).
 
-The evaluation pipeline (benchmark/evaluate.py) reads these declarations; a task never trains
+The evaluation stages (benchmark/evaluate.py) read these declarations; a task never trains
 or scores anything itself.
 """
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, roc_auc_score
 
-from benchmark import stages
+from benchmark import evaluate, stages
 from benchmark.config import resolve
 from benchmark.synth import GENERATOR_VERSION
 from benchmark.tracking import Tracker, collect
@@ -47,13 +47,13 @@ def test_every_task_runs_for_random_init_and_cola(env, tmp_path):
     for method in ("random_init", "cola"):
         model = stages.run_pretrain(cfg, method, 0, tracker, progress=False)
         for task in TASKS.values():
-            assert stages.run_probe(cfg, model, task, 0, tracker, progress=False) == "ran"
+            assert evaluate.run_probe(cfg, model, task, 0, tracker, progress=False) == "ran"
             # a rerun of finished work is skipped
-            assert stages.run_probe(cfg, model, task, 0, tracker, progress=False) == "done"
+            assert evaluate.run_probe(cfg, model, task, 0, tracker, progress=False) == "done"
     data = collect(tracker, tmp_path)
     scores = data["scores"]
     assert len(data["predictions"]) == 2 * len(TASKS)
-    for (method, task_name, seed), pred in data["predictions"].items():
+    for (method, task_name, _seed), pred in data["predictions"].items():
         task = TASKS[task_name]
         logged = scores[(scores.method == method) & (scores.task == task_name)]
         logged = dict(zip(logged.metric, logged.value, strict=True))
@@ -71,14 +71,14 @@ def test_second_probe_run_does_not_call_the_encoder(env, monkeypatch):
     cfg, tracker = env
     model = stages.run_pretrain(cfg, "cola", 0, tracker, progress=False)
     task = TASKS["fma"]
-    stages.run_probe(cfg, model, task, 1, tracker, progress=False)
+    evaluate.run_probe(cfg, model, task, 1, tracker, progress=False)
 
     def no_encoder(*args, **kwargs):
         raise AssertionError("the encoder was run although embeddings are cached")
 
-    monkeypatch.setattr(stages, "_encoder_for", no_encoder)
-    assert stages.run_probe(cfg, model, task, 1, tracker, progress=False, force=True) == "ran"
-    assert stages.run_probe(cfg, model, task, 2, tracker, progress=False) == "ran"
+    monkeypatch.setattr(evaluate, "_encoder_for", no_encoder)
+    assert evaluate.run_probe(cfg, model, task, 1, tracker, progress=False, force=True) == "ran"
+    assert evaluate.run_probe(cfg, model, task, 2, tracker, progress=False) == "ran"
 
 
 def test_pretrain_is_tracked_once(env):

@@ -195,3 +195,13 @@ def test_every_method_trains(tmp_path, corpus, name):
         d["val_loss"] for d in metrics if "val_loss" in d
     ]
     assert losses and all(torch.isfinite(torch.tensor(v)) for v in losses)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="page-locked memory needs CUDA")
+def test_batches_are_pinned_for_cuda(corpus):
+    from benchmark.train import batches
+
+    loader = batches(METHODS["msa_multi"], corpus, 4, 0, 0, 2, 1, pin_memory=True)
+    for _, batch in loader:
+        assert batch.anchors.is_pinned() and batch.positives.is_pinned()
+        assert batch.silent.is_pinned()

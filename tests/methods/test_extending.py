@@ -30,20 +30,40 @@ class TimeReversal:
         excerpts = rng.integers(0, len(corpus), size=batch_size)
         anchors = corpus.mix_crops(excerpts, corpus.random_starts(rng, batch_size))
         positives = np.ascontiguousarray(anchors[:, ::-1])
-        return PairBatch(torch.from_numpy(anchors), torch.from_numpy(positives),
-                         torch.zeros(batch_size, dtype=torch.bool))
+        return PairBatch(
+            torch.from_numpy(anchors),
+            torch.from_numpy(positives),
+            torch.zeros(batch_size, dtype=torch.bool),
+        )
 
 
 def test_a_toy_method_registers_and_trains_through_the_public_api(tmp_path, monkeypatch):
     monkeypatch.setitem(METHODS, "toy_time_reversal", TimeReversal())
     method = get_method("toy_time_reversal")
     corpus = make_corpus(tmp_path / "corpus", num_clips=3, sources=False)
-    cfg = resolve("smoke", ["encoder.width_coefficient=0.1", "encoder.depth_coefficient=0.1",
-                            "pretrain.steps=2", "pretrain.batch_size=4", "pretrain.num_workers=0",
-                            "pretrain.checkpoint_every=2"])
+    cfg = resolve(
+        "smoke",
+        [
+            "encoder.width_coefficient=0.1",
+            "encoder.depth_coefficient=0.1",
+            "pretrain.steps=2",
+            "pretrain.batch_size=4",
+            "pretrain.num_workers=0",
+            "pretrain.checkpoint_every=2",
+        ],
+    )
     key = pretrain_key(cfg, method, 0, "toy")
     seen = []
-    pretrain(cfg, method, corpus, None, tmp_path / "run", key, seed=0, progress=False,
-             on_metrics=lambda m, step: seen.append((step, m["loss"])))
+    pretrain(
+        cfg,
+        method,
+        corpus,
+        None,
+        tmp_path / "run",
+        key,
+        seed=0,
+        progress=False,
+        on_metrics=lambda m, step: seen.append((step, m["loss"])),
+    )
     assert is_complete(tmp_path / "run", key)
     assert seen and seen[-1][0] == 2 and np.isfinite(seen[-1][1])
