@@ -62,11 +62,12 @@ class PairCorpus:
         self.crop_frames = crop_frames
         self.silence_value = silence_value
         wanted = set(clip_ids) if clip_ids is not None else None
+        names = sorted(set(sources.sources)) if sources is not None else []
         rows, excerpt = [], []
         for i, (cid, src) in enumerate(zip(mix.clip_ids, mix.sources, strict=True)):
             if src != "mix" or (wanted is not None and cid not in wanted):
                 continue
-            if sources is not None and not sources.has(cid, "bass"):
+            if not all(sources.has(cid, name) for name in names):
                 continue  # a clip the separator skipped cannot give MSA pairs
             for k in range(int(mix.lengths[i]) // excerpt_frames):
                 rows.append(i)
@@ -78,7 +79,6 @@ class PairCorpus:
         self.source_rows: dict[str, np.ndarray] = {}
         self.silent: dict[str, np.ndarray] = {}
         if sources is not None:
-            names = sorted(set(sources.sources))
             for name in names:
                 srows = np.empty(len(rows), dtype=np.int64)
                 flags = np.empty(len(rows), dtype=bool)

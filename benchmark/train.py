@@ -85,7 +85,13 @@ def batches(
     method, corpus, batch_size, seed, start, stop, num_workers, stream=0, pin_memory=False
 ) -> DataLoader:
     """The batches of steps ``[start, stop)``, made by ``num_workers`` processes (0: inline);
-    ``pin_memory`` page-locks them for asynchronous host-to-device copies (CUDA)."""
+    ``pin_memory`` page-locks them for asynchronous host-to-device copies (CUDA).
+
+    The loader gets its own torch generator: by default a DataLoader iterator draws its base
+    seed from torch's global generator, so a resumed run (which builds its loader after
+    restoring that generator) would be one draw ahead of an uninterrupted one, and the
+    encoder's drop connect would then differ.
+    """
     return DataLoader(
         _Batches(method, corpus, batch_size, seed, start, stop, stream),
         batch_size=None,
@@ -93,6 +99,7 @@ def batches(
         prefetch_factor=4 if num_workers else None,
         persistent_workers=False,
         pin_memory=pin_memory,
+        generator=torch.Generator().manual_seed(seed),
     )
 
 
@@ -239,6 +246,7 @@ def pretrain(
                 done,
             )
             window_t, window_pairs = now, 0
+        paused = time.perf_counter()  # validation and checkpoints are not training throughput
         if valid is not None and (done % p.val_every == 0 or done == total):
             metrics = validate(model, method, valid, p, seed, device)
             log.info(
@@ -253,6 +261,7 @@ def pretrain(
                 on_metrics(metrics, done)
         if done % p.checkpoint_every == 0 or done == total:
             _save_checkpoint(ckpt_path, model, opt, sched, done, key)
+        window_t += time.perf_counter() - paused
     bar.close()
     steps_done = stop
     final = run_dir / FINAL

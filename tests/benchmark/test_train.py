@@ -24,6 +24,23 @@ TINY = [
     "pretrain.val_batches=1",
 ]
 
+# Depth 0.5 (the default profile's) repeats blocks, so some MBConv blocks have a residual
+# connection and therefore random drop connect: resumption must reproduce that randomness too
+# (at depth 0.1 no block has a skip and drop connect never runs).
+RESUMABLE = [*TINY, "encoder.depth_coefficient=0.5"]
+
+
+def _has_drop_connect(cfg) -> bool:
+    from benchmark.train import build_model
+
+    blocks = build_model(cfg.encoder, 0, torch.device("cpu")).encoder.net._blocks
+    return any(
+        b.id_skip
+        and b._block_args.stride in (1, [1])
+        and b._block_args.input_filters == b._block_args.output_filters
+        for b in blocks
+    )
+
 
 def _cfg(steps, *extra):
     return resolve("smoke", [*TINY, f"pretrain.steps={steps}", *extra])
@@ -42,7 +59,8 @@ def test_same_seed_same_weights_and_workers_do_not_matter(tmp_path, corpus):
     m = METHODS["msa_multi"]
     runs = []
     for i, workers in enumerate([0, 2, 0]):
-        cfg = _cfg(3, f"pretrain.num_workers={workers}", "pretrain.checkpoint_every=3")
+        cfg = _cfg(3, *RESUMABLE, f"pretrain.num_workers={workers}", "pretrain.checkpoint_every=3")
+        assert _has_drop_connect(cfg)
         key = pretrain_key(cfg, m, 0, "fixture")
         res = pretrain(cfg, m, corpus, corpus, tmp_path / f"r{i}", key, seed=0, progress=False)
         runs.append(_weights(res.final_path))
@@ -74,8 +92,24 @@ _KILL_SCRIPT = textwrap.dedent(
 )
 
 
+def test_resume_in_process_gives_the_uninterrupted_weights(tmp_path, corpus):
+    m = METHODS["cola_mws"]
+    cfg = _cfg(4, *RESUMABLE, "pretrain.checkpoint_every=2")
+    assert _has_drop_connect(cfg)
+    key = pretrain_key(cfg, m, 0, "fixture")
+    ref = pretrain(cfg, m, corpus, None, tmp_path / "ref", key, seed=0, progress=False)
+    first = pretrain(cfg, m, corpus, None, tmp_path / "cut", key, 0, progress=False, stop_after=2)
+    assert first.steps_done == 2 and not first.final_path.exists()
+    torch.manual_seed(123)  # whatever the global generator holds now must not matter
+    resumed = pretrain(cfg, m, corpus, None, tmp_path / "cut", key, seed=0, progress=False)
+    assert resumed.resumed_from == 2
+    want, got = _weights(ref.final_path), _weights(resumed.final_path)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=0, atol=0)
+
+
 def test_sigkill_and_resume_gives_the_uninterrupted_weights(tmp_path):
-    overrides = [*TINY, "pretrain.steps=10", "pretrain.checkpoint_every=2"]
+    overrides = [*RESUMABLE, "pretrain.steps=10", "pretrain.checkpoint_every=2"]
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     # Uninterrupted reference.
     subprocess.run(
