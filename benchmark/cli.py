@@ -95,9 +95,16 @@ def main(argv: list[str] | None = None) -> int:
 def _is_expected(exc: Exception) -> bool:
     """Errors that carry a complete message for the user (the rest keep their traceback)."""
     from benchmark.audio import AudioError
+    from benchmark.stages import StageError
     from benchmark.store import StoreBuildError, StoreReadError
 
-    expected: tuple[type, ...] = (AudioError, StoreBuildError, StoreReadError, FileNotFoundError)
+    expected: tuple[type, ...] = (
+        AudioError,
+        StageError,
+        StoreBuildError,
+        StoreReadError,
+        FileNotFoundError,
+    )
     try:
         from benchmark.datasets import DatasetError
 

@@ -160,7 +160,10 @@ def _pretrain_args(p):
         "--seed", type=int, default=None, help="pre-training seed (default: pretrain.seeds)"
     )
     p.add_argument(
-        "--resume", action="store_true", help="resume an unfinished run (automatic when one exists)"
+        "--resume",
+        action="store_true",
+        help="only resume an unfinished run, fail if there is none (without the flag an "
+        "unfinished run of the same config is resumed too, and a new one started otherwise)",
     )
 
 
@@ -175,16 +178,25 @@ def cmd_pretrain(args, cfg):
     seeds = [args.seed] if args.seed is not None else cfg.pretrain.seeds
     tracker = _tracker(cfg)
     for seed in seeds:
-        model = _checked(stages.run_pretrain, cfg, args.method, seed, tracker)
+        model = _checked(
+            stages.run_pretrain,
+            cfg,
+            args.method,
+            seed,
+            tracker,
+            build_sources=False,
+            resume_only=args.resume,
+        )
         print(f"{args.method} seed {seed}: {model.final_path or 'random init (no pre-training)'}")
 
 
 def _pretrained(cfg, method: str, tracker):
-    """The method's model for every pre-training seed (trained now if not finished)."""
+    """The method's model for every pre-training seed (trained now if not finished; the
+    sources of a source-pairing method must have been separated)."""
     from benchmark import stages
 
     for seed in cfg.pretrain.seeds:
-        yield seed, _checked(stages.run_pretrain, cfg, method, seed, tracker)
+        yield seed, _checked(stages.run_pretrain, cfg, method, seed, tracker, build_sources=False)
 
 
 def _probe_args(p):
@@ -205,8 +217,11 @@ def cmd_probe(args, cfg):
     tracker = _tracker(cfg)
     for pseed, model in _pretrained(cfg, args.method, tracker):
         for seed in _seeds(args.seeds, cfg.probe.seeds):
-            status = evaluate.run_probe(cfg, model, task, seed, tracker, force=args.force)
-            print(f"{args.method} {task.name} pretrain seed {pseed} probe seed {seed}: {status}")
+            out = evaluate.run_probe(cfg, model, task, seed, tracker, force=args.force)
+            print(
+                f"{args.method} {task.name} pretrain seed {pseed} probe seed {seed}: "
+                f"{out.status} (MLflow run {out.run_id})"
+            )
 
 
 def _tune_args(p):
@@ -235,6 +250,12 @@ def cmd_tune(args, cfg):
 def _report_args(p):
     p.add_argument("--tracking-uri", default=None, help="read results from this MLflow store")
     p.add_argument("--out", default=None, help="output folder (default runs/<profile>/report)")
+    p.add_argument(
+        "--all-runs",
+        action="store_true",
+        help="read the newest run of every result, not only the last plan's (implied by "
+        "--tracking-uri)",
+    )
 
 
 @command(
@@ -249,7 +270,12 @@ def cmd_report(args, cfg):
 
     if args.tracking_uri:
         cfg = replace(cfg, paths=replace(cfg.paths, tracking_uri=args.tracking_uri))
-    paths = make_report(cfg, _tracker(cfg), Path(args.out) if args.out else None)
+    paths = make_report(
+        cfg,
+        _tracker(cfg),
+        Path(args.out) if args.out else None,
+        select_by_plan=not (args.all_runs or args.tracking_uri),
+    )
     for name, path in sorted(paths.items()):
         print(f"{name}: {path}")
 
@@ -286,7 +312,13 @@ def cmd_run(args, cfg):
     wall = execute(steps)
     status = {
         "steps": {
-            s.name: {"status": s.status, "error": s.error, "wall_s": round(s.wall_s, 2)}
+            s.name: {
+                "status": s.status,
+                "error": s.error,
+                "wall_s": round(s.wall_s, 2),
+                "stage": s.stage,
+                "run_id": s.run_id,
+            }
             for s in steps
         },
         "stage_wall_s": {k: round(v, 1) for k, v in wall.items()},

@@ -19,6 +19,7 @@ from benchmark.config import Config, stable_hash, to_dict
 from benchmark.datasets import Dataset
 from benchmark.io import atomic_save_npy, atomic_write_json, pick_device, read_json
 from benchmark.stages import (
+    Outcome,
     PretrainedModel,
     StageError,
     data_paths,
@@ -167,7 +168,7 @@ def embed(
 def _score_fn(task, dataset):
     from benchmark.metrics import primary_score_fn
 
-    return primary_score_fn(dataset.vocabulary, dataset.multilabel)
+    return primary_score_fn(dataset.vocabulary, dataset.multilabel, task.primary)
 
 
 def probe_params(cfg: Config, task, method_name: str, emb_key: str, mode: str | None = None):
@@ -187,8 +188,28 @@ def probe_params(cfg: Config, task, method_name: str, emb_key: str, mode: str | 
     raise StageError(f"probe.params must be 'default' or 'tuned', got {mode!r}")
 
 
+def tune_key(cfg: Config, task_name: str, emb_key: str) -> str:
+    """What a tuning result depends on: the search budget, the probe setup and the embeddings."""
+    return stable_hash(
+        {"tune": to_dict(cfg.tune), "emb": emb_key, "task": task_name, "probe": _probe_setup(cfg)}
+    )
+
+
+def _probe_setup(cfg: Config) -> dict:
+    """The probe settings that shape training (not the seeds, not where params come from)."""
+    p = cfg.probe
+    return {
+        "batch_size": p.batch_size,
+        "patience": p.patience,
+        "windows_per_clip": max(1, p.windows_per_clip),
+        "train_hop_frames": p.train_hop_frames,
+        "standardize": p.standardize,
+    }
+
+
 def tuned_path(cfg, method_name, task_name, emb_key) -> Path:
-    return cfg.profile_dir / "tuned" / f"{method_name}-{task_name}-{emb_key}.json"
+    key = tune_key(cfg, task_name, emb_key)
+    return cfg.profile_dir / "tuned" / f"{method_name}-{task_name}-{key}.json"
 
 
 def run_tune(cfg: Config, model: PretrainedModel, task, tracker: Tracker, progress=True) -> dict:
@@ -203,9 +224,7 @@ def run_tune(cfg: Config, model: PretrainedModel, task, tracker: Tracker, progre
     if path.is_file():
         return {**read_json(path), "cached": True}
     t = cfg.tune
-    key = stable_hash(
-        {"tune": to_dict(t), "emb": emb["key"], "task": task.name, "probe": to_dict(cfg.probe)}
-    )
+    key = tune_key(cfg, task.name, emb["key"])
     study = f"{cfg.profile}-{model.method}-s{model.seed}-{task.name}-{key}"
     with tracker.run(
         f"tune:{key}",
@@ -232,6 +251,8 @@ def run_tune(cfg: Config, model: PretrainedModel, task, tracker: Tracker, progre
             max_epochs=t.max_epochs,
             batch_size=cfg.probe.batch_size,
             patience=cfg.probe.patience,
+            windows_per_clip=max(1, cfg.probe.windows_per_clip),
+            standardize=cfg.probe.standardize,
             score_fn=_score_fn(task, dataset),
             baseline_params=probe_params(cfg, task, model.method, emb["key"], "default"),
             on_trial=lambda tr: h.metrics(
@@ -260,8 +281,8 @@ def run_probe(
     progress=True,
     force=False,
     params_mode: str | None = None,
-) -> str:
-    """Train and test one probe seed; returns 'done' (already there) or 'ran'."""
+) -> Outcome:
+    """Train and test one probe seed; status 'done' (already there) or 'ran', and its run."""
     from benchmark.metrics import score
     from benchmark.probe import predict_clips, train_probe
 
@@ -281,10 +302,13 @@ def run_probe(
             "max_epochs": p.max_epochs,
             "patience": p.patience,
             "windows_per_clip": p.windows_per_clip,
+            "standardize": p.standardize,
         }
     )
-    if tracker.is_done(key) and not force:
-        return "done"
+    previous = tracker.find(key)
+    if previous is not None and previous.info.status == "FINISHED" and not force:
+        return Outcome("done", previous.info.run_id)
+    mode = params_mode or cfg.probe.params
     train, valid, test = emb["train"][0], emb["valid"][0], emb["test"][0]
     spec = task.probe_spec(len(dataset.vocabulary))
     seed_label = model.seed * 1000 + probe_seed
@@ -295,11 +319,13 @@ def run_probe(
         "probe_seed": probe_seed,
         "pretrain_seed": model.seed,
         "pretrain_run_id": model.run_id or "",
+        "params_mode": mode,
         "config_hash": cfg.hash(),
         "git_commit": git_commit(),
     }
-    if force and tracker.is_done(key):
+    if force and previous is not None and previous.info.status == "FINISHED":
         key = f"{key}:forced:{time.time_ns()}"
+        tags["supersedes"] = previous.info.run_id
     with tracker.run(
         key,
         "probe",
@@ -318,9 +344,11 @@ def run_probe(
             max_epochs=p.max_epochs,
             patience=p.patience,
             windows_per_clip=max(1, p.windows_per_clip),
+            standardize=p.standardize,
             score_fn=_score_fn(task, dataset),
         )
-        scores = predict_clips(result.model, test)
+        # float64 throughout: the saved predictions give back exactly the logged metrics.
+        scores = predict_clips(result.model, test).astype(np.float64)
         targets = test.targets
         metrics = score(targets, scores, list(dataset.vocabulary), dataset.multilabel)
         flat = {m: metrics[m] for m in task.metrics}
@@ -341,9 +369,10 @@ def run_probe(
             tmp / "predictions.npz",
             clip_ids=np.array([c.clip_id for c in emb["test"][1]]),
             targets=targets,
-            scores=scores.astype(np.float32),
+            scores=scores,
             vocabulary=np.array(dataset.vocabulary),
         )
         h.artifact(tmp / "predictions.npz")
         shutil.rmtree(tmp, ignore_errors=True)
-    return "ran"
+        run_id = h.run_id
+    return Outcome("ran", run_id)

@@ -141,6 +141,23 @@ def silence_flags(wave: np.ndarray, spans, threshold: float) -> list[bool]:
     return [float(np.mean(np.abs(wave[a:b]))) <= threshold for a, b in spans]
 
 
+def sources_root(
+    cache_dir: Path,
+    dataset: str,
+    cfg: FrontEndConfig,
+    sep_cfg: SeparationConfig,
+    separator_identity: str = "",
+    corpus_version: str = "",
+) -> Path:
+    """Where :func:`build_sources` keeps the sources of this front end, separator and corpus."""
+    sep_key_cfg = {k: v for k, v in to_dict(sep_cfg).items() if not k.startswith("train_")}
+    key = section_hash(
+        cfg,
+        extra={"sep": sep_key_cfg, "identity": separator_identity, "corpus": corpus_version},
+    )
+    return store_root(cache_dir, f"src-{sep_cfg.separator}", dataset, key)
+
+
 def build_sources(
     items: Sequence[AudioItem],
     cache_dir: Path,
@@ -159,13 +176,8 @@ def build_sources(
     ``separator_identity`` names what the config alone cannot (e.g. the hash of a locally
     trained model's weights), so new weights invalidate the cache.
     """
-    sep_key_cfg = {k: v for k, v in to_dict(sep_cfg).items() if not k.startswith("train_")}
-    kind = f"src-{sep_cfg.separator}"
-    key = section_hash(
-        cfg,
-        extra={"sep": sep_key_cfg, "identity": separator_identity, "corpus": corpus_version},
-    )
-    root = store_root(cache_dir, kind, dataset, key)
+    root = sources_root(cache_dir, dataset, cfg, sep_cfg, separator_identity, corpus_version)
+    key = root.name.rsplit("-", 1)[1]
     jobs = [
         Job(
             it.clip_id,

@@ -163,19 +163,26 @@ def score(targets, scores, names: Sequence[str], multilabel: bool) -> dict:
 
 
 def primary_score_fn(
-    names: Sequence[str], multilabel: bool
+    names: Sequence[str], multilabel: bool, metric: str | None = None
 ) -> Callable[[np.ndarray, np.ndarray], float]:
     """The ``score_fn(targets, clip_scores) -> float`` that probes maximise for a task.
 
-    It returns the task's :data:`PRIMARY` metric (macro ROC-AUC or accuracy); higher is better.
+    ``metric`` is the task's primary metric (default: :data:`PRIMARY` of its label type,
+    macro ROC-AUC or accuracy); higher is better. Any metric :func:`score` reports works.
     """
     names = list(names)
-    # Equals score(...)[PRIMARY[kind]] (tested), but skips the PR-AUC work: this runs after
-    # every probe epoch.
+    metric = metric or PRIMARY["multilabel" if multilabel else "multiclass"]
+    # Equals score(...)[metric] (tested), but skips the PR-AUC work for the usual primaries:
+    # this runs after every probe epoch.
 
     def score_fn(targets, scores) -> float:
-        if multilabel:
+        if multilabel and metric == "roc_auc":
             return macro_roc_auc(targets, scores, names)
-        return score_multiclass(targets, scores, names)["accuracy"]
+        if not multilabel and metric == "accuracy":
+            return score_multiclass(targets, scores, names)["accuracy"]
+        value = score(targets, scores, names, multilabel).get(metric)
+        if value is None:
+            raise ValueError(f"unknown primary metric {metric!r} for this label type")
+        return float(value)
 
     return score_fn

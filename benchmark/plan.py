@@ -30,6 +30,7 @@ class Step:
     status: str = "pending"  # pending | done | ran | failed | blocked
     error: str = ""
     wall_s: float = 0.0
+    run_id: str = ""  # the MLflow run of a tracked step (pretrain, probe)
 
 
 def build_plan(
@@ -46,6 +47,9 @@ def build_plan(
         get_task(t)
     steps: list[Step] = []
     paths_box: dict = {}
+    # Probes use ``probe.params``: the paper's learning rates ("default") or the best Optuna
+    # trial ("tuned", equal budget per method), which needs the tune steps.
+    tune = cfg.benchmark.tune or cfg.probe.params == "tuned"
 
     def paths():
         if "p" not in paths_box:
@@ -80,15 +84,15 @@ def build_plan(
             deps = ["features:mtat"] + ([f"separate:{method.separator}"] if method.sources else [])
 
             def _pre(m=m, seed=seed):
-                models[(m, seed)] = stages.run_pretrain(cfg, m, seed, tracker, progress)
-                return "done" if models[(m, seed)].cached else "ran"
+                model = models[(m, seed)] = stages.run_pretrain(cfg, m, seed, tracker, progress)
+                return stages.Outcome("done" if model.cached else "ran", model.run_id)
 
             steps.append(Step(f"pretrain:{m}:s{seed}", "pretrain", _pre, deps))
             for t in task_names:
                 task = get_task(t)
                 pre = [f"pretrain:{m}:s{seed}", f"features:{task.corpus}"]
                 probe_deps = list(pre)
-                if cfg.benchmark.tune:
+                if tune:
                     steps.append(
                         Step(
                             f"tune:{m}:s{seed}:{t}",
@@ -104,21 +108,13 @@ def build_plan(
                         )
                     )
                     probe_deps.append(f"tune:{m}:s{seed}:{t}")
-                # With tuning on, the probes use the tuned values (equal budget per method).
-                mode = "tuned" if cfg.benchmark.tune else cfg.probe.params
                 for ps in cfg.probe.seeds:
                     steps.append(
                         Step(
                             f"probe:{m}:s{seed}:{t}:p{ps}",
                             "probe",
-                            lambda m=m, seed=seed, task=task, ps=ps, mode=mode: evaluate.run_probe(
-                                cfg,
-                                models[(m, seed)],
-                                task,
-                                ps,
-                                tracker,
-                                progress,
-                                params_mode=mode,
+                            lambda m=m, seed=seed, task=task, ps=ps: evaluate.run_probe(
+                                cfg, models[(m, seed)], task, ps, tracker, progress
                             ),
                             probe_deps,
                         )
@@ -145,7 +141,10 @@ def execute(steps: list[Step]) -> dict[str, float]:
         t0 = time.perf_counter()
         try:
             result = step.run()
-            step.status = "done" if result == "done" else "ran"
+            if isinstance(result, stages.Outcome):
+                step.status, step.run_id = result.status, result.run_id or ""
+            else:
+                step.status = "done" if result == "done" else "ran"
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # isolate: one failing step must not stop the others

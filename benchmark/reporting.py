@@ -39,19 +39,36 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def plan_run_ids(plan_status: dict) -> set[str] | None:
+    """The MLflow runs of the last plan's tracked steps, or None when no plan recorded them
+    (a store filled elsewhere: the report then reads the newest run of each result)."""
+    ids = {info.get("run_id") for info in plan_status.get("steps", {}).values()}
+    ids.discard(None)
+    ids.discard("")
+    return ids or None
+
+
 def make_report(
-    cfg: Config, tracker: Tracker, out_dir: Path | None = None, plan_status: dict | None = None
+    cfg: Config,
+    tracker: Tracker,
+    out_dir: Path | None = None,
+    plan_status: dict | None = None,
+    select_by_plan: bool = True,
 ) -> dict:
-    """Build ``leaderboard.{md,csv,html}`` + figures from the MLflow store alone."""
+    """Build ``leaderboard.{md,csv,html}`` + figures from the MLflow store alone.
+
+    ``select_by_plan``: read the pretrain/probe runs the profile's last plan recorded in
+    ``plan_status.json`` (when there is one); otherwise the newest run of each result.
+    """
     from reports.leaderboard import build_report
     from tasks import TASKS
 
     out_dir = Path(out_dir or cfg.profile_dir / "report")
     work = cfg.profile_dir / "tmp" / "report-artifacts"
     shutil.rmtree(work, ignore_errors=True)
-    data = collect(tracker, work)
     status_file = cfg.profile_dir / "plan_status.json"
     plan_status = plan_status or (read_json(status_file) if status_file.is_file() else {})
+    data = collect(tracker, work, plan_run_ids(plan_status) if select_by_plan else None)
     skipped = [
         f"{name}: {info['status']} ({info['error']})"
         for name, info in plan_status.get("steps", {}).items()

@@ -34,6 +34,15 @@ class StageError(RuntimeError):
     """A stage that cannot run as configured; the message says what to do."""
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """What a tracked step did: ``status`` "ran" or "done" (found finished), and its MLflow run
+    (the report reads exactly the runs the last plan produced or found)."""
+
+    status: str
+    run_id: str | None = None
+
+
 # -- data -------------------------------------------------------------------------------
 
 
@@ -231,6 +240,28 @@ def resolve_separation(cfg: Config, paths: DataPaths, separator: str, tracker=No
     return sep, sep.umx_model if sep.separator == "umx" else sep.separator
 
 
+def sources_ready(cfg: Config, paths: DataPaths, separator: str) -> bool:
+    """Whether stage ``separate`` has built the sources for ``separator`` ("config" or
+    "random_mask") under this config (without building or training anything)."""
+    from benchmark.features import sources_root
+
+    sep = cfg.separation
+    if separator != "random_mask" and sep.separator == "umx" and sep.umx_model == TRAINED_SEPARATOR:
+        if not (trained_separator_dir(cfg, paths) / "quality.json").is_file():
+            return False
+    sep_cfg, identity = resolve_separation(cfg, paths, separator)
+    root = sources_root(
+        cfg.cache_dir, "mtat", cfg.frontend, sep_cfg, identity, paths.corpus_version
+    )
+    return (root / "manifest.json").is_file()
+
+
+def separate_command(cfg: Config, separator: str) -> str:
+    """The command that builds the sources a method needs."""
+    extra = " --separator random_mask" if separator == "random_mask" else ""
+    return f"python -m benchmark separate --profile {cfg.profile}{extra}"
+
+
 def source_store(
     cfg: Config, paths: DataPaths, separator: str, tracker: Tracker | None = None, progress=True
 ) -> FeatureStore:
@@ -309,8 +340,21 @@ class PretrainedModel:
 
 
 def run_pretrain(
-    cfg: Config, method_name: str, seed: int, tracker: Tracker, progress=True
+    cfg: Config,
+    method_name: str,
+    seed: int,
+    tracker: Tracker,
+    progress=True,
+    *,
+    build_sources: bool = True,
+    resume_only: bool = False,
 ) -> PretrainedModel:
+    """Stage ``pretrain`` for one method and seed (found finished, resumed, or trained).
+
+    ``build_sources=False``: a method that pairs with sources needs stage ``separate`` to have
+    run, else StageError naming the command (the plan orders the stages itself).
+    ``resume_only``: StageError unless an unfinished run of this config exists to resume.
+    """
     from benchmark.train import is_complete, pretrain, pretrain_key
     from methods import get_method
 
@@ -321,6 +365,11 @@ def run_pretrain(
         )
         return PretrainedModel(method_name, seed, key, None, None, cached=True)
     paths = data_paths(cfg, progress)
+    if method.sources and not build_sources and not sources_ready(cfg, paths, method.separator):
+        raise StageError(
+            f"{method_name} pairs mixtures with separated sources ({method.separator} "
+            f"separator), which are not built yet: run `{separate_command(cfg, method.separator)}`"
+        )
     corpus, valid, identity = pair_corpora(cfg, paths, method, tracker, progress)
     key = pretrain_key(cfg, method, seed, identity)
     run_dir = cfg.profile_dir / "pretrain" / f"{method_name}-s{seed}-{key}"
@@ -328,6 +377,10 @@ def run_pretrain(
     if is_complete(run_dir, key) and existing is not None and existing.info.status == "FINISHED":
         return PretrainedModel(
             method_name, seed, key, run_dir / "final.pt", existing.info.run_id, cached=True
+        )
+    if resume_only and not (run_dir / "checkpoint.pt").is_file():
+        raise StageError(
+            f"nothing to resume for {method_name} seed {seed}: no checkpoint in {run_dir}"
         )
     params = {"config": cfg.to_dict(), "method": method.params(), "seed": seed}
     tags = {

@@ -186,9 +186,41 @@ def download_artifact(client: MlflowClient, run_id: str, path: str, dst: Path) -
 # -- reading results back (the report stage) ----------------------------------------------
 
 
-def collect(tracker: Tracker, workdir: Path) -> dict:
+def select_results(runs: list, run_ids: set[str] | None = None) -> list:
+    """The FINISHED runs a report should read.
+
+    With ``run_ids`` (the pretrain and probe runs the last plan produced or found), exactly
+    those pretrain/probe runs: results of other configurations in the same experiment never
+    mix in. Without, one probe run per (method, task, seed) and one pretrain run per
+    (method, seed), the newest (a forced rerun replaces the run it supersedes).
+    Other kinds (separation records) are kept as they are.
+    """
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    tracked = ("probe", "pretrain")
+    if run_ids is not None:
+        return [
+            r
+            for r in finished
+            if r.data.tags.get(KIND_TAG) not in tracked or r.info.run_id in run_ids
+        ]
+    newest: dict = {}
+    rest = []
+    for r in sorted(finished, key=lambda r: r.info.start_time):
+        t = r.data.tags
+        kind = t.get(KIND_TAG)
+        if kind == "probe":
+            newest[(kind, t.get("method"), t.get("task"), t.get("seed"))] = r
+        elif kind == "pretrain":
+            newest[(kind, t.get("method"), t.get("seed"))] = r
+        else:
+            rest.append(r)
+    return rest + list(newest.values())
+
+
+def collect(tracker: Tracker, workdir: Path, run_ids: set[str] | None = None) -> dict:
     """Everything the report needs, from the MLflow store alone (works for runs made elsewhere).
 
+    ``run_ids`` restricts the pretrain/probe runs read (see :func:`select_results`).
     Returns dict with ``scores`` (method, task, seed, metric, value), ``predictions``
     ((method, task, seed) -> clip_ids/targets/scores), ``per_tag``, ``loss_curves``,
     ``source_activity``, ``separation_quality`` (DataFrames or None) and ``runs`` counts.
@@ -196,7 +228,15 @@ def collect(tracker: Tracker, workdir: Path) -> dict:
     import numpy as np
     import pandas as pd
 
-    runs = [r for r in tracker.runs() if r.info.status == "FINISHED"]
+    runs = select_results(tracker.runs(), run_ids)
+    hashes = {r.data.tags.get("config_hash") for r in runs if r.data.tags.get(KIND_TAG) == "probe"}
+    if len(hashes) > 1:
+        log.warning(
+            "the report mixes probe runs of %d configurations (config_hash %s); run "
+            "`run` to report one plan's results",
+            len(hashes),
+            ", ".join(sorted(h or "?" for h in hashes)),
+        )
     score_rows, tag_rows, loss_rows, activity_rows, quality_rows = [], [], [], [], []
     predictions: dict = {}
     for run in runs:

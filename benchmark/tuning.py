@@ -111,6 +111,7 @@ def tune_probe(
     patience: int,
     score_fn: Callable[[np.ndarray, np.ndarray], float],
     windows_per_clip: int = 1,
+    standardize: bool = True,
     baseline_params: ProbeParams | None = None,
     on_trial: Callable[[dict], None] | None = None,
     device=None,
@@ -128,7 +129,8 @@ def tune_probe(
         num_trials: COMPLETE trials the study must hold (the equal budget of every method).
         sampler_seed: TPE seed (the same for every method).
         probe_seed: the seed of every trial's probe, so trials differ only in parameters.
-        max_epochs, batch_size, patience, windows_per_clip: passed to ``train_probe``.
+        max_epochs, batch_size, patience, windows_per_clip, standardize: passed to
+            ``train_probe``.
         score_fn: the task's primary metric, ``score_fn(valid.targets, clip_scores) -> float``.
         baseline_params: if given and the study holds no COMPLETE trial yet, enqueued as the
             next trial (trial 0 of a new study), e.g. the paper's lr, so the tuned probe is
@@ -188,6 +190,7 @@ def tune_probe(
             max_epochs=max_epochs,
             patience=patience,
             windows_per_clip=windows_per_clip,
+            standardize=standardize,
             device=device,
         )
         trial.set_user_attr("best_epoch", result.best_epoch)

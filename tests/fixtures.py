@@ -1,4 +1,5 @@
-"""Small in-memory corpora for tests of the pairing and training code (no audio decoding)."""
+"""Small corpora for tests: in-memory stores for the pairing and training code (no audio
+decoding), and stage environments on the smoke synthetic corpus."""
 
 from __future__ import annotations
 
@@ -42,3 +43,36 @@ def make_corpus(
         build(tmp_path / "src", jobs, _source_extract, progress=False)
         src = FeatureStore(tmp_path / "src")
     return PairCorpus(FeatureStore(tmp_path / "mix"), 392, 98, SILENCE, sources=src)
+
+
+# A tiny encoder and a two-step pre-training: the stage tests check wiring, not learning.
+TINY_PRETRAIN = [
+    "encoder.width_coefficient=0.1",
+    "encoder.depth_coefficient=0.1",
+    "pretrain.steps=2",
+    "pretrain.batch_size=4",
+    "pretrain.num_workers=0",
+    "pretrain.checkpoint_every=2",
+    "pretrain.val_every=2",
+    "pretrain.val_batches=1",
+]
+
+
+def stage_env(synth_root, runs, overrides=()):
+    """``(cfg, tracker)`` of the smoke profile in a fresh runs dir ``runs`` that reuses the
+    generated smoke corpus at ``synth_root`` (the plan would generate it there)."""
+    from pathlib import Path
+
+    from benchmark import stages
+    from benchmark.config import resolve
+    from benchmark.synth import GENERATOR_VERSION
+    from benchmark.tracking import Tracker
+
+    runs = Path(runs)
+    cfg = resolve("smoke", [*TINY_PRETRAIN, *overrides, f"paths.runs_dir={runs}"])
+    target = cfg.cache_dir / "synth" / f"smoke-s0-v{GENERATOR_VERSION}"
+    target.parent.mkdir(parents=True)
+    target.symlink_to(synth_root)
+    stages._MEMO.clear()  # the memo is process-wide; keys of another runs dir must not leak
+    tracker = Tracker(cfg.tracking_uri, "mscol-test", artifact_root=runs / "mlartifacts")
+    return cfg, tracker

@@ -133,6 +133,62 @@ def test_one_silent_positive_by_hand():
     assert accuracy.item() == pytest.approx(1 / 3)
 
 
+@pytest.mark.parametrize("loss_kind", ["plain", "centroid"])
+def test_no_silent_positive_by_hand(loss_kind):
+    """Three distinct positives, none silent: both losses are COLA's, computed by hand."""
+    anchors = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=torch.float64)
+    positives = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, -1.0]], dtype=torch.float64)
+    if loss_kind == "plain":
+        loss, accuracy = contrastive_loss(anchors, positives, dot)
+    else:
+        silent = torch.zeros(3, dtype=torch.bool)
+        loss, accuracy = centroid_contrastive_loss(anchors, positives, silent, dot)
+    # Logits a_i . p_j, row by row, target on the diagonal:
+    # [2, 0, 1] -> target 0 (the max), [0, 1, -1] -> target 1 (the max),
+    # [2, 1, 0] -> target 2 (column 0 wins): accuracy 2 / 3.
+    exp = math.exp
+    expected = (
+        (math.log(exp(2) + exp(0) + exp(1)) - 2)
+        + (math.log(exp(0) + exp(1) + exp(-1)) - 1)
+        + (math.log(exp(2) + exp(1) + exp(0)) - 0)
+    ) / 3
+    assert loss.item() == pytest.approx(expected, rel=1e-12)
+    assert accuracy.item() == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("similarity", ["bilinear", "cosine"])
+def test_all_silent_batch_through_the_model_is_finite(similarity):
+    """Every positive is the silence value log(1e-6): one candidate (the centroid), loss 0.
+
+    The loss is then 0 whatever the parameters, so its gradient is exactly zero: what can go
+    wrong is a NaN/inf (e.g. from identical positive embeddings), or the graph not reaching the
+    encoder. A loss that kept the silent positives apart (the plain one) would give log(B).
+    """
+    torch.manual_seed(0)
+    model = ContrastiveModel(
+        EncoderConfig(
+            width_coefficient=0.1,
+            depth_coefficient=0.1,
+            embedding_dim=8,
+            similarity=similarity,
+        )
+    ).train()
+    g = torch.Generator().manual_seed(1)
+    anchors = torch.randn(4, 98, 64, generator=g) * 2.0 - 9.0
+    positives = torch.full((4, 98, 64), math.log(1e-6))
+    za, zp = model(anchors, positives)
+    loss, accuracy = centroid_contrastive_loss(
+        za, zp, torch.ones(4, dtype=torch.bool), model.similarity
+    )
+    loss.backward()
+    assert torch.isfinite(loss) and loss.item() == 0.0 and accuracy.item() == 1.0
+    encoder_parameters = list(model.encoder.parameters())
+    assert all(p.grad is not None for p in encoder_parameters)
+    for parameter in encoder_parameters:
+        assert torch.isfinite(parameter.grad).all()
+        assert torch.count_nonzero(parameter.grad) == 0
+
+
 def test_centroid_is_the_mean_of_silent_positives_and_comes_last():
     anchors = torch.zeros(4, 2)
     positives = torch.tensor([[0.0, 2.0], [5.0, 5.0], [2.0, 0.0], [7.0, 1.0]])

@@ -32,6 +32,14 @@ def _random_multilabel(rng, n=120, num_tags=6):
     return targets, scores
 
 
+def _random_task(rng, multilabel, n=120, k=6):
+    """Targets and informative scores of a ``k``-tag or ``k``-class task."""
+    if multilabel:
+        return _random_multilabel(rng, n, k)
+    targets = rng.integers(0, k, n)
+    return targets, rng.random((n, k)) + 0.3 * np.eye(k)[targets]
+
+
 def test_multilabel_matches_sklearn_macro():
     rng = np.random.default_rng(0)
     targets, scores = _random_multilabel(rng)
@@ -178,13 +186,25 @@ def test_multiclass_rejects_bad_input():
 
 @pytest.mark.parametrize("multilabel", [True, False])
 def test_primary_score_fn_is_the_primary_metric(multilabel):
-    rng = np.random.default_rng(2)
-    if multilabel:
-        targets, scores = _random_multilabel(rng)
-    else:
-        targets = rng.integers(0, 6, 120)
-        scores = rng.random((120, 6)) + 0.3 * np.eye(6)[targets]
+    targets, scores = _random_task(np.random.default_rng(2), multilabel)
     names = [f"n{i}" for i in range(6)]
     key = PRIMARY["multilabel" if multilabel else "multiclass"]
     expected = score(targets, scores, names, multilabel)[key]
     assert primary_score_fn(names, multilabel)(targets, scores) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("multilabel", "metric", "reference"),
+    [
+        (True, "pr_auc", lambda t, s: average_precision_score(t, s, average="macro")),
+        (False, "balanced_accuracy", lambda t, s: balanced_accuracy_score(t, s.argmax(1))),
+    ],
+)
+def test_primary_score_fn_follows_a_declared_metric(multilabel, metric, reference):
+    """A task may declare another primary metric; early stopping and tuning then use it."""
+    targets, scores = _random_task(np.random.default_rng(3), multilabel)
+    names = [f"n{i}" for i in range(6)]
+    fn = primary_score_fn(names, multilabel, metric)
+    assert fn(targets, scores) == pytest.approx(reference(targets, scores), abs=1e-12)
+    with pytest.raises(ValueError, match="unknown primary metric"):
+        primary_score_fn(names, multilabel, "f1")(targets, scores)

@@ -14,7 +14,7 @@ ARGS = [
     "random_init,cola",
     "--tasks",
     "fma",
-    "benchmark.tune=false",
+    "probe.params=default",
     "probe.seeds=0-1",
 ]
 

@@ -232,6 +232,33 @@ def test_standardisation_uses_training_windows_only(splits):
     np.testing.assert_array_equal(predict_clips(fresh, valid), predict_clips(result.model, valid))
 
 
+def test_without_standardisation_the_probe_reads_raw_embeddings(splits):
+    """``standardize=False`` (the paper's probes): identity buffers, so the first layer sees
+    the embeddings as they are; a naive matmul of the weights reproduces the logits."""
+    train, valid, _ = splits[False]
+    shifted = WindowSet(train.embeddings * 3 + 2, train.clip_index, train.targets)
+    _, score_fn = _task(False)
+    result = train_probe(
+        ProbeSpec("linear", False, NUM_CLASSES),
+        ProbeParams(lr=1e-3),
+        shifted,
+        valid,
+        seed=0,
+        score_fn=score_fn,
+        max_epochs=1,
+        device="cpu",
+        standardize=False,
+    )
+    np.testing.assert_array_equal(result.model.mean.numpy(), np.zeros(DIM, np.float32))
+    np.testing.assert_array_equal(result.model.std.numpy(), np.ones(DIM, np.float32))
+    x = valid.embeddings[:4].astype(np.float32)
+    weight = result.model.net.weight.detach().numpy()
+    bias = result.model.net.bias.detach().numpy()
+    with torch.no_grad():
+        logits = result.model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(logits, x @ weight.T + bias, rtol=1e-5, atol=1e-5)
+
+
 def test_float16_memory_mapped_cache_is_cast_exactly(splits, tmp_path):
     """The embed stage hands over read-only float16 memory maps."""
     train, valid, _ = splits[True]

@@ -1,45 +1,38 @@
 """Stages end to end on the smoke corpus: every task for random_init and a pre-trained method,
-metrics recomputed independently from the saved predictions, and the embedding cache."""
+metrics recomputed independently from the saved predictions, the embedding cache, tuning
+(budget, no test data, tuned probes) and which runs a report reads."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
-from sklearn.metrics import accuracy_score, roc_auc_score
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    balanced_accuracy_score,
+    roc_auc_score,
+)
 
 from benchmark import evaluate, stages
-from benchmark.config import resolve
-from benchmark.synth import GENERATOR_VERSION
-from benchmark.tracking import Tracker, collect
+from benchmark.probe import WindowSet
+from benchmark.tracking import Tracker, collect, select_results
 from tasks import TASKS
+from tests.fixtures import stage_env
 
-OVERRIDES = [
-    "encoder.width_coefficient=0.1",
-    "encoder.depth_coefficient=0.1",
-    "pretrain.steps=2",
-    "pretrain.batch_size=4",
-    "pretrain.num_workers=0",
-    "pretrain.checkpoint_every=2",
-    "pretrain.val_every=2",
-    "pretrain.val_batches=1",
+PROBES = [
     "probe.max_epochs=3",
     "probe.patience=1",
     "probe.train_hop_frames=98",
+    "probe.params=default",
 ]
 
 
 @pytest.fixture(scope="module")
 def env(synth_smoke, tmp_path_factory):
-    root, _ = synth_smoke
-    runs = tmp_path_factory.mktemp("runs")
-    cfg = resolve("smoke", [*OVERRIDES, f"paths.runs_dir={runs}"])
-    # The plan would generate the corpus here; reuse the session's copy instead.
-    target = cfg.cache_dir / "synth" / f"smoke-s0-v{GENERATOR_VERSION}"
-    target.parent.mkdir(parents=True)
-    target.symlink_to(root)
-    stages._MEMO.clear()
-    tracker = Tracker(cfg.tracking_uri, "mscol-test", artifact_root=runs / "mlartifacts")
-    return cfg, tracker
+    return stage_env(synth_smoke[0], tmp_path_factory.mktemp("runs"), PROBES)
 
 
 def test_every_task_runs_for_random_init_and_cola(env, tmp_path):
@@ -47,9 +40,11 @@ def test_every_task_runs_for_random_init_and_cola(env, tmp_path):
     for method in ("random_init", "cola"):
         model = stages.run_pretrain(cfg, method, 0, tracker, progress=False)
         for task in TASKS.values():
-            assert evaluate.run_probe(cfg, model, task, 0, tracker, progress=False) == "ran"
-            # a rerun of finished work is skipped
-            assert evaluate.run_probe(cfg, model, task, 0, tracker, progress=False) == "done"
+            first = evaluate.run_probe(cfg, model, task, 0, tracker, progress=False)
+            assert first.status == "ran"
+            # a rerun of finished work is skipped and names the run that holds it
+            again = evaluate.run_probe(cfg, model, task, 0, tracker, progress=False)
+            assert (again.status, again.run_id) == ("done", first.run_id)
     data = collect(tracker, tmp_path)
     scores = data["scores"]
     assert len(data["predictions"]) == 2 * len(TASKS)
@@ -61,10 +56,22 @@ def test_every_task_runs_for_random_init_and_cola(env, tmp_path):
         if task.multilabel:
             keep = (targets.sum(0) > 0) & (targets.sum(0) < len(targets))
             expected = roc_auc_score(targets[:, keep], probs[:, keep], average="macro")
-            assert logged["roc_auc"] == pytest.approx(expected, abs=1e-9)
+            assert logged["roc_auc"] == pytest.approx(expected, abs=1e-12)
+            expected = average_precision_score(targets[:, keep], probs[:, keep], average="macro")
+            assert logged["pr_auc"] == pytest.approx(expected, abs=1e-12)
+            # per-tag scores (the tag-wise figures) for the kept tags, in vocabulary order
+            per_tag = data["per_tag"]
+            rows = per_tag[(per_tag.method == method) & (per_tag.task == task_name)]
+            kept = [t for t, k in zip(pred["vocabulary"], keep, strict=True) if k]
+            assert list(rows.tag) == kept
+            column = pred["vocabulary"].index(kept[0])
+            tag0 = roc_auc_score(targets[:, column], probs[:, column])
+            assert rows.roc_auc.iloc[0] == pytest.approx(tag0, abs=1e-12)
         else:
-            expected = accuracy_score(targets, probs.argmax(1))
-            assert logged["accuracy"] == pytest.approx(expected, abs=1e-12)
+            predicted = probs.argmax(1)
+            assert logged["accuracy"] == pytest.approx(accuracy_score(targets, predicted))
+            expected = balanced_accuracy_score(targets, predicted)
+            assert logged["balanced_accuracy"] == pytest.approx(expected, abs=1e-12)
 
 
 def test_second_probe_run_does_not_call_the_encoder(env, monkeypatch):
@@ -77,8 +84,10 @@ def test_second_probe_run_does_not_call_the_encoder(env, monkeypatch):
         raise AssertionError("the encoder was run although embeddings are cached")
 
     monkeypatch.setattr(evaluate, "_encoder_for", no_encoder)
-    assert evaluate.run_probe(cfg, model, task, 1, tracker, progress=False, force=True) == "ran"
-    assert evaluate.run_probe(cfg, model, task, 2, tracker, progress=False) == "ran"
+    assert (
+        evaluate.run_probe(cfg, model, task, 1, tracker, progress=False, force=True).status == "ran"
+    )
+    assert evaluate.run_probe(cfg, model, task, 2, tracker, progress=False).status == "ran"
 
 
 def test_pretrain_is_tracked_once(env):
@@ -89,3 +98,76 @@ def test_pretrain_is_tracked_once(env):
     runs = [r for r in tracker.runs() if r.data.tags.get("bench.kind") == "pretrain"]
     assert len({r.data.tags["bench.key"] for r in runs}) == len(runs)
     assert np.isfinite(runs[0].data.metrics["loss"])
+
+
+def test_tuning_has_the_budget_feeds_tuned_probes_and_never_reads_test_data(
+    env, monkeypatch, tmp_path
+):
+    cfg, tracker = env
+    model = stages.run_pretrain(cfg, "cola", 0, tracker, progress=False)
+    task = TASKS["fma"]
+    out = evaluate.run_tune(cfg, model, task, tracker, progress=False)
+    complete = [t for t in out["trials"] if t["state"] == "COMPLETE"]
+    assert len(complete) == cfg.tune.num_trials
+    assert out["best_value"] == max(t["value"] for t in complete)
+    tune_runs = [r for r in tracker.runs() if r.data.tags.get("bench.kind") == "tune"]
+    assert len(tune_runs) == 1 and tune_runs[0].data.tags["study"] == out["study"]
+    assert evaluate.run_tune(cfg, model, task, tracker, progress=False)["cached"]
+
+    # probe.params=tuned: the probe trains with the best trial's parameters, and says so.
+    tuned = evaluate.run_probe(cfg, model, task, 0, tracker, progress=False, params_mode="tuned")
+    run = tracker.client.get_run(tuned.run_id)
+    assert run.data.tags["params_mode"] == "tuned"
+    assert float(run.data.params["params.lr"]) == pytest.approx(out["best_params"]["lr"])
+    assert float(run.data.params["params.weight_decay"]) == pytest.approx(
+        out["best_params"]["weight_decay"]
+    )
+
+    # The same search with the test split destroyed (NaN embeddings, permuted labels) in a
+    # fresh study and MLflow store finds the same trials: tuning never looks at test data.
+    fresh = replace(
+        cfg, paths=replace(cfg.paths, optuna_storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    )
+    other = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "t", artifact_root=tmp_path / "art")
+    monkeypatch.setattr(evaluate, "tuned_path", lambda *args: tmp_path / "tuned.json")
+    real_embed = evaluate.embed
+
+    def destroyed_test(*args, **kwargs):
+        out = dict(real_embed(*args, **kwargs))
+        windows, clips = out["test"]
+        out["test"] = (
+            WindowSet(
+                np.full(windows.embeddings.shape, np.nan, dtype=np.float32),
+                windows.clip_index,
+                np.random.default_rng(0).permutation(windows.targets),
+            ),
+            clips,
+        )
+        return out
+
+    monkeypatch.setattr(evaluate, "embed", destroyed_test)
+    again = evaluate.run_tune(fresh, model, task, other, progress=False)
+    assert again["best_params"] == out["best_params"]
+    assert [t["value"] for t in again["trials"]] == [t["value"] for t in out["trials"]]
+
+
+def _run(run_id, start, kind, **tags):
+    return SimpleNamespace(
+        info=SimpleNamespace(run_id=run_id, start_time=start, status="FINISHED"),
+        data=SimpleNamespace(tags={"bench.kind": kind, **tags}),
+    )
+
+
+def test_report_reads_the_plans_runs_or_the_newest_of_each_result():
+    probe = dict(method="cola", task="fma", seed="0")
+    runs = [
+        _run("old", 1, "probe", **probe),
+        _run("forced", 2, "probe", **probe, supersedes="old"),
+        _run("other-seed", 3, "probe", method="cola", task="fma", seed="1"),
+        _run("pre", 1, "pretrain", method="cola", seed="0"),
+        _run("sep", 1, "separate"),
+    ]
+    newest = {r.info.run_id for r in select_results(runs)}
+    assert newest == {"forced", "other-seed", "pre", "sep"}
+    planned = {r.info.run_id for r in select_results(runs, {"old", "pre"})}
+    assert planned == {"old", "pre", "sep"}  # other configurations' runs never mix in
