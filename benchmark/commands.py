@@ -295,8 +295,8 @@ def _run_args(p):
 def cmd_run(args, cfg):
     import time
 
-    from benchmark.io import atomic_write_json
-    from benchmark.plan import build_plan, execute, plan_status
+    from benchmark.io import atomic_write_json, read_json
+    from benchmark.plan import build_plan, execute, merge_status, plan_status
     from benchmark.reporting import make_report
 
     split = lambda s: [x.strip() for x in s.split(",") if x.strip()] if s else None  # noqa: E731
@@ -310,20 +310,10 @@ def cmd_run(args, cfg):
         return 0
     t0 = time.perf_counter()
     wall = execute(steps)
-    status = {
-        "steps": {
-            s.name: {
-                "status": s.status,
-                "error": s.error,
-                "wall_s": round(s.wall_s, 2),
-                "stage": s.stage,
-                "run_id": s.run_id,
-            }
-            for s in steps
-        },
-        "stage_wall_s": {k: round(v, 1) for k, v in wall.items()},
-    }
-    atomic_write_json(cfg.profile_dir / "plan_status.json", status)
+    status_file = cfg.profile_dir / "plan_status.json"
+    previous = read_json(status_file) if status_file.is_file() else {}
+    status = merge_status(previous, steps, wall, cfg.results_hash())
+    atomic_write_json(status_file, status)
     t1 = time.perf_counter()
     paths = make_report(cfg, tracker, plan_status=status)
     status["stage_wall_s"]["report"] = round(time.perf_counter() - t1, 1)

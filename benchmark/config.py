@@ -198,6 +198,12 @@ class Config:
     def hash(self) -> str:
         return stable_hash(self.to_dict())
 
+    def results_hash(self) -> str:
+        """Hash of what shapes the results: everything but where outputs go (``paths``) and
+        which methods/tasks to run and how to report them (``benchmark``)."""
+        d = self.to_dict()
+        return stable_hash({k: v for k, v in d.items() if k not in ("paths", "benchmark")})
+
 
 # -- helpers ---------------------------------------------------------------------------
 

@@ -236,6 +236,7 @@ def run_tune(cfg: Config, model: PretrainedModel, task, tracker: Tracker, progre
             "study": study,
             "pretrain_seed": model.seed,
             "config_hash": cfg.hash(),
+            "results_hash": cfg.results_hash(),
         },
         params={"tune": to_dict(t)},
     ) as h:
@@ -321,6 +322,7 @@ def run_probe(
         "pretrain_run_id": model.run_id or "",
         "params_mode": mode,
         "config_hash": cfg.hash(),
+        "results_hash": cfg.results_hash(),
         "git_commit": git_commit(),
     }
     if force and previous is not None and previous.info.status == "FINISHED":

@@ -156,17 +156,45 @@ def execute(steps: list[Step]) -> dict[str, float]:
     return wall
 
 
+def merge_status(previous: dict, steps: list[Step], wall: dict, results_hash: str) -> dict:
+    """The ``plan_status.json`` after running ``steps``: each step's status and MLflow run.
+
+    A plan of the same configuration (``results_hash``: another ``--methods``, an added
+    ablation) adds to the steps of the earlier plans, replacing those it reran; a plan of
+    another configuration starts afresh, so the report never mixes configurations.
+    """
+    info = {
+        s.name: {
+            "status": s.status,
+            "error": s.error,
+            "wall_s": round(s.wall_s, 2),
+            "stage": s.stage,
+            "run_id": s.run_id,
+        }
+        for s in steps
+    }
+    if previous.get("results_hash") == results_hash:
+        info = {**previous.get("steps", {}), **info}
+    return {
+        "results_hash": results_hash,
+        "steps": info,
+        "stage_wall_s": {k: round(v, 1) for k, v in wall.items()},
+    }
+
+
 def plan_status(steps: list[Step], tracker: Tracker, cfg: Config) -> list[str]:
     """Lines for ``--dry-run``: every step and whether MLflow already holds its finished run.
 
-    Tracked steps (pretrain, tune, probe) are looked up by their tags under this config hash;
+    Tracked steps (pretrain, tune, probe) are looked up by their tags under this configuration
+    (``results_hash``: the methods and tasks listed do not matter);
     the cache stages (data, features, separate) are content-keyed on disk and report
     "checked when run" (a finished one costs seconds).
     """
+    wanted = cfg.results_hash()
     finished = [
         r
         for r in tracker.runs()
-        if r.info.status == "FINISHED" and r.data.tags.get("config_hash", cfg.hash()) == cfg.hash()
+        if r.info.status == "FINISHED" and r.data.tags.get("results_hash", wanted) == wanted
     ]
     seen = set()
     for r in finished:

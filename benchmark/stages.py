@@ -387,6 +387,7 @@ def run_pretrain(
         "method": method_name,
         "seed": seed,
         "config_hash": cfg.hash(),
+        "results_hash": cfg.results_hash(),
         "git_commit": git_commit(),
     }
     with tracker.run(

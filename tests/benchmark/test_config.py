@@ -95,6 +95,14 @@ def test_hash_is_stable_and_sensitive():
     assert out.stdout.strip() == a.hash()
 
 
+def test_results_hash_ignores_where_outputs_go_and_what_is_listed():
+    base = resolve("smoke")
+    same = resolve("smoke", ["paths.runs_dir=/elsewhere", "benchmark.methods=cola"])
+    assert same.results_hash() == base.results_hash() and same.hash() != base.hash()
+    assert resolve("smoke", ["pretrain.steps=7"]).results_hash() != base.results_hash()
+    assert resolve("smoke", ["probe.standardize=false"]).results_hash() != base.results_hash()
+
+
 def test_saved_config_round_trips(tmp_path):
     cfg = resolve("smoke", ["pretrain.steps=5"])
     config.save(cfg, tmp_path / "config.json")

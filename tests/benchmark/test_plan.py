@@ -69,3 +69,29 @@ def test_killed_run_resumes_without_duplicates(tmp_path):
     out, _ = third.communicate(timeout=600)
     assert third.returncode == 0, out
     assert len(client.search_runs([exp.experiment_id], max_results=1000)) == len(runs)
+
+
+def _step(name, run_id, status="ran"):
+    from benchmark.plan import Step
+
+    return Step(name, name.split(":")[0], lambda: None, status=status, run_id=run_id)
+
+
+def test_plans_of_one_configuration_add_up_and_another_starts_afresh():
+    from benchmark.plan import merge_status
+
+    first = merge_status({}, [_step("probe:cola:s0:fma:p0", "a")], {"probe": 1.0}, "H")
+    # A narrower plan of the same configuration (an added method) adds; a rerun step replaces.
+    second = merge_status(
+        first,
+        [_step("probe:msa_multi:s0:fma:p0", "b"), _step("probe:cola:s0:fma:p0", "c", "done")],
+        {},
+        "H",
+    )
+    assert {k: v["run_id"] for k, v in second["steps"].items()} == {
+        "probe:cola:s0:fma:p0": "c",
+        "probe:msa_multi:s0:fma:p0": "b",
+    }
+    other = merge_status(second, [_step("probe:cola:s0:fma:p0", "d")], {}, "other")
+    assert list(other["steps"]) == ["probe:cola:s0:fma:p0"]
+    assert other["steps"]["probe:cola:s0:fma:p0"]["run_id"] == "d"
