@@ -40,6 +40,33 @@ def window_starts(num_frames: int, crop: int, hop: int) -> np.ndarray:
     return np.arange(0, max(num_frames - crop, 0) + 1, hop)
 
 
+def weights_key(model: PretrainedModel) -> str:
+    """What identifies the encoder's weights: the pre-training key and, for a trained model,
+    the digest of its checkpoint file (a retrained checkpoint, e.g. after a non-deterministic
+    GPU run, must not reuse the embeddings of the old one)."""
+    if model.final_path is None:
+        return model.key
+    return stable_hash({"key": model.key, "weights": _file_digest(Path(model.final_path))})
+
+
+_DIGESTS: dict = {}
+
+
+def _file_digest(path: Path) -> str:
+    """SHA-256 of a file, memoised per (path, size, mtime) within the process."""
+    import hashlib
+
+    st = path.stat()
+    memo = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if memo not in _DIGESTS:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _DIGESTS[memo] = h.hexdigest()[:16]
+    return _DIGESTS[memo]
+
+
 def _encoder_for(cfg: Config, model: PretrainedModel, store: FeatureStore, train_rows, device):
     from benchmark.encoder import ContrastiveModel, reestimate_batchnorm
     from benchmark.train import build_model, load_encoder
@@ -74,7 +101,13 @@ def _embed_store(
 
     crop = cfg.frontend.crop_frames
     key = stable_hash(
-        {"model": model.key, "store": store.root.name, "hop": hop, "crop": crop, "bn": bn_key}
+        {
+            "model": weights_key(model),
+            "store": store.root.name,
+            "hop": hop,
+            "crop": crop,
+            "bn": bn_key,
+        }
     )
     out = (
         cfg.cache_dir
@@ -151,7 +184,7 @@ def embed(
         )
     result["key"] = stable_hash(
         {
-            "model": model.key,
+            "model": weights_key(model),
             "store": store.root.name,
             "hops": hops,
             "bn": bn_key,

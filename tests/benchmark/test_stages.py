@@ -171,3 +171,37 @@ def test_report_reads_the_plans_runs_or_the_newest_of_each_result():
     assert newest == {"forced", "other-seed", "pre", "sep"}
     planned = {r.info.run_id for r in select_results(runs, {"old", "pre"})}
     assert planned == {"old", "pre", "sep"}  # other configurations' runs never mix in
+
+
+def test_embeddings_follow_the_checkpoint_content(env, monkeypatch, tmp_path):
+    """Same weights at another path reuse the cache; changed weights under the same
+    pre-training key (a retrained, non-deterministic run) get new embeddings."""
+    import shutil
+
+    import torch
+
+    cfg, tracker = env
+    model = stages.run_pretrain(cfg, "cola", 0, tracker, progress=False)
+    task = TASKS["fma"]
+    paths = stages.data_paths(cfg, False)
+    dataset = stages.load_task_dataset(task, paths)
+    store = stages.mixture_store(cfg, paths, task.corpus, False)
+    before = evaluate.embed(cfg, model, task, dataset, store, progress=False)
+
+    shutil.copy(model.final_path, tmp_path / "copy.pt")
+    copy = replace(model, final_path=tmp_path / "copy.pt")
+    with monkeypatch.context() as m:
+        m.setattr(evaluate, "_encoder_for", lambda *a, **k: pytest.fail("encoder was run"))
+        assert (
+            evaluate.embed(cfg, copy, task, dataset, store, progress=False)["key"] == before["key"]
+        )
+
+    state = torch.load(model.final_path, weights_only=True)
+    torch.save(
+        {k: v * 1.5 if v.is_floating_point() else v for k, v in state.items()}, tmp_path / "w.pt"
+    )
+    changed = evaluate.embed(
+        cfg, replace(model, final_path=tmp_path / "w.pt"), task, dataset, store, progress=False
+    )
+    assert changed["key"] != before["key"]
+    assert not np.array_equal(changed["test"][0].embeddings, before["test"][0].embeddings)
