@@ -214,7 +214,9 @@ def probe_params(cfg: Config, task, method_name: str, emb_key: str, mode: str | 
         path = tuned_path(cfg, method_name, task.name, emb_key)
         if not path.is_file():
             raise StageError(
-                f"no tuned parameters for {method_name} on {task.name}: run `tune` first ({path})"
+                f"no tuned parameters for {method_name} on {task.name} ({path}): run "
+                f"`python -m benchmark tune --profile {cfg.profile} --method {method_name} "
+                f"--task {task.name}` first, or set probe.params=default"
             )
         best = read_json(path)["best_params"]
         return ProbeParams(**best)

@@ -106,6 +106,8 @@ def test_tuning_has_the_budget_feeds_tuned_probes_and_never_reads_test_data(
     cfg, tracker = env
     model = stages.run_pretrain(cfg, "cola", 0, tracker, progress=False)
     task = TASKS["fma"]
+    with pytest.raises(stages.StageError, match="python -m benchmark tune --profile smoke"):
+        evaluate.run_probe(cfg, model, task, 0, tracker, progress=False, params_mode="tuned")
     out = evaluate.run_tune(cfg, model, task, tracker, progress=False)
     complete = [t for t in out["trials"] if t["state"] == "COMPLETE"]
     assert len(complete) == cfg.tune.num_trials
