@@ -224,20 +224,21 @@ def probe_params(cfg: Config, task, method_name: str, emb_key: str, mode: str | 
 
 
 def tune_key(cfg: Config, task_name: str, emb_key: str) -> str:
-    """What a tuning result depends on: the search budget, the probe setup and the embeddings."""
+    """What a tuning result depends on: the search budget, the probe setup and the embeddings
+    (which carry ``probe.train_hop_frames``)."""
     return stable_hash(
-        {"tune": to_dict(cfg.tune), "emb": emb_key, "task": task_name, "probe": _probe_setup(cfg)}
+        {"tune": to_dict(cfg.tune), "emb": emb_key, "task": task_name, "probe": _training(cfg)}
     )
 
 
-def _probe_setup(cfg: Config) -> dict:
-    """The probe settings that shape training (not the seeds, not where params come from)."""
+def _training(cfg: Config) -> dict:
+    """The probe settings that shape training, as keyword arguments of ``train_probe`` and
+    ``tune_probe`` (epochs differ: ``probe.max_epochs`` vs ``tune.max_epochs``)."""
     p = cfg.probe
     return {
         "batch_size": p.batch_size,
         "patience": p.patience,
         "windows_per_clip": max(1, p.windows_per_clip),
-        "train_hop_frames": p.train_hop_frames,
         "standardize": p.standardize,
     }
 
@@ -285,10 +286,7 @@ def run_tune(cfg: Config, model: PretrainedModel, task, tracker: Tracker, progre
             sampler_seed=t.sampler_seed,
             probe_seed=t.probe_seed,
             max_epochs=t.max_epochs,
-            batch_size=cfg.probe.batch_size,
-            patience=cfg.probe.patience,
-            windows_per_clip=max(1, cfg.probe.windows_per_clip),
-            standardize=cfg.probe.standardize,
+            **_training(cfg),
             score_fn=_score_fn(task, dataset),
             baseline_params=probe_params(cfg, task, model.method, emb["key"], "default"),
             on_trial=lambda tr: h.metrics(
@@ -334,11 +332,8 @@ def run_probe(
             "task": task.name,
             "seed": probe_seed,
             "params": params.__dict__,
-            "batch_size": p.batch_size,
             "max_epochs": p.max_epochs,
-            "patience": p.patience,
-            "windows_per_clip": p.windows_per_clip,
-            "standardize": p.standardize,
+            **_training(cfg),
         }
     )
     previous = tracker.find(key)
@@ -377,11 +372,8 @@ def run_probe(
             train,
             valid,
             seed=probe_seed,
-            batch_size=p.batch_size,
             max_epochs=p.max_epochs,
-            patience=p.patience,
-            windows_per_clip=max(1, p.windows_per_clip),
-            standardize=p.standardize,
+            **_training(cfg),
             score_fn=_score_fn(task, dataset),
         )
         # float64 throughout: the saved predictions give back exactly the logged metrics.

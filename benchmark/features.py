@@ -150,12 +150,18 @@ def sources_root(
     corpus_version: str = "",
 ) -> Path:
     """Where :func:`build_sources` keeps the sources of this front end, separator and corpus."""
+    key = _sources_key(cfg, sep_cfg, separator_identity, corpus_version)
+    return store_root(cache_dir, f"src-{sep_cfg.separator}", dataset, key)
+
+
+def _sources_key(cfg, sep_cfg, separator_identity: str, corpus_version: str) -> str:
+    """Content key of separated sources (training settings of the separator excluded: its
+    weights enter through ``separator_identity``)."""
     sep_key_cfg = {k: v for k, v in to_dict(sep_cfg).items() if not k.startswith("train_")}
-    key = section_hash(
+    return section_hash(
         cfg,
         extra={"sep": sep_key_cfg, "identity": separator_identity, "corpus": corpus_version},
     )
-    return store_root(cache_dir, f"src-{sep_cfg.separator}", dataset, key)
 
 
 def build_sources(
@@ -176,8 +182,8 @@ def build_sources(
     ``separator_identity`` names what the config alone cannot (e.g. the hash of a locally
     trained model's weights), so new weights invalidate the cache.
     """
+    key = _sources_key(cfg, sep_cfg, separator_identity, corpus_version)
     root = sources_root(cache_dir, dataset, cfg, sep_cfg, separator_identity, corpus_version)
-    key = root.name.rsplit("-", 1)[1]
     jobs = [
         Job(
             it.clip_id,

@@ -134,9 +134,9 @@ def bench_pretrain(tmp: Path, profile: str, warmup: int = 10, steps: int = 30) -
 
     The loop reports pairs/s over windows of 10 steps (``benchmark.train``); the windows after
     the warm-up are compared with the encoder's forward + backward + Adam on one batch already
-    on the device, same model, same autocast, same loss.
+    on the device through the loop's own ``train_step``.
     """
-    from benchmark.train import _autocast, batches, build_model, loss_fn, pretrain, pretrain_key
+    from benchmark.train import batches, build_model, loss_fn, pretrain, pretrain_key, train_step
     from methods import METHODS
     from tests.fixtures import make_corpus
 
@@ -176,12 +176,7 @@ def bench_pretrain(tmp: Path, profile: str, warmup: int = 10, steps: int = 30) -
         if i == warmup:
             _sync(device)
             t0 = time.perf_counter()
-        with _autocast(device):
-            za, zp = model(anchors, positives)
-        loss, _ = compute(za.float(), zp.float(), silent, model.similarity)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        train_step(model, opt, compute, anchors, positives, silent, device)
     _sync(device)
     encoder_rate = steps * bs / (time.perf_counter() - t0)
     del model, opt

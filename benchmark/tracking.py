@@ -229,10 +229,10 @@ def collect(tracker: Tracker, workdir: Path, run_ids: set[str] | None = None) ->
     import pandas as pd
 
     runs = select_results(tracker.runs(), run_ids)
-    hashes = {r.data.tags.get("config_hash") for r in runs if r.data.tags.get(KIND_TAG) == "probe"}
+    hashes = {r.data.tags.get("results_hash") for r in runs if r.data.tags.get(KIND_TAG) == "probe"}
     if len(hashes) > 1:
         log.warning(
-            "the report mixes probe runs of %d configurations (config_hash %s); run "
+            "the report mixes probe runs of %d configurations (results_hash %s); run "
             "`run` to report one plan's results",
             len(hashes),
             ", ".join(sorted(h or "?" for h in hashes)),

@@ -125,6 +125,19 @@ def _autocast(device):
     return torch.autocast("cpu", enabled=False)
 
 
+def train_step(model, opt, compute_loss, anchors, positives, silent, device):
+    """One optimiser update on a batch already on ``device``; returns (loss, accuracy).
+
+    The loop's step, also timed alone by ``make bench`` (the encoder's own throughput)."""
+    with _autocast(device):
+        za, zp = model(anchors, positives)
+    loss, acc = compute_loss(za.float(), zp.float(), silent, model.similarity)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss, acc
+
+
 @dataclass
 class PretrainResult:
     run_dir: Path
@@ -224,12 +237,7 @@ def pretrain(
         anchors = batch.anchors.to(device, non_blocking=True)
         positives = batch.positives.to(device, non_blocking=True)
         silent = batch.silent.to(device)
-        with _autocast(device):
-            za, zp = model(anchors, positives)
-        loss, acc = compute_loss(za.float(), zp.float(), silent, model.similarity)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        loss, acc = train_step(model, opt, compute_loss, anchors, positives, silent, device)
         sched.step()
         done = step + 1
         window_pairs += len(anchors)
