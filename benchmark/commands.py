@@ -1,19 +1,37 @@
-"""The sub-commands of ``python -m benchmark``; each is a thin wrapper over a stage module."""
+"""The sub-commands of ``python -m benchmark``; each is a thin wrapper over a stage module.
+
+:data:`COMMANDS` maps a name to its :class:`Command` (help, arguments, function), like the
+method and task registries: a plain dict, no registration by import side effect. Each
+function takes ``(args, cfg)`` and returns an exit status (None = 0); the pipeline is imported
+inside the functions, so ``--help`` and ``config`` start fast.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from benchmark.cli import UserError, command
+from benchmark.errors import UserError
 
 
-def _tracker(cfg):
-    from benchmark.tracking import Tracker
+@dataclass(frozen=True)
+class Command:
+    help: str
+    add_args: Callable[[argparse.ArgumentParser], None]
+    fn: Callable[[argparse.Namespace, object], int | None]
 
-    return Tracker(
-        cfg.tracking_uri, f"mscol-{cfg.profile}", artifact_root=cfg.runs_dir / "mlartifacts"
-    )
+
+def _no_args(p: argparse.ArgumentParser) -> None:
+    pass
+
+
+def _context(cfg):
+    from benchmark.pipeline.context import open_context
+
+    return open_context(cfg)
 
 
 def _method_arg(p):
@@ -39,12 +57,10 @@ def _checked(fn, *args, **kwargs):
         raise UserError(str(exc)) from None
 
 
-@command("config", "print the resolved configuration of a profile (with overrides) and its hash")
 def cmd_config(args, cfg):
     print(json.dumps({"hash": cfg.hash(), "config": cfg.to_dict()}, indent=2))
 
 
-@command("list", "list the registered methods and tasks")
 def cmd_list(args, cfg):
     from methods import METHODS
     from tasks import TASKS
@@ -74,13 +90,8 @@ def _synth_args(p):
     p.add_argument("--seed", type=int, default=0)
 
 
-@command(
-    "synth",
-    "generate the synthetic corpus (MTAT-, NSynth- and FMA-format trees with stems)",
-    _synth_args,
-)
 def cmd_synth(args, cfg):
-    from benchmark.synth import generate
+    from benchmark.data.synth import generate
 
     size = int(args.size) if args.size.isdigit() else args.size
     if size not in ("smoke", "default") and not isinstance(size, int):
@@ -89,25 +100,22 @@ def cmd_synth(args, cfg):
     print(json.dumps({k: v for k, v in manifest.items() if k != "clips"}, indent=2, default=str))
 
 
-@command("features", "build the log-mel feature stores of every task's corpus")
 def cmd_features(args, cfg):
-    from benchmark import stages
+    from benchmark.pipeline import stages
+    from benchmark.pipeline.context import Context
     from tasks import TASKS
 
-    paths = stages.data_paths(cfg)
+    ctx = Context(cfg)  # nothing here is tracked
     for corpus in sorted({TASKS[t].corpus for t in cfg.benchmark.tasks} | {"mtat"}):
-        store = stages.mixture_store(cfg, paths, corpus)
+        store = stages.mixture_store(ctx, corpus)
         rep = store.report()
         print(f"{corpus}: {len(store)} clips in {store.root} ({rep['num_bad']} skipped)")
 
 
-@command(
-    "train-separator", "train Open-Unmix on the synthetic corpus's true stems (local model dir)"
-)
 def cmd_train_separator(args, cfg):
-    from benchmark import stages
+    from benchmark.pipeline import stages
 
-    out = stages.train_separator_stage(cfg, stages.data_paths(cfg), _tracker(cfg))
+    out = stages.train_separator_stage(_context(cfg))
     print(
         json.dumps(
             {"model_dir": str(out), **json.loads((out / "quality.json").read_text())},
@@ -121,27 +129,17 @@ def _separate_args(p):
     p.add_argument("--separator", default=None, help="umx | oracle | random_mask (default: config)")
 
 
-@command(
-    "separate",
-    "separate the pre-training clips into sources (log-mel + silence flags)",
-    _separate_args,
-)
 def cmd_separate(args, cfg):
     from dataclasses import replace
 
-    from benchmark import stages
-    from benchmark.features import source_activity
+    from benchmark.pipeline import stages
+    from benchmark.separation.sources import source_activity
 
     sep = args.separator or cfg.separation.separator
     cfg = replace(
         cfg, separation=replace(cfg.separation, separator="umx" if sep == "random_mask" else sep)
     )
-    store = stages.source_store(
-        cfg,
-        stages.data_paths(cfg),
-        "random_mask" if sep == "random_mask" else "config",
-        _tracker(cfg),
-    )
+    store = stages.source_store(_context(cfg), "random_mask" if sep == "random_mask" else "config")
     print(
         json.dumps(
             {
@@ -167,36 +165,38 @@ def _pretrain_args(p):
     )
 
 
-@command(
-    "pretrain",
-    "pre-train one method (resumes an unfinished run of the same config)",
-    _pretrain_args,
-)
 def cmd_pretrain(args, cfg):
-    from benchmark import stages
+    from benchmark.pipeline import stages
 
     seeds = [args.seed] if args.seed is not None else cfg.pretrain.seeds
-    tracker = _tracker(cfg)
+    ctx = _context(cfg)
     for seed in seeds:
         model = _checked(
             stages.run_pretrain,
-            cfg,
+            ctx,
             args.method,
             seed,
-            tracker,
             build_sources=False,
             resume_only=args.resume,
         )
         print(f"{args.method} seed {seed}: {model.final_path or 'random init (no pre-training)'}")
 
 
-def _pretrained(cfg, method: str, tracker):
-    """The method's model for every pre-training seed (trained now if not finished; the
-    sources of a source-pairing method must have been separated)."""
-    from benchmark import stages
+def _task_and_models(args, cfg):
+    """The context, ``--task``, and ``--method``'s model for every pre-training seed (trained
+    now if not finished; the sources of a source-pairing method must have been separated)."""
+    from benchmark.pipeline import stages
+    from tasks import get_task
 
-    for seed in cfg.pretrain.seeds:
-        yield seed, _checked(stages.run_pretrain, cfg, method, seed, tracker, build_sources=False)
+    task = _checked(get_task, args.task)
+    ctx = _context(cfg)
+    # A generator: each seed's model is made when its turn comes (its probes run before the
+    # next seed trains).
+    models = (
+        (seed, _checked(stages.run_pretrain, ctx, args.method, seed, build_sources=False))
+        for seed in cfg.pretrain.seeds
+    )
+    return ctx, task, models
 
 
 def _probe_args(p):
@@ -206,18 +206,13 @@ def _probe_args(p):
     p.add_argument("--force", action="store_true", help="rerun finished probe runs")
 
 
-@command(
-    "probe", "embed with the frozen encoder (cached) and train/test probes, 5 seeds", _probe_args
-)
 def cmd_probe(args, cfg):
-    from benchmark import evaluate
-    from tasks import get_task
+    from benchmark.pipeline import probing
 
-    task = _checked(get_task, args.task)
-    tracker = _tracker(cfg)
-    for pseed, model in _pretrained(cfg, args.method, tracker):
+    ctx, task, models = _task_and_models(args, cfg)
+    for pseed, model in models:
         for seed in _seeds(args.seeds, cfg.probe.seeds):
-            out = evaluate.run_probe(cfg, model, task, seed, tracker, force=args.force)
+            out = probing.run_probe(ctx, model, task, seed, force=args.force)
             print(
                 f"{args.method} {task.name} pretrain seed {pseed} probe seed {seed}: "
                 f"{out.status} (MLflow run {out.run_id})"
@@ -229,17 +224,12 @@ def _tune_args(p):
     _task_arg(p)
 
 
-@command(
-    "tune", "equal-budget Optuna search of the probe's lr / weight decay / dropout", _tune_args
-)
 def cmd_tune(args, cfg):
-    from benchmark import evaluate
-    from tasks import get_task
+    from benchmark.pipeline import probing
 
-    task = _checked(get_task, args.task)
-    tracker = _tracker(cfg)
-    for _seed, model in _pretrained(cfg, args.method, tracker):
-        out = evaluate.run_tune(cfg, model, task, tracker)
+    ctx, task, models = _task_and_models(args, cfg)
+    for _seed, model in models:
+        out = probing.run_tune(ctx, model, task)
         print(
             json.dumps(
                 {"best_params": out["best_params"], "best_value": out["best_value"]}, indent=2
@@ -258,21 +248,16 @@ def _report_args(p):
     )
 
 
-@command(
-    "report",
-    "build the leaderboard (md, csv, html) and figures from the MLflow store",
-    _report_args,
-)
 def cmd_report(args, cfg):
     from dataclasses import replace
 
-    from benchmark.reporting import make_report
+    from benchmark.pipeline.report import make_report
 
     if args.tracking_uri:
         cfg = replace(cfg, paths=replace(cfg.paths, tracking_uri=args.tracking_uri))
     paths = make_report(
         cfg,
-        _tracker(cfg),
+        _context(cfg).tracker,
         Path(args.out) if args.out else None,
         select_by_plan=not (args.all_runs or args.tracking_uri),
     )
@@ -291,19 +276,17 @@ def _run_args(p):
     p.add_argument("--tasks", default=None, help="comma-separated tasks (default: the profile's)")
 
 
-@command("run", "the whole pipeline of a profile, resumable; ends with the report", _run_args)
 def cmd_run(args, cfg):
     import time
 
     from benchmark.io import atomic_write_json, read_json
-    from benchmark.plan import build_plan, execute, merge_status, plan_status
-    from benchmark.reporting import make_report
+    from benchmark.pipeline.plan import build_plan, execute, merge_status, plan_status
+    from benchmark.pipeline.report import make_report
 
     split = lambda s: [x.strip() for x in s.split(",") if x.strip()] if s else None  # noqa: E731
-    tracker = _tracker(cfg)
-    steps = _checked(
-        build_plan, cfg, tracker, split(args.methods), split(args.tasks), split(args.only)
-    )
+    ctx = _context(cfg)
+    tracker = ctx.tracker
+    steps = _checked(build_plan, ctx, split(args.methods), split(args.tasks), split(args.only))
     if args.dry_run:
         for line in plan_status(steps, tracker, cfg):
             print(line)
@@ -328,3 +311,55 @@ def cmd_run(args, cfg):
         print(f"  {s.status}: {s.name}: {s.error}")
     print(f"report: {paths.get('leaderboard.md', cfg.profile_dir / 'report')}")
     return 1 if failed else 0
+
+
+# name -> Command; the order is the order of ``--help``.
+COMMANDS: dict[str, Command] = {
+    "config": Command(
+        "print the resolved configuration of a profile (with overrides) and its hash",
+        _no_args,
+        cmd_config,
+    ),
+    "list": Command("list the registered methods and tasks", _no_args, cmd_list),
+    "synth": Command(
+        "generate the synthetic corpus (MTAT-, NSynth- and FMA-format trees with stems)",
+        _synth_args,
+        cmd_synth,
+    ),
+    "features": Command(
+        "build the log-mel feature stores of every task's corpus", _no_args, cmd_features
+    ),
+    "train-separator": Command(
+        "train Open-Unmix on the synthetic corpus's true stems (local model dir)",
+        _no_args,
+        cmd_train_separator,
+    ),
+    "separate": Command(
+        "separate the pre-training clips into sources (log-mel + silence flags)",
+        _separate_args,
+        cmd_separate,
+    ),
+    "pretrain": Command(
+        "pre-train one method (resumes an unfinished run of the same config)",
+        _pretrain_args,
+        cmd_pretrain,
+    ),
+    "probe": Command(
+        "embed with the frozen encoder (cached) and train/test probes, 5 seeds",
+        _probe_args,
+        cmd_probe,
+    ),
+    "tune": Command(
+        "equal-budget Optuna search of the probe's lr / weight decay / dropout",
+        _tune_args,
+        cmd_tune,
+    ),
+    "report": Command(
+        "build the leaderboard (md, csv, html) and figures from the MLflow store",
+        _report_args,
+        cmd_report,
+    ),
+    "run": Command(
+        "the whole pipeline of a profile, resumable; ends with the report", _run_args, cmd_run
+    ),
+}

@@ -25,11 +25,9 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchmark.errors import ConfigError
+
 PROFILE_DIR = Path(__file__).parent / "profiles"
-
-
-class ConfigError(ValueError):
-    """A user mistake in a profile or an override (unknown key, wrong type, bad value)."""
 
 
 @dataclass(frozen=True)
@@ -235,6 +233,13 @@ def _type_name(tp) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+# numeric field type -> (what the error says it expected, value types taken as they are)
+_NUMBERS: dict[type, tuple[str, tuple[type, ...]]] = {
+    int: ("an integer", (int,)),
+    float: ("a number", (int, float)),
+}
+
+
 def _coerce(key: str, value, tp):
     """Check or convert ``value`` to the field type ``tp``; raise ConfigError naming ``key``."""
     origin = typing.get_origin(tp)
@@ -251,28 +256,18 @@ def _coerce(key: str, value, tp):
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")
         raise ConfigError(f"{key}: expected true/false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp in _NUMBERS:
+        what, accepted = _NUMBERS[tp]
+        # bool is an int to Python, never a number in a profile; strings come from overrides.
+        if not isinstance(value, bool):
+            if isinstance(value, accepted):
+                return tp(value)
+            if isinstance(value, str):
+                try:
+                    return tp(value)
+                except ValueError:
+                    pass
+        raise ConfigError(f"{key}: expected {what}, got {value!r}")
     if tp is str:
         if isinstance(value, str):
             return value

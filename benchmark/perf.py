@@ -47,7 +47,7 @@ def _sync(device: torch.device) -> None:
 
 
 def bench_frontend(tmp: Path, profile: str, seconds: float = 30.0, clips: int = 8) -> dict:
-    from benchmark.audio import load_audio, log_mel
+    from benchmark.data.audio import load_audio, log_mel
 
     torch.set_num_threads(1)  # per core
     cfg = FrontEndConfig()
@@ -74,7 +74,7 @@ def bench_frontend(tmp: Path, profile: str, seconds: float = 30.0, clips: int = 
 
 
 def bench_store(tmp: Path, profile: str, num_clips: int = 256) -> dict:
-    from benchmark.store import FeatureStore, Job, build
+    from benchmark.data.store import FeatureStore, Job, build
 
     build(
         tmp / "store",
@@ -95,7 +95,7 @@ def bench_store(tmp: Path, profile: str, num_clips: int = 256) -> dict:
 
 
 def _extract_random(i):
-    from benchmark.store import Entry
+    from benchmark.data.store import Entry
 
     return [Entry("mix", np.random.default_rng(i).standard_normal((2900, 64)).astype(np.float32))]
 
@@ -132,11 +132,18 @@ def bench_separation(tmp: Path, profile: str, seconds: float = 12.0) -> dict:
 def bench_pretrain(tmp: Path, profile: str, warmup: int = 10, steps: int = 30) -> dict:
     """Steady-state throughput of the loop versus the encoder alone (after ``warmup`` steps).
 
-    The loop reports pairs/s over windows of 10 steps (``benchmark.train``); the windows after
+    The loop reports pairs/s over windows of 10 steps (``benchmark.pretrain.loop``); the windows after
     the warm-up are compared with the encoder's forward + backward + Adam on one batch already
     on the device through the loop's own ``train_step``.
     """
-    from benchmark.train import batches, build_model, loss_fn, pretrain, pretrain_key, train_step
+    from benchmark.pretrain.loop import (
+        batches,
+        build_model,
+        loss_fn,
+        pretrain,
+        pretrain_key,
+        train_step,
+    )
     from methods import METHODS
     from tests.fixtures import make_corpus
 
@@ -226,9 +233,11 @@ def bench_probe(tmp: Path, profile: str, method: str = "cola") -> dict:
     """
     import shutil
 
-    from benchmark import evaluate, stages
-    from benchmark.tracking import KIND_TAG, Tracker
-    from benchmark.train import load_encoder
+    from benchmark.evaluation.embed import embed
+    from benchmark.pipeline import probing, stages
+    from benchmark.pipeline.context import Context
+    from benchmark.pipeline.tracking import KIND_TAG, Tracker
+    from benchmark.pretrain.loop import load_encoder
     from tasks import TASKS
 
     cfg = resolve(
@@ -243,9 +252,9 @@ def bench_probe(tmp: Path, profile: str, method: str = "cola") -> dict:
         ],
     )
     tracker = Tracker(cfg.tracking_uri, "bench", artifact_root=cfg.runs_dir / "mlartifacts")
+    ctx = Context(cfg, tracker, progress=False)
     device = pick_device()
-    paths = stages.data_paths(cfg, progress=False)
-    model = stages.run_pretrain(cfg, method, 0, tracker, progress=False)
+    model = stages.run_pretrain(ctx, method, 0)
     net = load_encoder(cfg.encoder, model.final_path, device)
     f = cfg.frontend
     with torch.inference_mode():  # warm-up, so the first timed epoch is not penalised
@@ -253,18 +262,18 @@ def bench_probe(tmp: Path, profile: str, method: str = "cola") -> dict:
     out: dict = {"profile": profile, "method": method, "device": device.type}
     totals = {"ours_s": 0.0, "reencode_s": 0.0}
     for name, task in TASKS.items():
-        dataset = stages.load_task_dataset(task, paths)
-        store = stages.mixture_store(cfg, paths, task.corpus, progress=False)
+        dataset = stages.load_task_dataset(ctx, task)
+        store = stages.mixture_store(ctx, task.corpus)
         shutil.rmtree(cfg.cache_dir / "embeddings", ignore_errors=True)  # every task cold
         t0 = time.perf_counter()
-        evaluate.embed(cfg, model, task, dataset, store, progress=False)
+        embed(cfg, model, task, dataset, store, progress=False)
         embed_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        evaluate.embed(cfg, model, task, dataset, store, progress=False)
+        embed(cfg, model, task, dataset, store, progress=False)
         cached_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         for seed in cfg.probe.seeds:
-            evaluate.run_probe(cfg, model, task, seed, tracker, progress=False)
+            probing.run_probe(ctx, model, task, seed)
         probes_s = time.perf_counter() - t0
         runs = tracker.runs(
             f"tags.`{KIND_TAG}` = 'probe' and tags.task = '{name}' and tags.method = '{method}'"
@@ -293,7 +302,7 @@ def bench_probe(tmp: Path, profile: str, method: str = "cola") -> dict:
 def _reencode_costs(cfg, net, store, dataset, device) -> tuple[float, float]:
     """Measured seconds of one epoch of the re-encoding approach (one random crop per training
     clip + every non-overlapping window of the validation clips) and of encoding the test."""
-    from benchmark.evaluate import window_starts
+    from benchmark.evaluation.embed import window_starts
 
     crop = cfg.frontend.crop_frames
     rng = np.random.default_rng(0)

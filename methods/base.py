@@ -6,7 +6,7 @@ from typing import Protocol
 
 import numpy as np
 
-from benchmark.pairs import PairBatch, PairCorpus
+from benchmark.pretrain.pairs import PairBatch, PairCorpus
 
 
 class Method(Protocol):

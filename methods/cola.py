@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from benchmark.pairs import PairBatch, PairCorpus
+from benchmark.pretrain.pairs import PairBatch, PairCorpus
 from methods.mws import mws_augment
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from benchmark.pairs import PairBatch, PairCorpus
+from benchmark.pretrain.pairs import PairBatch, PairCorpus
 
 ALL_SOURCES = ("bass", "drums", "vocals", "other")
 

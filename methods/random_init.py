@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from benchmark.pairs import PairBatch, PairCorpus
+from benchmark.pretrain.pairs import PairBatch, PairCorpus
 
 
 @dataclass(frozen=True)

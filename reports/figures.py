@@ -9,7 +9,7 @@ that reason.
 Input DataFrames (column names are the contract):
 
 * scores: ``method, task, seed, metric, value``; summary: ``method, task, metric, mean,
-  ci_low, ci_high`` (see :mod:`reports.leaderboard`).
+  ci_low, ci_high`` (see :mod:`reports.compare`).
 * per_tag: ``method, task, seed, tag, roc_auc, pr_auc``.
 * loss_curves: ``method, seed, step, loss``.
 * source_activity: ``source, active, total`` (excerpts where the separated source is
@@ -20,6 +20,7 @@ Input DataFrames (column names are the contract):
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from benchmark.io import atomic_path
 __all__ = [
     "SOURCE_MODELS",
     "FigureDataError",
+    "draw_figures",
     "loss_curves_figure",
     "png_data_uri",
     "scores_figure",
@@ -242,3 +244,49 @@ def separation_quality_figure(separation_quality: pd.DataFrame | None, path: Pat
     axes.legend(fontsize=8)
     axes.grid(axis="y", alpha=0.3)
     return _save(figure, path)
+
+
+# -- the report's figures ---------------------------------------------------------------
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", str(text))
+
+
+def draw_figures(out_dir: Path, summary, scores, per_tag, extras, baseline) -> tuple[dict, dict]:
+    """Every figure of the report into ``out_dir``: returns (name -> path of those drawn,
+    name -> reason for those not drawn, from their :class:`FigureDataError`)."""
+    drawn: dict[str, Path] = {}
+    skipped: dict[str, str] = {}
+    jobs = [
+        (
+            f"scores_{_safe_name(task)}.png",
+            lambda path, task=task: scores_figure(summary, scores, task, path, baseline),
+        )
+        for task in sorted(summary["task"].unique())
+    ]
+    extras = extras or {}
+    jobs += [
+        (
+            "tagwise_pr_auc.png",
+            lambda path: tagwise_figure(per_tag, path, baseline=baseline),
+        ),
+        (
+            "loss_curves.png",
+            lambda path: loss_curves_figure(extras.get("loss_curves"), path),
+        ),
+        (
+            "source_activity.png",
+            lambda path: source_activity_figure(extras.get("source_activity"), path),
+        ),
+        (
+            "separation_quality.png",
+            lambda path: separation_quality_figure(extras.get("separation_quality"), path),
+        ),
+    ]
+    for name, draw in jobs:
+        try:
+            drawn[name] = draw(out_dir / name)
+        except FigureDataError as error:
+            skipped[name] = str(error)
+    return drawn, skipped

@@ -32,22 +32,14 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import pandas as pd
 from scipy import stats
-from sklearn.metrics import (
-    accuracy_score,
-    average_precision_score,
-    balanced_accuracy_score,
-)
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.multitest import multipletests
 
+from benchmark.evaluation.metrics import RUN_STACKED, SEED_POOLABLE
+
 __all__ = [
-    "METRICS",
-    "accuracy",
-    "balanced_accuracy",
     "friedman",
     "holm",
-    "macro_pr_auc",
-    "macro_roc_auc",
     "mcnemar_exact",
     "mcnemar_from_table",
     "mean_ranks",
@@ -233,116 +225,8 @@ def holm(pvalues, alpha: float = 0.05) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# Item level: metrics and tests
+# Item level: bootstrap and McNemar (the metrics are benchmark.evaluation.metrics.ITEM_METRICS)
 # ---------------------------------------------------------------------------------------------
-
-
-def _multilabel(targets, scores) -> tuple[np.ndarray, np.ndarray]:
-    targets = np.asarray(targets)
-    scores = np.asarray(scores, dtype=float)
-    if targets.ndim != 2 or scores.shape[-2:] != targets.shape or scores.ndim not in (2, 3):
-        raise ValueError(
-            f"multi-label metrics need targets (n, C) and scores (n, C) or (runs, n, C), "
-            f"got {targets.shape} and {scores.shape}"
-        )
-    return targets, scores
-
-
-def _macro_over_runs(score_fn, targets, scores, keep):
-    """Per-tag ``score_fn`` averaged over the kept tags, for one run or a stack of runs.
-
-    A stack of runs (same clips, hence same targets) is flattened into one multi-label call of
-    runs x tags columns: scikit-learn's cost is mostly per call, and the bootstrap calls this
-    thousands of times. Macro averaging is the plain mean over columns, as in scikit-learn.
-    """
-    if not keep.any():
-        return math.nan if scores.ndim == 2 else np.full(scores.shape[0], np.nan)
-    if scores.ndim == 2:
-        return float(score_fn(targets[:, keep], scores[:, keep], average="macro"))
-    num_runs, n_items, _ = scores.shape
-    kept = scores[:, :, keep].transpose(1, 0, 2).reshape(n_items, -1)
-    per_tag = score_fn(np.tile(targets[:, keep], (1, num_runs)), kept, average=None)
-    return np.asarray(per_tag, dtype=float).reshape(num_runs, -1).mean(axis=1)
-
-
-def _roc_auc_columns(targets, scores, average=None):
-    """ROC-AUC of every column at once through the Mann-Whitney rank identity.
-
-    AUC = (sum of the positives' ranks - P(P+1)/2) / (P N), ties at mid-rank: the value
-    scikit-learn's ``roc_auc_score`` gives, at one ``scipy.stats.rankdata`` call per resample
-    instead of one scikit-learn call per column (the bootstrap's hot path; tested against
-    scikit-learn). Columns must hold both classes.
-    """
-    targets = np.asarray(targets, dtype=float)
-    ranks = stats.rankdata(np.asarray(scores, dtype=float), axis=0)
-    pos = targets.sum(axis=0)
-    neg = targets.shape[0] - pos
-    auc = ((ranks * targets).sum(axis=0) - pos * (pos + 1) / 2) / (pos * neg)
-    return float(auc.mean()) if average == "macro" else auc
-
-
-def macro_roc_auc(targets, scores):
-    """Macro ROC-AUC (scikit-learn) over the tags that have both positives and negatives.
-
-    scikit-learn 1.9 returns nan (with a warning) for a tag without positives; a bootstrap
-    resample of a rare tag often has none, so such tags are dropped before averaging
-    (REFERENCE.md section 8). Returns nan when no tag is left.
-
-    Shapes: targets (n, C) multi-hot; scores (n, C) -> float, or (runs, n, C) (several runs on
-    the same clips) -> ndarray (runs,). Raises ``ValueError`` on other shapes.
-    """
-    targets, scores = _multilabel(targets, scores)
-    positives = targets.sum(axis=0)
-    keep = (positives > 0) & (positives < targets.shape[0])
-    return _macro_over_runs(_roc_auc_columns, targets, scores, keep)
-
-
-def macro_pr_auc(targets, scores):
-    """Macro PR-AUC (scikit-learn average precision) over the tags with at least one positive.
-
-    scikit-learn 1.9 returns 0.0 for a tag without positives, which would drag the macro mean
-    down in resamples that miss a rare tag; such tags are dropped (REFERENCE.md section 8).
-    Returns nan when no tag is left. Shapes as in :func:`macro_roc_auc`.
-    Raises ``ValueError`` on other shapes.
-    """
-    targets, scores = _multilabel(targets, scores)
-    keep = targets.sum(axis=0) > 0
-    return _macro_over_runs(average_precision_score, targets, scores, keep)
-
-
-def _labels(scores_or_labels) -> np.ndarray:
-    array = np.asarray(scores_or_labels)
-    return array.argmax(axis=1) if array.ndim == 2 else array
-
-
-def accuracy(targets, scores_or_labels) -> float:
-    """Plain accuracy ("WA" in the paper); scores (n, C) are turned into labels by argmax."""
-    return float(accuracy_score(np.asarray(targets), _labels(scores_or_labels)))
-
-
-def balanced_accuracy(targets, scores_or_labels) -> float:
-    """Balanced accuracy (mean per-class recall over the classes present in ``targets``)."""
-    with warnings.catch_warnings():
-        # A resample may predict a class absent from its targets; sklearn warns, the value is fine.
-        warnings.simplefilter("ignore", UserWarning)
-        return float(balanced_accuracy_score(np.asarray(targets), _labels(scores_or_labels)))
-
-
-# Metric name (as logged by the probes) -> item-level metric function.
-METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
-    "roc_auc": macro_roc_auc,
-    "pr_auc": macro_pr_auc,
-    "accuracy": accuracy,
-    "balanced_accuracy": balanced_accuracy,
-}
-
-
-# Metrics that accept a stack of runs (runs, n, C) and return one value per run.
-_RUN_STACKED = (macro_roc_auc, macro_pr_auc)
-# Metrics whose mean over runs of equal length on the same targets equals the metric of the
-# runs concatenated (accuracy: correct counts add up; balanced accuracy: each class's recall
-# has the same denominator in every run), so a method's seed mean costs one call.
-_SEED_POOLABLE = (accuracy, balanced_accuracy)
 
 
 def _runs(scores) -> list[np.ndarray]:
@@ -370,7 +254,8 @@ def paired_bootstrap_many(
     the mean over its seeds of ``metric_fn(targets, scores_seed)``, which is what the
     leaderboard reports. Sharing one bootstrap between all methods computes the baseline once
     per resample. Cost: ``n_resamples + n_clips`` evaluations (BCa), each one metric call per
-    run, or one call for all runs with :func:`macro_roc_auc` / :func:`macro_pr_auc`.
+    run, or one call for all runs with a run-stacked metric (``macro_roc_auc``,
+    ``macro_pr_auc`` of :mod:`benchmark.evaluation.metrics`).
 
     ``scores_by_method`` maps a method name to an array (one run) or a list of arrays (seeds),
     each aligned with ``targets`` along axis 0. ``seed`` is passed to
@@ -403,14 +288,14 @@ def paired_bootstrap_many(
 
     def method_means(idx: np.ndarray) -> dict[str, float]:
         resampled = stacked[:, idx]
-        if metric_fn in _SEED_POOLABLE:
+        if metric_fn in SEED_POOLABLE:
             return {
                 name: metric_fn(
                     np.tile(targets[idx], len(runs[name])), np.concatenate(resampled[part])
                 )
                 for name, part in owner.items()
             }
-        if metric_fn in _RUN_STACKED:
+        if metric_fn in RUN_STACKED:
             per_run = np.asarray(metric_fn(targets[idx], resampled), dtype=float)
         else:
             per_run = np.array([metric_fn(targets[idx], run) for run in resampled], dtype=float)

@@ -1,7 +1,7 @@
 """What a downstream task declares: its data, split, labels, probe and metrics (no code paths).
 
-The evaluation stages (benchmark/evaluate.py) read these declarations; a task never trains
-or scores anything itself.
+The evaluation stages (benchmark/pipeline/probing.py) read these declarations; a task never
+trains or scores anything itself.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from benchmark.datasets import Dataset
-from benchmark.probe import ProbeSpec
+from benchmark.data.datasets import Dataset
+from benchmark.evaluation.probe import ProbeSpec
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """FMA genre recognition (genre_top of fma_small by default): 8 classes, linear probe."""
 
-from benchmark.datasets import load_fma
+from benchmark.data.datasets import load_fma
 from tasks.base import Task
 
 

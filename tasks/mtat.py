@@ -4,7 +4,7 @@ Split from the shipped lists (jongpillee/music_dataset_split, as the authors use
 synthetic corpus's own lists in the same format.
 """
 
-from benchmark.datasets import load_mtat
+from benchmark.data.datasets import load_mtat
 from tasks.base import Task
 
 

@@ -1,6 +1,6 @@
 """NSynth instrument-family classification: 11 classes, Dense(512, ReLU) + Dense(11) probe."""
 
-from benchmark.datasets import load_nsynth
+from benchmark.data.datasets import load_nsynth
 from tasks.base import Task
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmark.pairs import PairCorpus
-from benchmark.store import Entry, FeatureStore, Job, build
+from benchmark.data.store import Entry, FeatureStore, Job, build
+from benchmark.pretrain.pairs import PairCorpus
 
 SILENCE = float(np.log(1e-6))
 SOURCES = ("bass", "drums", "vocals", "other")
@@ -59,20 +59,20 @@ TINY_PRETRAIN = [
 
 
 def stage_env(synth_root, runs, overrides=()):
-    """``(cfg, tracker)`` of the smoke profile in a fresh runs dir ``runs`` that reuses the
-    generated smoke corpus at ``synth_root`` (the plan would generate it there)."""
+    """The :class:`~benchmark.pipeline.context.Context` (config, tracker, no progress bars) of
+    the smoke profile in a fresh runs dir ``runs`` that reuses the generated smoke corpus at
+    ``synth_root`` (the plan would generate it there)."""
     from pathlib import Path
 
-    from benchmark import stages
     from benchmark.config import resolve
-    from benchmark.synth import GENERATOR_VERSION
-    from benchmark.tracking import Tracker
+    from benchmark.data.synth import GENERATOR_VERSION
+    from benchmark.pipeline.context import Context
+    from benchmark.pipeline.tracking import Tracker
 
     runs = Path(runs)
     cfg = resolve("smoke", [*TINY_PRETRAIN, *overrides, f"paths.runs_dir={runs}"])
     target = cfg.cache_dir / "synth" / f"smoke-s0-v{GENERATOR_VERSION}"
     target.parent.mkdir(parents=True)
     target.symlink_to(synth_root)
-    stages._MEMO.clear()  # the memo is process-wide; keys of another runs dir must not leak
     tracker = Tracker(cfg.tracking_uri, "mscol-test", artifact_root=runs / "mlartifacts")
-    return cfg, tracker
+    return Context(cfg, tracker, progress=False)

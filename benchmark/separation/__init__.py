@@ -8,8 +8,9 @@ Every separator maps a mono, un-normalised 16-kHz mixture ``(n,)`` to the four
 - ``oracle``: the true stems of a multitrack corpus (upper bound; synthetic corpus);
 - ``random_mask``: random smooth soft masks on the mixture STFT (paper: COLA + random mask).
 
-``build_separator(cfg)`` picks one by ``cfg.separator``; :func:`si_sdr`,
-:func:`evaluate_separator` and :func:`silence_flags` measure and post-process sources.
+``build_separator(cfg)`` picks one by ``cfg.separator``; :func:`si_sdr` and
+:func:`evaluate_separator` measure separation quality. Stage ``separate`` (per-source log-mel +
+silence flags of the pre-training clips) is :mod:`benchmark.separation.sources`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from benchmark.separation.metrics import (
     evaluate_separator,
     score_separator,
     si_sdr,
-    silence_flags,
 )
 from benchmark.separation.oracle import OracleSeparator, build_oracle
 from benchmark.separation.random_mask import (
@@ -33,7 +33,7 @@ from benchmark.separation.random_mask import (
     build_random_mask,
     random_soft_masks,
 )
-from benchmark.separation.train import train_separator
+from benchmark.separation.train_umx import train_separator
 from benchmark.separation.umx import (
     PRETRAINED_MODELS,
     UMXSeparator,
@@ -87,6 +87,5 @@ __all__ = [
     "random_soft_masks",
     "score_separator",
     "si_sdr",
-    "silence_flags",
     "train_separator",
 ]

@@ -8,15 +8,12 @@ from typing import Protocol
 
 import numpy as np
 
-from benchmark.audio import AudioError, load_audio
+from benchmark.data.audio import AudioError, load_audio
+from benchmark.errors import SeparationError
 
 SOURCES = ("bass", "drums", "vocals", "other")  # the four Open-Unmix targets (paper)
 SAMPLE_RATE = 16000  # Hz: separators take and return 16-kHz audio (paper: front-end rate)
 MIX_NAME = "mix"  # <stems_root>/<clip_id>/mix.flac: the mixture of a multitrack clip
-
-
-class SeparationError(RuntimeError):
-    """A separator cannot produce sources; the message names the clip or model and the problem."""
 
 
 class Separator(Protocol):

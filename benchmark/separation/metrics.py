@@ -1,4 +1,4 @@
-"""Separation quality (SI-SDR) and the silence rule of the multi-source association method."""
+"""Separation quality: SI-SDR of separated sources against the true stems."""
 
 from __future__ import annotations
 
@@ -51,37 +51,6 @@ def si_sdr(reference: np.ndarray, estimate: np.ndarray, eps: float = 1e-8) -> fl
     target = scale * ref
     noise = est - target
     return 10.0 * math.log10((float(target @ target) + eps) / (float(noise @ noise) + eps))
-
-
-def silence_flags(
-    source_wave: np.ndarray, excerpt_samples: int, num_excerpts: int, threshold: float
-) -> np.ndarray:
-    """Which consecutive excerpts of a separated source are silent (paper, section 3).
-
-    Excerpt ``i`` covers samples ``[i * excerpt_samples, (i + 1) * excerpt_samples)`` and is
-    silent when its mean absolute amplitude is ``<= threshold`` (paper: 0.01 over 4 s,
-    measured before any normalisation).
-
-    source_wave: ``(n,)`` with ``n >= excerpt_samples * num_excerpts``.
-    Returns bool ``(num_excerpts,)``. Raises ``ValueError`` for a non-1-D wave, a
-    non-positive excerpt length, a negative count, or a wave too short for the excerpts.
-    """
-    wave = np.asarray(source_wave)
-    if wave.ndim != 1:
-        raise ValueError(f"silence_flags: expected a 1-D waveform, got shape {wave.shape}")
-    if excerpt_samples <= 0 or num_excerpts < 0:
-        raise ValueError(
-            f"silence_flags: need excerpt_samples > 0 and num_excerpts >= 0, got "
-            f"{excerpt_samples} and {num_excerpts}"
-        )
-    needed = excerpt_samples * num_excerpts
-    if len(wave) < needed:
-        raise ValueError(
-            f"silence_flags: {num_excerpts} excerpts of {excerpt_samples} samples need "
-            f"{needed} samples, the waveform has {len(wave)}"
-        )
-    segments = np.abs(wave[:needed].astype(np.float64)).reshape(num_excerpts, excerpt_samples)
-    return segments.mean(axis=1) <= threshold
 
 
 @dataclass

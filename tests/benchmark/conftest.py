@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmark.synth import generate
+from benchmark.data.synth import generate
 
 
 @pytest.fixture(scope="session")

@@ -7,10 +7,10 @@ import numpy as np
 import torch
 
 from benchmark.config import resolve
-from benchmark.pairs import PairBatch, PairCorpus
-from benchmark.train import is_complete, pretrain, pretrain_key
+from benchmark.pretrain.loop import is_complete, pretrain, pretrain_key
+from benchmark.pretrain.pairs import PairBatch, PairCorpus
 from methods import METHODS, get_method
-from tests.fixtures import make_corpus
+from tests.fixtures import TINY_PRETRAIN, make_corpus
 
 
 @dataclass(frozen=True)
@@ -41,17 +41,7 @@ def test_a_toy_method_registers_and_trains_through_the_public_api(tmp_path, monk
     monkeypatch.setitem(METHODS, "toy_time_reversal", TimeReversal())
     method = get_method("toy_time_reversal")
     corpus = make_corpus(tmp_path / "corpus", num_clips=3, sources=False)
-    cfg = resolve(
-        "smoke",
-        [
-            "encoder.width_coefficient=0.1",
-            "encoder.depth_coefficient=0.1",
-            "pretrain.steps=2",
-            "pretrain.batch_size=4",
-            "pretrain.num_workers=0",
-            "pretrain.checkpoint_every=2",
-        ],
-    )
+    cfg = resolve("smoke", TINY_PRETRAIN)
     key = pretrain_key(cfg, method, 0, "toy")
     seen = []
     pretrain(

@@ -1,4 +1,6 @@
-"""Tests of reports.stats: REFERENCE.md section 8 golden values, properties, naive references."""
+"""Tests of reports.stats: REFERENCE.md section 8 golden values, properties, naive references.
+
+The metrics the bootstrap resamples are tested in tests/benchmark/evaluation/test_metrics.py."""
 
 from __future__ import annotations
 
@@ -11,9 +13,9 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from scipy import stats as scipy_stats
-from sklearn.exceptions import UndefinedMetricWarning
-from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.metrics import roc_auc_score
 
+from benchmark.evaluation.metrics import accuracy, balanced_accuracy, macro_pr_auc, macro_roc_auc
 from reports import stats
 
 A = [0.81, 0.83, 0.85, 0.87, 0.89]
@@ -86,33 +88,6 @@ def test_nemenyi_q_matches_demsar_table(k, q_table):
     assert q == pytest.approx(q_table, abs=1e-3)
 
 
-def test_sklearn_behaviour_for_a_tag_without_positives():
-    targets = np.zeros((10, 2), dtype=int)
-    targets[:4, 1] = 1
-    scores = np.tile(np.linspace(0, 1, 10)[:, None], (1, 2))
-    with pytest.warns(UndefinedMetricWarning):
-        roc = roc_auc_score(targets, scores, average=None)
-    assert math.isnan(roc[0])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        pr = average_precision_score(targets, scores, average=None)
-    assert pr[0] == 0.0
-    # The report metrics drop the tag instead of averaging a nan or a 0.0 into the macro mean.
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert stats.macro_roc_auc(targets, scores) == pytest.approx(roc[1])
-        assert stats.macro_pr_auc(targets, scores) == pytest.approx(pr[1])
-
-
-def test_roc_drops_tag_without_negatives_but_pr_keeps_it():
-    targets = np.array([[1, 1], [1, 0], [1, 1], [1, 0], [1, 0]])
-    scores = np.array([[0.1, 0.9], [0.2, 0.1], [0.3, 0.8], [0.4, 0.3], [0.5, 0.2]])
-    assert stats.macro_roc_auc(targets, scores) == pytest.approx(1.0)
-    assert stats.macro_pr_auc(targets, scores) == pytest.approx(
-        average_precision_score(targets, scores, average="macro")
-    )
-
-
 def _rare_tag_data(n=30, seed=3):
     rng = np.random.default_rng(seed)
     targets = (rng.random((n, 3)) < 0.4).astype(int)
@@ -125,7 +100,7 @@ def _rare_tag_data(n=30, seed=3):
 
 def test_bootstrap_drops_tags_without_positives_in_a_resample():
     targets, scores_a, scores_b = _rare_tag_data()
-    for metric in (stats.macro_roc_auc, stats.macro_pr_auc):
+    for metric in (macro_roc_auc, macro_pr_auc):
         result = stats.paired_bootstrap(metric, targets, scores_a, scores_b, 49, seed=0)
         assert math.isfinite(result["ci_low"]) and math.isfinite(result["ci_high"])
         assert result["ci_low"] <= result["diff"] <= result["ci_high"]
@@ -142,13 +117,6 @@ def test_bootstrap_drops_tags_without_positives_in_a_resample():
     assert math.isnan(naive["ci_low"])
 
 
-def test_stacked_multilabel_metrics_equal_per_run_calls():
-    targets, scores_a, scores_b = _rare_tag_data()
-    stack = np.stack([scores_a, scores_b, scores_a[::-1]])
-    for metric in (stats.macro_roc_auc, stats.macro_pr_auc):
-        np.testing.assert_allclose(metric(targets, stack), [metric(targets, s) for s in stack])
-
-
 def test_pooled_accuracy_bootstrap_equals_naive_per_run_loop():
     rng = np.random.default_rng(0)
     targets = np.arange(40) % 4
@@ -156,7 +124,7 @@ def test_pooled_accuracy_bootstrap_equals_naive_per_run_loop():
         name: [rng.random((40, 4)) + (name == "good") * np.eye(4)[targets] for _ in range(2)]
         for name in ("base", "good", "same")
     }
-    for metric in (stats.accuracy, stats.balanced_accuracy):
+    for metric in (accuracy, balanced_accuracy):
         fast = stats.paired_bootstrap_many(metric, targets, runs, "base", 49, seed=1)
         naive = stats.paired_bootstrap_many(
             lambda t, s, metric=metric: metric(t, s), targets, runs, "base", 49, seed=1
@@ -170,16 +138,16 @@ def test_pooled_accuracy_bootstrap_equals_naive_per_run_loop():
 def test_bootstrap_many_equals_pairwise():
     targets, scores_a, scores_b = _rare_tag_data()
     many = stats.paired_bootstrap_many(
-        stats.macro_roc_auc, targets, {"b": scores_b, "a": scores_a}, "b", 49, seed=5
+        macro_roc_auc, targets, {"b": scores_b, "a": scores_a}, "b", 49, seed=5
     )
-    single = stats.paired_bootstrap(stats.macro_roc_auc, targets, scores_a, scores_b, 49, seed=5)
+    single = stats.paired_bootstrap(macro_roc_auc, targets, scores_a, scores_b, 49, seed=5)
     assert many["a"] == single
 
 
 def test_bootstrap_rejects_misaligned_runs():
     targets, scores_a, scores_b = _rare_tag_data()
     with pytest.raises(ValueError, match="items"):
-        stats.paired_bootstrap(stats.macro_roc_auc, targets, scores_a[:-1], scores_b, 9, seed=0)
+        stats.paired_bootstrap(macro_roc_auc, targets, scores_a[:-1], scores_b, 9, seed=0)
 
 
 # --- Seed level ---------------------------------------------------------------------------------
@@ -320,7 +288,7 @@ def test_bootstrap_of_identical_scores_is_zero(seed, n):
     rng = np.random.default_rng(seed)
     targets = rng.integers(0, 3, size=n)
     scores = rng.random((n, 3))
-    result = stats.paired_bootstrap(stats.accuracy, targets, scores, scores.copy(), 49, seed=seed)
+    result = stats.paired_bootstrap(accuracy, targets, scores, scores.copy(), 49, seed=seed)
     assert result["diff"] == 0.0
     assert result["ci_low"] <= 0.0 <= result["ci_high"]
     assert not result["excludes_zero"]
@@ -353,23 +321,3 @@ def test_friedman_and_nemenyi_reject_bad_shapes():
         stats.friedman([[1.0, 2.0, np.nan], [1.0, 2.0, 3.0]])
     with pytest.raises(ValueError):
         stats.nemenyi_cd(1, 4)
-
-
-def test_rank_based_roc_auc_equals_scikit_learn_with_ties_and_stacked_runs():
-    import numpy as np
-    from sklearn.metrics import roc_auc_score
-
-    from reports.stats import macro_roc_auc
-
-    rng = np.random.default_rng(0)
-    targets = (rng.random((60, 7)) < 0.3).astype(int)
-    targets[0, :] = 1
-    targets[1, :] = 0
-    scores = np.round(rng.random((3, 60, 7)), 1)  # rounding makes many ties
-    for run in scores:
-        assert macro_roc_auc(targets, run) == pytest.approx(
-            roc_auc_score(targets, run, average="macro"), abs=1e-12
-        )
-    stacked = macro_roc_auc(targets, scores)
-    expected = [roc_auc_score(targets, run, average="macro") for run in scores]
-    np.testing.assert_allclose(stacked, expected, atol=1e-12)

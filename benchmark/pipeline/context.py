@@ -1,0 +1,49 @@
+"""What one command or plan shares: its configuration, its tracker, and what it has opened.
+
+A :class:`Context` is created per command (:mod:`benchmark.commands`) or per test, never at
+import time: the datasets it loaded and the stores it opened live exactly as long as it does,
+so two configurations in one process never see each other's (no process-wide memo).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from benchmark.config import Config
+from benchmark.pipeline.tracking import Tracker
+
+T = TypeVar("T")
+
+
+@dataclass
+class Context:
+    """``cfg`` and ``tracker`` (None: stages that can record nothing, e.g. ``features``);
+    ``progress`` shows progress bars."""
+
+    cfg: Config
+    tracker: Tracker | None = None
+    progress: bool = True
+    _opened: dict = field(default_factory=dict, init=False, repr=False)
+
+    def once(self, key: tuple, open_fn: Callable[[], T]) -> T:
+        """``open_fn()`` the first time ``key`` is asked for, the same object afterwards: the
+        plan asks for the same datasets and stores many times (a failure is not kept)."""
+        if key not in self._opened:
+            self._opened[key] = open_fn()
+        return self._opened[key]
+
+    def require_tracker(self) -> Tracker:
+        """The tracker of a stage that records MLflow runs (pretrain, tune, probe)."""
+        if self.tracker is None:
+            raise ValueError("this stage records MLflow runs: the Context needs a tracker")
+        return self.tracker
+
+
+def open_context(cfg: Config, progress: bool = True) -> Context:
+    """The context of a command: the profile's MLflow experiment ``mscol-<profile>``."""
+    tracker = Tracker(
+        cfg.tracking_uri, f"mscol-{cfg.profile}", artifact_root=cfg.runs_dir / "mlartifacts"
+    )
+    return Context(cfg, tracker, progress)

@@ -1,0 +1,242 @@
+"""Stages ``tune`` and ``probe``: the frozen encoder's evaluation on the tasks, tracked.
+
+embed (:mod:`benchmark.evaluation.embed`, every window of a corpus, once per checkpoint and
+hop, cached) -> tune (Optuna, equal budget per method) -> probe (one MLflow run per method x
+task x seed, with test predictions). Like every stage, each function here is safe to call
+again: finished work is found by its key.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmark.config import Config, stable_hash, to_dict
+from benchmark.errors import StageError
+from benchmark.evaluation.embed import embed
+from benchmark.io import atomic_write_json, read_json
+from benchmark.pipeline.context import Context
+from benchmark.pipeline.stages import Outcome, load_task_dataset, mixture_store
+from benchmark.pipeline.tracking import git_commit
+from benchmark.pretrain.loop import PretrainedModel
+
+log = logging.getLogger(__name__)
+
+
+def _score_fn(task, dataset):
+    from benchmark.evaluation.metrics import primary_score_fn
+
+    return primary_score_fn(dataset.vocabulary, dataset.multilabel, task.primary)
+
+
+def probe_params(cfg: Config, task, method_name: str, emb_key: str, mode: str | None = None):
+    from benchmark.evaluation.probe import ProbeParams
+
+    mode = mode or cfg.probe.params
+    if mode == "default":
+        return ProbeParams(lr=task.lr)
+    if mode == "tuned":
+        path = tuned_path(cfg, method_name, task.name, emb_key)
+        if not path.is_file():
+            raise StageError(
+                f"no tuned parameters for {method_name} on {task.name} ({path}): run "
+                f"`python -m benchmark tune --profile {cfg.profile} --method {method_name} "
+                f"--task {task.name}` first, or set probe.params=default"
+            )
+        best = read_json(path)["best_params"]
+        return ProbeParams(**best)
+    raise StageError(f"probe.params must be 'default' or 'tuned', got {mode!r}")
+
+
+def tune_key(cfg: Config, task_name: str, emb_key: str) -> str:
+    """What a tuning result depends on: the search budget, the probe setup and the embeddings
+    (which carry ``probe.train_hop_frames``)."""
+    return stable_hash(
+        {"tune": to_dict(cfg.tune), "emb": emb_key, "task": task_name, "probe": _training(cfg)}
+    )
+
+
+def _training(cfg: Config) -> dict:
+    """The probe settings that shape training, as keyword arguments of ``train_probe`` and
+    ``tune_probe`` (epochs differ: ``probe.max_epochs`` vs ``tune.max_epochs``)."""
+    p = cfg.probe
+    return {
+        "batch_size": p.batch_size,
+        "patience": p.patience,
+        "windows_per_clip": max(1, p.windows_per_clip),
+        "standardize": p.standardize,
+    }
+
+
+def tuned_path(cfg, method_name, task_name, emb_key) -> Path:
+    key = tune_key(cfg, task_name, emb_key)
+    return cfg.profile_dir / "tuned" / f"{method_name}-{task_name}-{key}.json"
+
+
+def _embedded(ctx: Context, model: PretrainedModel, task):
+    """The task's dataset and its window embeddings (see :func:`embed`)."""
+    dataset = load_task_dataset(ctx, task)
+    store = mixture_store(ctx, task.corpus)
+    return dataset, embed(ctx.cfg, model, task, dataset, store, ctx.progress)
+
+
+def run_tune(ctx: Context, model: PretrainedModel, task) -> dict:
+    """Equal-budget Optuna search of the probe's hyper-parameters on the validation split."""
+    from benchmark.evaluation.tuning import tune_probe
+
+    cfg, tracker = ctx.cfg, ctx.require_tracker()
+    dataset, emb = _embedded(ctx, model, task)
+    path = tuned_path(cfg, model.method, task.name, emb["key"])
+    if path.is_file():
+        return {**read_json(path), "cached": True}
+    t = cfg.tune
+    key = tune_key(cfg, task.name, emb["key"])
+    study = f"{cfg.profile}-{model.method}-s{model.seed}-{task.name}-{key}"
+    with tracker.run(
+        f"tune:{key}",
+        "tune",
+        f"tune-{model.method}-{task.name}",
+        tags={
+            "method": model.method,
+            "task": task.name,
+            "study": study,
+            "pretrain_seed": model.seed,
+            "config_hash": cfg.hash(),
+            "results_hash": cfg.results_hash(),
+        },
+        params={"tune": to_dict(t)},
+    ) as h:
+        result = tune_probe(
+            study,
+            cfg.optuna_storage,
+            task.probe_spec(len(dataset.vocabulary)),
+            emb["train"][0],
+            emb["valid"][0],
+            num_trials=t.num_trials,
+            sampler_seed=t.sampler_seed,
+            probe_seed=t.probe_seed,
+            max_epochs=t.max_epochs,
+            **_training(cfg),
+            score_fn=_score_fn(task, dataset),
+            baseline_params=probe_params(cfg, task, model.method, emb["key"], "default"),
+            on_trial=lambda tr: h.metrics(
+                {"trial_value": tr["value"] if tr["value"] is not None else float("nan")},
+                tr["number"],
+            ),
+        )
+        out = {
+            "best_params": result.best_params.__dict__,
+            "best_value": result.best_value,
+            "trials": result.trials,
+            "study": study,
+        }
+        h.artifact_dict(out, "tuning.json")
+        h.metrics({"best_valid": result.best_value})
+    atomic_write_json(path, out)
+    return out
+
+
+def run_probe(
+    ctx: Context,
+    model: PretrainedModel,
+    task,
+    probe_seed: int,
+    *,
+    force: bool = False,
+    params_mode: str | None = None,
+) -> Outcome:
+    """Train and test one probe seed; status 'done' (already there) or 'ran', and its run.
+
+    ``force`` reruns a finished probe (the new run supersedes it); ``params_mode`` overrides
+    ``probe.params``. Raises :class:`StageError` when tuned parameters are asked for and
+    missing."""
+    from benchmark.evaluation.metrics import score
+    from benchmark.evaluation.probe import predict_clips, train_probe
+
+    cfg, tracker = ctx.cfg, ctx.require_tracker()
+    dataset, emb = _embedded(ctx, model, task)
+    params = probe_params(cfg, task, model.method, emb["key"], params_mode)
+    p = cfg.probe
+    key = stable_hash(
+        {
+            "emb": emb["key"],
+            "task": task.name,
+            "seed": probe_seed,
+            "params": params.__dict__,
+            "max_epochs": p.max_epochs,
+            **_training(cfg),
+        }
+    )
+    previous = tracker.find(key)
+    if previous is not None and previous.info.status == "FINISHED" and not force:
+        return Outcome("done", previous.info.run_id)
+    mode = params_mode or cfg.probe.params
+    train, valid, test = emb["train"][0], emb["valid"][0], emb["test"][0]
+    spec = task.probe_spec(len(dataset.vocabulary))
+    seed_label = model.seed * 1000 + probe_seed
+    tags = {
+        "method": model.method,
+        "task": task.name,
+        "seed": seed_label,
+        "probe_seed": probe_seed,
+        "pretrain_seed": model.seed,
+        "pretrain_run_id": model.run_id or "",
+        "params_mode": mode,
+        "config_hash": cfg.hash(),
+        "results_hash": cfg.results_hash(),
+        "git_commit": git_commit(),
+    }
+    if force and previous is not None and previous.info.status == "FINISHED":
+        key = f"{key}:forced:{time.time_ns()}"
+        tags["supersedes"] = previous.info.run_id
+    with tracker.run(
+        key,
+        "probe",
+        f"probe-{model.method}-{task.name}-s{seed_label}",
+        tags=tags,
+        params={"probe": to_dict(p), "params": params.__dict__, "spec": spec.__dict__},
+    ) as h:
+        t0 = time.perf_counter()
+        result = train_probe(
+            spec,
+            params,
+            train,
+            valid,
+            seed=probe_seed,
+            max_epochs=p.max_epochs,
+            **_training(cfg),
+            score_fn=_score_fn(task, dataset),
+        )
+        # float64 throughout: the saved predictions give back exactly the logged metrics.
+        scores = predict_clips(result.model, test).astype(np.float64)
+        targets = test.targets
+        metrics = score(targets, scores, list(dataset.vocabulary), dataset.multilabel)
+        flat = {m: metrics[m] for m in task.metrics}
+        flat.update(
+            {
+                "best_epoch": result.best_epoch,
+                "epochs_run": result.epochs_run,
+                "valid_primary": result.best_valid_score,
+                "train_s": time.perf_counter() - t0,
+                "num_test_clips": len(targets),
+            }
+        )
+        h.metrics(flat)
+        h.artifact_dict({k: v for k, v in metrics.items() if k not in task.metrics}, "details.json")
+        tmp = cfg.profile_dir / "tmp" / f"{h.run_id}"
+        tmp.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(
+            tmp / "predictions.npz",
+            clip_ids=np.array([c.clip_id for c in emb["test"][1]]),
+            targets=targets,
+            scores=scores,
+            vocabulary=np.array(dataset.vocabulary),
+        )
+        h.artifact(tmp / "predictions.npz")
+        shutil.rmtree(tmp, ignore_errors=True)
+        run_id = h.run_id
+    return Outcome("ran", run_id)

@@ -1,0 +1,349 @@
+"""The one pre-training loop, shared by every method (a method only makes pairs).
+
+Adam, lr halved after ``lr_decay_fraction`` of the steps (paper: 1e-3, halved at 5,000 of
+10,000). Batches come from a DataLoader whose workers call ``method.sample`` with a generator
+seeded by ``(seed, step)``: the batch of a step does not depend on the number of workers or
+on where a run was resumed, so a killed and resumed run ends with the same weights.
+
+Checkpoints (``checkpoint.pt``: model, optimiser, scheduler, step, torch RNG states) are
+written atomically every ``checkpoint_every`` steps and load with ``weights_only=True``;
+the run directory also holds the resolved ``config.json`` with its hash, and ``final.pt``
++ ``final.json`` once the run is complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from tqdm import tqdm
+
+from benchmark.config import Config, EncoderConfig, PretrainConfig, stable_hash
+from benchmark.io import atomic_path, atomic_write_json, pick_device, read_json, seed_everything
+from benchmark.pretrain.encoder import ContrastiveModel
+from benchmark.pretrain.losses import centroid_contrastive_loss, contrastive_loss
+from benchmark.pretrain.pairs import PairBatch, PairCorpus
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+FINAL = "final.pt"
+
+
+def num_updates(p: PretrainConfig) -> int:
+    """Optimiser updates of a run: ``steps``, or 64 batches per step for ``step_unit=chunk64``
+    (the authors' script calls a chunk of 64 batches one step)."""
+    per_step = {"batch": 1, "chunk64": 64}
+    if p.step_unit not in per_step:
+        raise ValueError(
+            f"pretrain.step_unit must be one of {sorted(per_step)}, got {p.step_unit!r}"
+        )
+    return p.steps * per_step[p.step_unit]
+
+
+def step_rng(seed: int, step: int, stream: int = 0) -> np.random.Generator:
+    """The generator of one step's batch: a pure function of (seed, step, stream)."""
+    return np.random.default_rng([seed, step, stream])
+
+
+class _Batches(IterableDataset):
+    """Yields the batches of steps ``[start, stop)``; worker ``w`` of ``n`` makes every n-th.
+
+    DataLoader reads its workers round-robin, so batches arrive in step order.
+    """
+
+    def __init__(
+        self,
+        method,
+        corpus: PairCorpus,
+        batch_size: int,
+        seed: int,
+        start: int,
+        stop: int,
+        stream: int = 0,
+    ):
+        self.method, self.corpus, self.batch_size = method, corpus, batch_size
+        self.seed, self.start, self.stop, self.stream = seed, start, stop, stream
+
+    def __iter__(self) -> Iterator[tuple[int, PairBatch]]:
+        info = get_worker_info()
+        wid, num = (info.id, info.num_workers) if info else (0, 1)
+        torch.set_num_threads(1)
+        for step in range(self.start + wid, self.stop, num):
+            rng = step_rng(self.seed, step, self.stream)
+            yield step, self.method.sample(self.corpus, self.batch_size, rng)
+
+
+def batches(
+    method, corpus, batch_size, seed, start, stop, num_workers, stream=0, pin_memory=False
+) -> DataLoader:
+    """The batches of steps ``[start, stop)``, made by ``num_workers`` processes (0: inline);
+    ``pin_memory`` page-locks them for asynchronous host-to-device copies (CUDA).
+
+    The loader gets its own torch generator: by default a DataLoader iterator draws its base
+    seed from torch's global generator, so a resumed run (which builds its loader after
+    restoring that generator) would be one draw ahead of an uninterrupted one, and the
+    encoder's drop connect would then differ.
+    """
+    return DataLoader(
+        _Batches(method, corpus, batch_size, seed, start, stop, stream),
+        batch_size=None,
+        num_workers=num_workers,
+        prefetch_factor=4 if num_workers else None,
+        persistent_workers=False,
+        pin_memory=pin_memory,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def loss_fn(method) -> Callable:
+    if method.loss == "centroid":
+        return lambda za, zp, silent, sim: centroid_contrastive_loss(za, zp, silent, sim)
+    if method.loss == "plain":
+        return lambda za, zp, silent, sim: contrastive_loss(za, zp, sim)
+    raise ValueError(f"{method.name}: unknown loss {method.loss!r}")
+
+
+def build_model(enc: EncoderConfig, seed: int, device) -> ContrastiveModel:
+    seed_everything(seed)
+    model = ContrastiveModel(enc).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _autocast(device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def train_step(model, opt, compute_loss, anchors, positives, silent, device):
+    """One optimiser update on a batch already on ``device``; returns (loss, accuracy).
+
+    The loop's step, also timed alone by ``make bench`` (the encoder's own throughput)."""
+    with _autocast(device):
+        za, zp = model(anchors, positives)
+    loss, acc = compute_loss(za.float(), zp.float(), silent, model.similarity)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss, acc
+
+
+@dataclass
+class PretrainResult:
+    run_dir: Path
+    final_path: Path
+    steps_done: int
+    resumed_from: int
+    wall_s: float
+
+
+@dataclass
+class PretrainedModel:
+    """A method's encoder after stage ``pretrain``: what evaluation embeds with.
+
+    ``key`` is the pre-training run's content key, ``final_path`` its weights (None for a
+    method without pre-training: random_init), ``run_id`` its MLflow run; ``cached`` says it
+    was found finished and nothing was trained."""
+
+    method: str
+    seed: int
+    key: str
+    final_path: Path | None
+    run_id: str | None
+    cached: bool = False
+
+
+def _save_checkpoint(path: Path, model, opt, sched, step: int, key: str) -> None:
+    state = {
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "step": step,
+        "key": key,
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    with atomic_path(path, suffix=".pt") as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path, device="cpu") -> dict:
+    """Load a checkpoint without executing pickled code (``weights_only=True``)."""
+    return torch.load(path, map_location=device, weights_only=True)
+
+
+def pretrain(
+    cfg: Config,
+    method,
+    corpus: PairCorpus,
+    valid: PairCorpus | None,
+    run_dir: Path,
+    key: str,
+    seed: int,
+    *,
+    on_metrics: Callable[[dict, int], None] | None = None,
+    device=None,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> PretrainResult:
+    """Pre-train ``method`` for ``cfg.pretrain.steps`` steps, resuming ``run_dir`` if it holds
+    a checkpoint of the same ``key``. ``stop_after`` ends early (tests of resumption)."""
+    p: PretrainConfig = cfg.pretrain
+    total = num_updates(p)
+    device = device or pick_device()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(
+        run_dir / "config.json",
+        {"hash": key, "method": method.params(), "seed": seed, "config": cfg.to_dict()},
+    )
+    model = build_model(cfg.encoder, seed, device)
+    opt = torch.optim.Adam(model.parameters(), lr=p.lr)
+    sched = torch.optim.lr_scheduler.MultiStepLR(
+        opt, milestones=[max(1, math.floor(total * p.lr_decay_fraction))], gamma=0.5
+    )
+    start = 0
+    ckpt_path = run_dir / CHECKPOINT
+    if ckpt_path.is_file():
+        state = load_checkpoint(ckpt_path, device)
+        if state.get("key") != key:
+            raise RuntimeError(
+                f"{ckpt_path}: checkpoint of another configuration ({state.get('key')} != {key})"
+            )
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+        start = int(state["step"])
+        log.info("%s seed %d: resuming at step %d of %d", method.name, seed, start, total)
+    compute_loss = loss_fn(method)
+    stop = total if stop_after is None else min(total, stop_after)
+    t0 = time.perf_counter()
+    model.train()
+    bar = tqdm(
+        total=total,
+        initial=start,
+        desc=f"pretrain {method.name} s{seed}",
+        unit="step",
+        disable=not progress,
+    )
+    window_t, window_pairs = time.perf_counter(), 0
+    loader = batches(
+        method,
+        corpus,
+        p.batch_size,
+        seed,
+        start,
+        stop,
+        p.num_workers,
+        pin_memory=device.type == "cuda",
+    )
+    for step, batch in loader:
+        anchors = batch.anchors.to(device, non_blocking=True)
+        positives = batch.positives.to(device, non_blocking=True)
+        silent = batch.silent.to(device)
+        loss, acc = train_step(model, opt, compute_loss, anchors, positives, silent, device)
+        sched.step()
+        done = step + 1
+        window_pairs += len(anchors)
+        bar.update()
+        if on_metrics and (done % 10 == 0 or done == total):
+            now = time.perf_counter()
+            on_metrics(
+                {
+                    "loss": float(loss.detach()),
+                    "contrastive_accuracy": float(acc),
+                    "lr": float(sched.get_last_lr()[0]),
+                    "pairs_per_s": window_pairs / max(now - window_t, 1e-9),
+                },
+                done,
+            )
+            window_t, window_pairs = now, 0
+        paused = time.perf_counter()  # validation and checkpoints are not training throughput
+        if valid is not None and (done % p.val_every == 0 or done == total):
+            metrics = validate(model, method, valid, p, seed, device)
+            log.info(
+                "%s s%d step %d: val loss %.4f acc %.3f",
+                method.name,
+                seed,
+                done,
+                metrics["val_loss"],
+                metrics["val_contrastive_accuracy"],
+            )
+            if on_metrics:
+                on_metrics(metrics, done)
+        if done % p.checkpoint_every == 0 or done == total:
+            _save_checkpoint(ckpt_path, model, opt, sched, done, key)
+        window_t += time.perf_counter() - paused
+    bar.close()
+    steps_done = stop
+    final = run_dir / FINAL
+    if steps_done == total:
+        with atomic_path(final, suffix=".pt") as tmp:
+            torch.save(model.state_dict(), tmp)
+        atomic_write_json(
+            run_dir / "final.json",
+            {"hash": key, "steps": total, "method": method.name, "seed": seed},
+        )
+    return PretrainResult(run_dir, final, steps_done, start, time.perf_counter() - t0)
+
+
+@torch.no_grad()
+def validate(model, method, valid: PairCorpus, p: PretrainConfig, seed: int, device) -> dict:
+    """Contrastive loss and accuracy on fixed batches of the validation split (eval mode)."""
+    model.eval()
+    compute_loss = loss_fn(method)
+    losses, accs = [], []
+    for i in range(p.val_batches):
+        # Stream 1 keeps validation batches apart from training ones; same batches every time.
+        batch = method.sample(valid, p.batch_size, step_rng(seed, i, stream=1))
+        with _autocast(device):
+            za, zp = model(batch.anchors.to(device), batch.positives.to(device))
+        loss, acc = compute_loss(za.float(), zp.float(), batch.silent.to(device), model.similarity)
+        losses.append(float(loss))
+        accs.append(float(acc))
+    model.train()
+    return {"val_loss": float(np.mean(losses)), "val_contrastive_accuracy": float(np.mean(accs))}
+
+
+def is_complete(run_dir: Path, key: str) -> bool:
+    info = run_dir / "final.json"
+    return info.is_file() and (run_dir / FINAL).is_file() and read_json(info).get("hash") == key
+
+
+def load_encoder(cfg_enc: EncoderConfig, final_path: Path, device=None) -> ContrastiveModel:
+    """The pre-trained model of a finished run, in eval mode."""
+    device = device or pick_device()
+    model = ContrastiveModel(cfg_enc).to(device)
+    model.load_state_dict(torch.load(final_path, map_location=device, weights_only=True))
+    return model.eval()
+
+
+def pretrain_key(cfg: Config, method, seed: int, data_identity: str) -> str:
+    """Content key of a pre-training run: what determines its weights, nothing else."""
+    p = cfg.pretrain
+    return stable_hash(
+        {
+            "method": method.params(),
+            "encoder": cfg.to_dict()["encoder"],
+            "frontend": cfg.to_dict()["frontend"],
+            "steps": p.steps,
+            "step_unit": p.step_unit,
+            "batch_size": p.batch_size,
+            "lr": p.lr,
+            "lr_decay_fraction": p.lr_decay_fraction,
+            "seed": seed,
+            "data": data_identity,
+        }
+    )

@@ -1,0 +1,178 @@
+"""Optuna tuning: trial budget, resumption, equal budgets across methods, no test data."""
+
+import inspect
+
+import numpy as np
+import optuna
+import pytest
+
+import benchmark.evaluation.tuning as tuning
+from benchmark.evaluation.metrics import primary_score_fn
+from benchmark.evaluation.probe import ProbeDivergedError, ProbeParams, ProbeSpec, WindowSet
+from benchmark.evaluation.tuning import SEARCH_SPACE, tune_probe
+from tests.benchmark.evaluation.test_probe import planted_windows
+
+NUM_CLASSES, DIM = 3, 8
+SPEC = ProbeSpec("linear", False, NUM_CLASSES)
+SCORE_FN = primary_score_fn(["a", "b", "c"], multilabel=False)
+
+
+def _splits(seed: int):
+    rng = np.random.default_rng(seed)
+    directions = rng.standard_normal((NUM_CLASSES, DIM))
+    return tuple(
+        planted_windows(rng, n, False, directions, windows_per_clip=3, signal=0.5)
+        for n in (40, 20, 30)
+    )
+
+
+def _tune(storage, name, train, valid, num_trials, **kwargs):
+    spec = kwargs.pop("spec", SPEC)
+    options = dict(
+        num_trials=num_trials,
+        sampler_seed=0,
+        probe_seed=0,
+        max_epochs=2,
+        batch_size=32,
+        patience=2,
+        score_fn=SCORE_FN,
+        device="cpu",  # exact reproducibility is promised on the CPU
+    )
+    options.update(kwargs)
+    return tune_probe(name, storage, spec, train, valid, **options)
+
+
+@pytest.fixture
+def storage(tmp_path):
+    # A nested, not yet existing folder: tune_probe must create it for SQLite.
+    return f"sqlite:///{tmp_path / 'runs' / 'optuna.db'}"
+
+
+def _complete(trials):
+    return [t for t in trials if t["state"] == "COMPLETE"]
+
+
+def test_runs_the_budget_and_reports_each_trial(storage):
+    train, valid, _ = _splits(0)
+    reported = []
+    result = _tune(storage, "m/t", train, valid, 3, on_trial=reported.append)
+
+    assert len(result.trials) == 3 and len(_complete(result.trials)) == 3
+    assert [t["number"] for t in reported] == [0, 1, 2]
+    assert set(reported[0]) >= {"number", "params", "value", "state", "best_epoch", "epochs_run"}
+    assert set(reported[0]["params"]) == {"lr", "weight_decay"}, "no dropout for a linear probe"
+    best = max(result.trials, key=lambda t: t["value"])
+    assert result.best_value == best["value"]
+    assert result.best_params == ProbeParams(**best["params"])
+    for trial in result.trials:
+        for name, value in trial["params"].items():
+            assert SEARCH_SPACE[name]["low"] <= value <= SEARCH_SPACE[name]["high"]
+
+
+def test_rerun_resumes_without_redoing_or_exceeding(storage):
+    train, valid, _ = _splits(0)
+    first = _tune(storage, "m/t", train, valid, 3)
+    again = _tune(storage, "m/t", train, valid, 3)
+    assert again.trials == first.trials, "a finished study runs no further trial"
+
+    # A run killed in the middle of a trial leaves it RUNNING in the storage.
+    optuna.create_study(study_name="m/t", storage=storage, load_if_exists=True).ask()
+    resumed = _tune(storage, "m/t", train, valid, 5)
+    states = [t["state"] for t in resumed.trials]
+    assert states == ["COMPLETE"] * 3 + ["FAIL"] + ["COMPLETE"] * 2
+    assert resumed.trials[:3] == first.trials
+    # A resumed TPE sampler must not replay the first trials' random start-up draws.
+    first_params = [t["params"] for t in first.trials]
+    assert all(t["params"] not in first_params for t in resumed.trials[4:])
+
+
+def test_equal_budget_for_every_method(storage):
+    """Two methods (different embeddings), same seed: same trials, same sampled parameters."""
+    train_a, valid_a, _ = _splits(0)
+    train_b, valid_b, _ = _splits(1)
+    a = _tune(storage, "method_a/t", train_a, valid_a, 3)
+    b = _tune(storage, "method_b/t", train_b, valid_b, 3)
+    assert len(_complete(a.trials)) == len(_complete(b.trials)) == 3
+    assert [t["params"] for t in a.trials] == [t["params"] for t in b.trials]
+    assert [t["value"] for t in a.trials] != [t["value"] for t in b.trials]
+
+
+def test_mlp_searches_dropout_and_baseline_is_trial_zero(storage):
+    train, valid, _ = _splits(0)
+    spec = ProbeSpec("mlp", False, NUM_CLASSES, hidden_dim=16)
+    result = _tune(
+        storage, "m/mlp", train, valid, 2, spec=spec, baseline_params=ProbeParams(lr=3e-4)
+    )
+    assert result.trials[0]["params"] == {
+        "lr": 3e-4,
+        "weight_decay": SEARCH_SPACE["weight_decay"]["low"],
+        "dropout": 0.0,
+    }
+    assert 0.0 <= result.trials[1]["params"]["dropout"] <= 0.5
+
+
+def test_diverged_trials_fail_and_do_not_count(storage, monkeypatch):
+    train, valid, _ = _splits(0)
+    calls = []
+    train_probe = tuning.train_probe
+
+    def train_probe_diverging_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise ProbeDivergedError("loss is nan in epoch 1")
+        return train_probe(*args, **kwargs)
+
+    monkeypatch.setattr(tuning, "train_probe", train_probe_diverging_once)
+    result = _tune(storage, "m/t", train, valid, 2)
+    assert [t["state"] for t in result.trials] == ["FAIL", "COMPLETE", "COMPLETE"]
+
+
+class _SpyWindowSet(WindowSet):
+    """A WindowSet that records which of its attributes are read after construction."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.reads = []
+
+    def __getattribute__(self, name):
+        reads = object.__getattribute__(self, "__dict__").get("reads")
+        if reads is not None and name in ("embeddings", "clip_index", "targets"):
+            reads.append(name)
+        return object.__getattribute__(self, name)
+
+
+def test_tuning_never_touches_test_data(storage):
+    train, valid, test = (_SpyWindowSet(s.embeddings, s.clip_index, s.targets) for s in _splits(0))
+    parameters = inspect.signature(tune_probe).parameters
+    assert not any("test" in name for name in parameters), "tune_probe takes no test split"
+
+    scored_targets = []
+
+    def spy_score_fn(targets, clip_scores):
+        scored_targets.append(targets)
+        return SCORE_FN(targets, clip_scores)
+
+    _tune(storage, "m/t", train, valid, 2, score_fn=spy_score_fn)
+    # Positive control: the spies do see the splits that are used.
+    assert {"embeddings", "clip_index", "targets"} <= set(train.reads)
+    assert {"embeddings", "clip_index", "targets"} <= set(valid.reads)
+    assert test.reads == []
+    # Every score of every epoch of every trial is a validation score.
+    assert scored_targets and all(t is valid.targets for t in scored_targets)
+
+
+def test_optuna_is_silenced(storage, caplog):
+    train, valid, _ = _splits(0)
+    with caplog.at_level("INFO"):
+        _tune(storage, "m/t", train, valid, 1)
+    assert optuna.logging.get_verbosity() == optuna.logging.WARNING
+    assert not any(r.name.startswith("optuna") for r in caplog.records)
+    assert any(
+        r.name == "benchmark.evaluation.tuning" and "trial 0" in r.message for r in caplog.records
+    )
+
+
+def test_invalid_budget_raises(storage):
+    train, valid, _ = _splits(0)
+    with pytest.raises(ValueError, match="num_trials"):
+        _tune(storage, "m/t", train, valid, 0)

@@ -1,0 +1,97 @@
+"""The run plan: kill `run --profile smoke` midway, rerun, nothing redone or duplicated."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+
+ARGS = [
+    "--methods",
+    "random_init,cola",
+    "--tasks",
+    "fma",
+    "probe.params=default",
+    "probe.seeds=0-1",
+]
+
+
+def _run(tmp_path, extra=()):
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmark",
+        "--log-level",
+        "WARNING",
+        "run",
+        "--profile",
+        "smoke",
+        *ARGS[:4],  # options first: argparse reads the key=value overrides as one positional
+        f"paths.runs_dir={tmp_path / 'runs'}",
+        *ARGS[4:],
+        *extra,
+    ]
+    return subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_without_duplicates(tmp_path):
+    proc = _run(tmp_path)
+    deadline = time.time() + 600
+    db = tmp_path / "runs" / "mlflow.db"
+    while time.time() < deadline and proc.poll() is None:
+        if list((tmp_path / "runs").glob("smoke/pretrain/cola-*/checkpoint.pt")):
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    rerun = _run(tmp_path)
+    out, _ = rerun.communicate(timeout=1200)
+    assert rerun.returncode == 0, out
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{db}")
+    exp = client.get_experiment_by_name("mscol-smoke")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    keys = Counter(r.data.tags["bench.key"] for r in runs)
+    assert max(keys.values()) == 1, keys
+    assert all(r.info.status == "FINISHED" for r in runs)
+    probes = [r for r in runs if r.data.tags.get("bench.kind") == "probe"]
+    assert len(probes) == 2 * 2  # 2 methods x 2 seeds on fma
+    # A third run does nothing new.
+    third = _run(tmp_path)
+    out, _ = third.communicate(timeout=600)
+    assert third.returncode == 0, out
+    assert len(client.search_runs([exp.experiment_id], max_results=1000)) == len(runs)
+
+
+def _step(name, run_id, status="ran"):
+    from benchmark.pipeline.plan import Step
+
+    return Step(name, name.split(":")[0], lambda: None, status=status, run_id=run_id)
+
+
+def test_plans_of_one_configuration_add_up_and_another_starts_afresh():
+    from benchmark.pipeline.plan import merge_status
+
+    first = merge_status({}, [_step("probe:cola:s0:fma:p0", "a")], {"probe": 1.0}, "H")
+    # A narrower plan of the same configuration (an added method) adds; a rerun step replaces.
+    second = merge_status(
+        first,
+        [_step("probe:msa_multi:s0:fma:p0", "b"), _step("probe:cola:s0:fma:p0", "c", "done")],
+        {},
+        "H",
+    )
+    assert {k: v["run_id"] for k, v in second["steps"].items()} == {
+        "probe:cola:s0:fma:p0": "c",
+        "probe:msa_multi:s0:fma:p0": "b",
+    }
+    other = merge_status(second, [_step("probe:cola:s0:fma:p0", "d")], {}, "other")
+    assert list(other["steps"]) == ["probe:cola:s0:fma:p0"]
+    assert other["steps"]["probe:cola:s0:fma:p0"]["run_id"] == "d"

@@ -1,0 +1,142 @@
+"""Stage ``pretrain`` (benchmark.pipeline.stages.run_pretrain) for every registered method on the
+smoke
+corpus: the MLflow run it records (kind, params, tags, metrics), the files of its run
+directory, weights that actually moved, and the StageErrors of ``build_sources=False`` (sources
+not built) and ``resume_only=True`` (nothing to resume)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from benchmark.errors import StageError
+from benchmark.io import read_json
+from benchmark.pipeline import stages
+from benchmark.pretrain.loop import build_model
+from methods import METHODS
+from tests.fixtures import stage_env
+
+METRICS = ("loss", "contrastive_accuracy", "lr", "pairs_per_s", "val_loss")
+METRICS += ("val_contrastive_accuracy", "wall_s", "resumed_from_step")
+
+SEPARATE = "python -m benchmark separate --profile smoke"
+
+
+def _setup(synth_smoke, runs):
+    return stage_env(synth_smoke[0], runs)
+
+
+def _pretrain_runs(tracker):
+    return [r for r in tracker.runs() if r.data.tags.get("bench.kind") == "pretrain"]
+
+
+@pytest.fixture(scope="module")
+def env(synth_smoke, tmp_path_factory):
+    return _setup(synth_smoke, tmp_path_factory.mktemp("pretrain_runs"))
+
+
+@pytest.fixture(scope="module")
+def sources(env):
+    """Builds the separated sources once per separator a registered method needs."""
+    separators = sorted({m.separator for m in METHODS.values() if m.sources})
+    assert set(separators) == {"config", "random_mask"}
+    for separator in separators:
+        stages.source_store(env, separator)
+
+
+@pytest.mark.parametrize("method_name", sorted(METHODS))
+def test_pretrain_every_method(env, sources, method_name):
+    cfg, tracker = env.cfg, env.tracker
+    method = METHODS[method_name]
+    if method.sources:
+        assert stages.sources_ready(env, method.separator)
+    model = stages.run_pretrain(env, method_name, 0)
+    assert model.method == method_name and model.seed == 0
+
+    if not method.pretrained:
+        assert model.final_path is None
+        assert model.run_id is None
+        assert tracker.find(model.key) is None
+        assert not [r for r in _pretrain_runs(tracker) if r.data.tags["method"] == method_name]
+        return
+
+    assert not model.cached
+    run = tracker.find(model.key)
+    assert run is not None and run.info.run_id == model.run_id
+    assert run.info.status == "FINISHED"
+    tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+    assert tags["bench.kind"] == "pretrain"
+    assert tags["bench.key"] == model.key
+    assert tags["method"] == method_name
+    assert tags["seed"] == "0"
+    assert tags["config_hash"] == cfg.hash()
+    assert tags["git_commit"]
+    assert tags["checkpoint"] == str(model.final_path.resolve())
+    assert params["config.pretrain.steps"] == "2"
+    assert params["config.pretrain.batch_size"] == "4"
+    assert params["seed"] == "0"
+    assert params["method.name"] == method_name
+    for name in METRICS:
+        assert name in metrics, name
+        assert math.isfinite(metrics[name]), (name, metrics[name])
+    assert metrics["resumed_from_step"] == 0
+    assert 0 <= metrics["contrastive_accuracy"] <= 1
+    assert metrics["lr"] > 0 and metrics["pairs_per_s"] > 0
+    # steps=2: the training metrics are logged at the last step only
+    history = tracker.client.get_metric_history(run.info.run_id, "loss")
+    assert [m.step for m in history] == [2]
+
+    run_dir = model.final_path.parent
+    assert model.final_path == run_dir / "final.pt"
+    for name in ("checkpoint.pt", "final.pt", "config.json"):
+        assert (run_dir / name).is_file(), name
+    config = read_json(run_dir / "config.json")
+    assert config["hash"] == model.key
+    assert config["seed"] == 0 and config["method"]["name"] == method_name
+
+    initial_model = build_model(cfg.encoder, 0, torch.device("cpu"))
+    initial = initial_model.state_dict()
+    final = torch.load(model.final_path, map_location="cpu", weights_only=True)
+    assert final.keys() == initial.keys()
+    # Learnable parameters only: BatchNorm running statistics change even without updates.
+    learnable = {name for name, _ in initial_model.named_parameters()}
+    moved = [
+        k
+        for k in sorted(learnable)
+        if initial[k].is_floating_point() and not torch.equal(initial[k], final[k])
+    ]
+    assert moved, "pre-training left every learnable weight at its initial value"
+
+
+def test_build_sources_false_needs_separate(synth_smoke, tmp_path_factory):
+    ctx = _setup(synth_smoke, tmp_path_factory.mktemp("pretrain_nosources"))
+    tracker = ctx.tracker
+    assert not stages.sources_ready(ctx, "config")
+    assert not stages.sources_ready(ctx, "random_mask")
+
+    with pytest.raises(StageError) as err:
+        stages.run_pretrain(ctx, "msa_multi", 0, build_sources=False)
+    assert SEPARATE in str(err.value)
+    assert "--separator" not in str(err.value)
+    with pytest.raises(StageError) as err:
+        stages.run_pretrain(ctx, "cola_random_mask", 0, build_sources=False)
+    assert f"{SEPARATE} --separator random_mask" in str(err.value)
+    assert not _pretrain_runs(tracker)
+
+    stages.source_store(ctx, "random_mask")
+    assert stages.sources_ready(ctx, "random_mask")
+    assert not stages.sources_ready(ctx, "config")  # one separator does not make both
+    model = stages.run_pretrain(ctx, "cola_random_mask", 0, build_sources=False)
+    assert model.final_path is not None and model.final_path.is_file()
+    run = tracker.find(model.key)
+    assert run is not None and run.info.status == "FINISHED"
+    assert run.info.run_id == model.run_id
+
+
+def test_resume_only_without_checkpoint(env):
+    with pytest.raises(StageError, match="nothing to resume"):
+        stages.run_pretrain(env, "cola", 7, resume_only=True)
+    assert not [r for r in _pretrain_runs(env.tracker) if r.data.tags["seed"] == "7"]
+    assert not list((env.cfg.profile_dir / "pretrain").glob("cola-s7-*"))

@@ -1,0 +1,224 @@
+"""The pre-training loop: determinism, exact resumption after SIGKILL, every method trains."""
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+from benchmark.config import resolve
+from benchmark.pretrain.loop import is_complete, load_checkpoint, pretrain, pretrain_key
+from methods import METHODS
+from tests.fixtures import make_corpus
+
+TINY = [
+    "encoder.width_coefficient=0.1",
+    "encoder.depth_coefficient=0.1",
+    "pretrain.batch_size=4",
+    "pretrain.num_workers=0",
+    "pretrain.val_batches=1",
+]
+
+# Depth 0.5 (the default profile's) repeats blocks, so some MBConv blocks have a residual
+# connection and therefore random drop connect: resumption must reproduce that randomness too
+# (at depth 0.1 no block has a skip and drop connect never runs).
+RESUMABLE = [*TINY, "encoder.depth_coefficient=0.5"]
+
+
+def _has_drop_connect(cfg) -> bool:
+    from benchmark.pretrain.loop import build_model
+
+    blocks = build_model(cfg.encoder, 0, torch.device("cpu")).encoder.net._blocks
+    return any(
+        b.id_skip
+        and b._block_args.stride in (1, [1])
+        and b._block_args.input_filters == b._block_args.output_filters
+        for b in blocks
+    )
+
+
+def _cfg(steps, *extra):
+    return resolve("smoke", [*TINY, f"pretrain.steps={steps}", *extra])
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return make_corpus(tmp_path_factory.mktemp("corpus"), num_clips=4)
+
+
+def _weights(path):
+    return torch.load(path, weights_only=True)
+
+
+def test_same_seed_same_weights_and_workers_do_not_matter(tmp_path, corpus):
+    m = METHODS["msa_multi"]
+    runs = []
+    for i, workers in enumerate([0, 2, 0]):
+        cfg = _cfg(3, *RESUMABLE, f"pretrain.num_workers={workers}", "pretrain.checkpoint_every=3")
+        assert _has_drop_connect(cfg)
+        key = pretrain_key(cfg, m, 0, "fixture")
+        res = pretrain(cfg, m, corpus, corpus, tmp_path / f"r{i}", key, seed=0, progress=False)
+        runs.append(_weights(res.final_path))
+    for name in runs[0]:
+        torch.testing.assert_close(runs[0][name], runs[1][name], rtol=0, atol=0)
+        torch.testing.assert_close(runs[0][name], runs[2][name], rtol=0, atol=0)
+    cfg = _cfg(3, "pretrain.checkpoint_every=3")
+    other = pretrain(
+        cfg, m, corpus, None, tmp_path / "s1", pretrain_key(cfg, m, 1, "f"), seed=1, progress=False
+    )
+    assert any(not torch.equal(runs[0][k], v) for k, v in _weights(other.final_path).items())
+
+
+_KILL_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from benchmark.config import resolve
+    from benchmark.pretrain.loop import pretrain, pretrain_key
+    from methods import METHODS
+    from tests.fixtures import make_corpus
+
+    tmp, run_dir = Path(sys.argv[1]), Path(sys.argv[2])
+    corpus = make_corpus(tmp / "corpus", num_clips=4)
+    cfg = resolve("smoke", sys.argv[3:])
+    m = METHODS["cola_mws"]
+    pretrain(cfg, m, corpus, None, run_dir, pretrain_key(cfg, m, 0, "fixture"), seed=0, progress=False)
+    """
+)
+
+
+def test_resume_in_process_gives_the_uninterrupted_weights(tmp_path, corpus):
+    m = METHODS["cola_mws"]
+    cfg = _cfg(4, *RESUMABLE, "pretrain.checkpoint_every=2")
+    assert _has_drop_connect(cfg)
+    key = pretrain_key(cfg, m, 0, "fixture")
+    ref = pretrain(cfg, m, corpus, None, tmp_path / "ref", key, seed=0, progress=False)
+    first = pretrain(cfg, m, corpus, None, tmp_path / "cut", key, 0, progress=False, stop_after=2)
+    assert first.steps_done == 2 and not first.final_path.exists()
+    torch.manual_seed(123)  # whatever the global generator holds now must not matter
+    resumed = pretrain(cfg, m, corpus, None, tmp_path / "cut", key, seed=0, progress=False)
+    assert resumed.resumed_from == 2
+    want, got = _weights(ref.final_path), _weights(resumed.final_path)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=0, atol=0)
+
+
+def test_sigkill_and_resume_gives_the_uninterrupted_weights(tmp_path):
+    overrides = [*RESUMABLE, "pretrain.steps=10", "pretrain.checkpoint_every=2"]
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    # Uninterrupted reference.
+    subprocess.run(
+        [sys.executable, "-c", _KILL_SCRIPT, str(tmp_path), str(tmp_path / "ref"), *overrides],
+        check=True,
+        env=env,
+    )
+    # Killed with SIGKILL once a mid-run checkpoint exists, then resumed.
+    run_dir = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILL_SCRIPT, str(tmp_path), str(run_dir), *overrides], env=env
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        ckpt = run_dir / "checkpoint.pt"
+        if ckpt.is_file():
+            try:
+                if 2 <= load_checkpoint(ckpt)["step"] < 10:
+                    break
+            except Exception:  # being replaced right now; the rename is atomic, so retry
+                pass
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    step_at_kill = load_checkpoint(run_dir / "checkpoint.pt")["step"]
+    assert step_at_kill < 10 and not (run_dir / "final.pt").exists(), (
+        "the run finished before the kill"
+    )
+    subprocess.run(
+        [sys.executable, "-c", _KILL_SCRIPT, str(tmp_path), str(run_dir), *overrides],
+        check=True,
+        env=env,
+    )
+    ref, resumed = _weights(tmp_path / "ref" / "final.pt"), _weights(run_dir / "final.pt")
+    for name in ref:
+        torch.testing.assert_close(resumed[name], ref[name], rtol=0, atol=0)
+
+
+def _cola(cfg, corpus, run_dir, data: str = "a", **kwargs):
+    """COLA seed 0 on ``corpus`` into ``run_dir``, keyed with the data identity ``data``."""
+    m = METHODS["cola"]
+    key = pretrain_key(cfg, m, 0, data)
+    return pretrain(cfg, m, corpus, None, run_dir, key, seed=0, progress=False, **kwargs)
+
+
+def test_checkpoint_of_another_config_is_refused(tmp_path, corpus):
+    cfg = _cfg(2, "pretrain.checkpoint_every=1")
+    _cola(cfg, corpus, tmp_path, stop_after=1)
+    with pytest.raises(RuntimeError, match="another configuration"):
+        _cola(cfg, corpus, tmp_path, data="b")
+
+
+def test_lr_is_halved_at_half_the_steps(tmp_path, corpus):
+    cfg = _cfg(4, "pretrain.checkpoint_every=2")
+    seen = {}
+    _cola(cfg, corpus, tmp_path, stop_after=2)
+    seen[2] = load_checkpoint(tmp_path / "checkpoint.pt")["scheduler"]["_last_lr"][0]
+    _cola(cfg, corpus, tmp_path)
+    seen[4] = load_checkpoint(tmp_path / "checkpoint.pt")["scheduler"]["_last_lr"][0]
+    assert seen == {2: 5e-4, 4: 5e-4} and cfg.pretrain.lr == 1e-3
+
+
+def test_chunk64_step_unit_means_64_updates_per_step(tmp_path, corpus):
+    from benchmark.pretrain.loop import num_updates
+
+    assert num_updates(_cfg(3).pretrain) == 3
+    assert num_updates(_cfg(3, "pretrain.step_unit=chunk64").pretrain) == 192
+    with pytest.raises(ValueError, match="step_unit"):
+        num_updates(dataclasses.replace(_cfg(3).pretrain, step_unit="epoch"))
+
+
+@pytest.mark.parametrize("name", [n for n, m in METHODS.items() if m.pretrained])
+def test_every_method_trains(tmp_path, corpus, name):
+    m = METHODS[name]
+    cfg = _cfg(2, "pretrain.checkpoint_every=1", "pretrain.val_every=2")
+    metrics = []
+    key = pretrain_key(cfg, m, 0, "fixture")
+    init = {
+        k: v.clone()
+        for k, v in __import__("benchmark.pretrain.loop", fromlist=["x"])
+        .build_model(cfg.encoder, 0, torch.device("cpu"))
+        .state_dict()
+        .items()
+    }
+    res = pretrain(
+        cfg,
+        m,
+        corpus,
+        corpus,
+        tmp_path,
+        key,
+        seed=0,
+        progress=False,
+        on_metrics=lambda d, s: metrics.append(d),
+    )
+    assert is_complete(tmp_path, key)
+    final = _weights(res.final_path)
+    assert any(not torch.equal(init[k], final[k]) for k in final if final[k].is_floating_point())
+    losses = [d["loss"] for d in metrics if "loss" in d] + [
+        d["val_loss"] for d in metrics if "val_loss" in d
+    ]
+    assert losses and all(torch.isfinite(torch.tensor(v)) for v in losses)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="page-locked memory needs CUDA")
+def test_batches_are_pinned_for_cuda(corpus):
+    from benchmark.pretrain.loop import batches
+
+    loader = batches(METHODS["msa_multi"], corpus, 4, 0, 0, 2, 1, pin_memory=True)
+    for _, batch in loader:
+        assert batch.anchors.is_pinned() and batch.positives.is_pinned()
+        assert batch.silent.is_pinned()
