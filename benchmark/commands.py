@@ -19,6 +19,9 @@ from benchmark.errors import UserError
 
 @dataclass(frozen=True)
 class Command:
+    """A sub-command: its one-line help, a function adding its options to its parser, and
+    ``fn(args, cfg) -> exit status or None``."""
+
     help: str
     add_args: Callable[[argparse.ArgumentParser], None]
     fn: Callable[[argparse.Namespace, object], int | None]

@@ -21,7 +21,6 @@ __all__ = [
     "TABLE2_LABELS",
     "TABLE2_METHODS",
     "TABLE_COLUMNS",
-    "published_long",
 ]
 
 PUBLISHED_LABEL = "published (paper)"
@@ -96,14 +95,3 @@ PUBLISHED: pd.DataFrame = pd.DataFrame.from_dict(
     columns=pd.MultiIndex.from_tuples(TABLE_COLUMNS, names=["task", "metric"]),
 )
 PUBLISHED.index.name = "method"
-
-
-def published_long() -> pd.DataFrame:
-    """The published numbers as a tidy DataFrame: method, task, metric, value, source.
-
-    ``source`` is always :data:`PUBLISHED_LABEL`; unreported cells are left out.
-    """
-    long = PUBLISHED.stack(["task", "metric"], future_stack=True).rename("value").reset_index()
-    long = long.dropna(subset=["value"]).reset_index(drop=True)
-    long["source"] = PUBLISHED_LABEL
-    return long

@@ -35,9 +35,10 @@ class Context:
         return self._opened[key]
 
     def require_tracker(self) -> Tracker:
-        """The tracker of a stage that records MLflow runs (pretrain, tune, probe)."""
+        """The tracker of a stage that records MLflow runs (pretrain, tune, probe); raises
+        ``RuntimeError`` (a caller's bug, not a user's mistake) when there is none."""
         if self.tracker is None:
-            raise ValueError("this stage records MLflow runs: the Context needs a tracker")
+            raise RuntimeError("this stage records MLflow runs: the Context needs a tracker")
         return self.tracker
 
 
