@@ -1,0 +1,926 @@
+"""Throwaway local engines for scale-out: a one-node Slurm cluster, PostgreSQL, an MLflow server.
+
+The scale-out executors (issue #16) run against real engines in the tests and in CI, and a
+user can start a tracking server on PostgreSQL for a shared study. This module starts and stops
+those engines on one machine, with nothing but their Debian packages and this project's Python
+dependencies:
+
+- :func:`start_slurm`: munged, slurmctld and slurmd in a folder (munge key, ``slurm.conf`` for
+  this host's real CPUs and memory, state and spool directories), ready when ``sinfo`` shows the
+  node idle. Needs root (slurmd launches jobs as the submitting user).
+- :func:`start_postgres`: ``initdb`` + ``postgres`` as an unprivileged system user (PostgreSQL
+  refuses root), on a free port of 127.0.0.1, with one database; gives SQLAlchemy URLs.
+- :func:`start_mlflow_server`: ``mlflow server`` on a database backend store with a served
+  artifact store (clients log over HTTP and never open the database).
+
+Every server binds to 127.0.0.1 only, every wait has a timeout, and every process started is
+tracked: ``stop()`` ends it (SIGTERM, then SIGKILL), together with anything it spawned (found by
+a marker in the environment, ``MSCOL_SERVICE``, which every daemon started here inherits), is
+idempotent, and runs at interpreter exit for whatever is still up. Processes started with
+``bound=True`` (the default) also receive SIGTERM when the process that started them dies.
+
+:func:`ensure_packages` installs missing Debian packages (as root, via apt-get) or says exactly
+what it would install. :class:`ServiceUnavailable` means "this machine lacks the engine" (tests
+skip on a laptop, fail in CI); :class:`ServiceError` means the engine is there but misbehaved.
+
+Only the standard library is imported: this module must not depend on the rest of the project.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import glob
+import logging
+import os
+import pwd
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+LOOPBACK = "127.0.0.1"
+MARKER_ENV = "MSCOL_SERVICE"  # set in every daemon started here; its value names the service
+
+# Debian packages per engine, and the programs that show they are installed.
+APT_PACKAGES: dict[str, tuple[str, ...]] = {
+    # --no-install-recommends: 8 packages instead of the 43 of the `slurm-wlm` metapackage.
+    "slurm": ("slurmctld", "slurmd", "slurm-client", "munge"),
+    "postgres": ("postgresql",),
+}
+PROGRAMS: dict[str, tuple[str, ...]] = {
+    "slurm": ("munged", "slurmctld", "slurmd", "sinfo", "sbatch", "squeue", "scontrol", "scancel"),
+    "postgres": ("initdb", "postgres", "pg_isready", "createdb"),
+}
+
+
+class ServiceError(RuntimeError):
+    """An engine is installed but failed to start, answer or stop."""
+
+
+class ServiceUnavailable(ServiceError):
+    """An engine cannot run on this machine (programs missing, not root, not Linux)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Packages
+# ---------------------------------------------------------------------------------------------
+
+
+def postgres_bindir() -> Path | None:
+    """The folder holding ``initdb``, ``postgres``, ``pg_isready`` and ``createdb``, or None.
+
+    Debian puts them in ``/usr/lib/postgresql/<major>/bin`` (only wrappers on the PATH); other
+    systems put them on the PATH. The newest major version wins.
+    """
+    candidates: list[Path] = []
+    on_path = shutil.which("postgres")
+    if on_path:
+        candidates.append(Path(os.path.realpath(on_path)).parent)
+    versioned = glob.glob("/usr/lib/postgresql/*/bin")
+    versioned.sort(key=lambda p: int(re.sub(r"\D", "", Path(p).parent.name) or 0), reverse=True)
+    candidates += [Path(p) for p in versioned]
+    for folder in candidates:
+        if all((folder / name).is_file() for name in PROGRAMS["postgres"]):
+            return folder
+    return None
+
+
+def missing_programs(engine: str) -> list[str]:
+    """Programs of ``engine`` ("slurm" or "postgres") that this machine lacks."""
+    if engine == "postgres":
+        return [] if postgres_bindir() else list(PROGRAMS["postgres"])
+    return [p for p in PROGRAMS[engine] if shutil.which(p) is None and not _in_sbin(p)]
+
+
+def _in_sbin(program: str) -> bool:
+    return any(Path(d, program).is_file() for d in ("/usr/sbin", "/sbin"))
+
+
+def _program(name: str) -> str:
+    """Absolute path of a program, also from /usr/sbin (not on a non-root PATH)."""
+    found = shutil.which(name) or next(
+        (str(Path(d, name)) for d in ("/usr/sbin", "/sbin") if Path(d, name).is_file()), None
+    )
+    if found is None:
+        raise ServiceUnavailable(f"program {name!r} not found")
+    return found
+
+
+def install_command(packages: Iterable[str]) -> list[str]:
+    return ["apt-get", "install", "-y", "--no-install-recommends", *packages]
+
+
+def ensure_packages(
+    engines: Sequence[str] = ("slurm", "postgres"), install: bool = True, timeout: float = 900
+) -> list[str]:
+    """Make sure the programs of ``engines`` are installed; returns the packages installed.
+
+    Installs with apt-get only when ``install`` is true, we are root and apt-get exists (running
+    ``apt-get update`` first if the install fails for want of package lists). Otherwise raises
+    :class:`ServiceUnavailable` naming the missing programs and the command that would install
+    them, e.g. ``apt-get install -y --no-install-recommends slurmctld slurmd slurm-client munge``.
+    """
+    packages = [p for e in engines if missing_programs(e) for p in APT_PACKAGES[e]]
+    if not packages:
+        return []
+    missing = sorted({p for e in engines for p in missing_programs(e)})
+    command = install_command(packages)
+    if not install or os.geteuid() != 0 or shutil.which("apt-get") is None:
+        why = (
+            "not asked to install"
+            if not install
+            else ("not root" if os.geteuid() != 0 else "no apt-get")
+        )
+        raise ServiceUnavailable(
+            f"missing {', '.join(missing)} ({why}); would install: {' '.join(command)}"
+        )
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    t0 = time.monotonic()
+    log.warning("installing %s", " ".join(packages))
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        _run(["apt-get", "update"], timeout=timeout, env=env)
+        _run(command, timeout=timeout, env=env)
+    log.warning("installed %s in %.1f s", " ".join(packages), time.monotonic() - t0)
+    still = sorted({p for e in engines for p in missing_programs(e)})
+    if still:
+        raise ServiceError(f"installed {' '.join(packages)} but still missing {', '.join(still)}")
+    return packages
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes
+# ---------------------------------------------------------------------------------------------
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port that is free on ``host`` right now (the kernel's choice)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_until(
+    predicate: Callable[[], bool],
+    timeout: float,
+    what: str,
+    interval: float = 0.2,
+    alive: Callable[[], str | None] | None = None,
+) -> None:
+    """Poll ``predicate`` until it is true; :class:`ServiceError` after ``timeout`` seconds.
+
+    ``alive`` (optional) returns an error message as soon as waiting is pointless (a daemon died).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return
+        if alive is not None and (problem := alive()):
+            raise ServiceError(f"{what}: {problem}")
+        if time.monotonic() > deadline:
+            raise ServiceError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def _run(
+    argv: Sequence[str],
+    timeout: float = 30,
+    env: Mapping[str, str] | None = None,
+    check: bool = True,
+    **kwargs,
+) -> subprocess.CompletedProcess:
+    """subprocess.run with a timeout, captured text output and a readable error."""
+    try:
+        done = subprocess.run(
+            list(argv), env=env, capture_output=True, text=True, timeout=timeout, **kwargs
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise ServiceError(f"{' '.join(argv)} did not finish within {timeout} s") from exc
+    if check and done.returncode != 0:
+        raise ServiceError(
+            f"{' '.join(argv)} failed ({done.returncode}): {(done.stderr or done.stdout).strip()}"
+        )
+    return done
+
+
+def _set_parent_death_signal() -> None:  # runs in the child, after the uid change
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+_LIVE: dict[int, Callable[[], None]] = {}  # id(service) -> its stop(); stopped at exit
+
+
+def _register(service) -> None:
+    _LIVE[id(service)] = service.stop
+
+
+def _unregister(service) -> None:
+    _LIVE.pop(id(service), None)
+
+
+@atexit.register
+def stop_all() -> None:
+    """Stop every service of this process that is still running (newest first)."""
+    for stop in reversed(list(_LIVE.values())):
+        with contextlib.suppress(Exception):
+            stop()
+
+
+@dataclass
+class Daemon:
+    """A process started by this module in its own session, with its output in ``log_path``."""
+
+    name: str
+    popen: subprocess.Popen
+    log_path: Path
+
+    def running(self) -> bool:
+        return self.popen.poll() is None
+
+    def died(self) -> str | None:
+        """None while running, else a message with the end of its log."""
+        if self.running():
+            return None
+        return f"{self.name} exited with {self.popen.returncode}; log:\n{self.tail()}"
+
+    def tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self, timeout: float = 20, sig: int = signal.SIGTERM) -> None:
+        """``sig`` to its process group, SIGKILL after ``timeout`` s; idempotent."""
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.popen.pid, sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("%s ignored signal %d for %.0f s: killing it", self.name, sig, timeout)
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(10)
+
+
+def spawn(
+    name: str,
+    argv: Sequence[str],
+    log_path: Path,
+    marker: str,
+    env: Mapping[str, str] | None = None,
+    user: str | None = None,
+    cwd: Path | None = None,
+    bound: bool = True,
+) -> Daemon:
+    """Start ``argv`` in a new session with ``MSCOL_SERVICE=marker`` in its environment.
+
+    Args:
+        user: run as this user (needs root).
+        bound: the process gets SIGTERM when this thread's process dies (PR_SET_PDEATHSIG), so a
+            killed test run leaves no daemon behind. False for servers meant to outlive us.
+    """
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    full_env = {**(env if env is not None else os.environ), MARKER_ENV: marker}
+    kwargs: dict = {}
+    if user is not None and user != pwd.getpwuid(os.geteuid()).pw_name:
+        entry = pwd.getpwnam(user)
+        kwargs.update(user=entry.pw_uid, group=entry.pw_gid, extra_groups=[])
+        full_env.update(HOME=entry.pw_dir, USER=user, LOGNAME=user)
+    with open(log_path, "ab") as out:
+        popen = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            cwd=cwd,
+            start_new_session=True,
+            preexec_fn=_set_parent_death_signal if bound and sys.platform == "linux" else None,
+            **kwargs,
+        )
+    log.debug("started %s (pid %d): %s", name, popen.pid, " ".join(argv))
+    return Daemon(name, popen, log_path)
+
+
+def _process_table() -> dict[int, tuple[int, bytes]]:
+    """pid -> (parent pid, environment) of every process we may read."""
+    table: dict[int, tuple[int, bytes]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                stat = fh.read()
+            ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
+            with open(f"/proc/{entry}/environ", "rb") as fh:
+                environ = fh.read()
+        except (OSError, ValueError):
+            continue
+        table[int(entry)] = (ppid, environ)
+    return table
+
+
+def marked_processes(marker: str) -> list[int]:
+    """Processes carrying ``MSCOL_SERVICE=marker`` and all their descendants (not us)."""
+    table = _process_table()
+    needle = f"{MARKER_ENV}={marker}".encode()
+    found = {pid for pid, (_, env) in table.items() if needle in env.split(b"\0")}
+    grew = True
+    while grew:
+        children = {pid for pid, (ppid, _) in table.items() if ppid in found} - found
+        found |= children
+        grew = bool(children)
+    found.discard(os.getpid())
+    return sorted(found)
+
+
+def sweep(marker: str, timeout: float = 10) -> list[int]:
+    """End every process left over from service ``marker``: SIGTERM, then SIGKILL. Returns them."""
+    victims = marked_processes(marker)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        with contextlib.suppress(ServiceError):
+            wait_until(lambda: not marked_processes(marker), timeout, f"{marker} to end")
+        if not marked_processes(marker):
+            break
+    if victims:
+        log.info("swept %d leftover processes of %s", len(victims), marker)
+    return victims
+
+
+def _new_marker(kind: str) -> str:
+    return f"{kind}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Slurm
+# ---------------------------------------------------------------------------------------------
+
+
+def node_hardware() -> dict[str, str]:
+    """This host as slurmd sees it (``slurmd -C``): NodeName, CPUs, sockets, cores, RealMemory.
+
+    Configuring exactly what slurmd detects keeps the node from being drained for "low
+    RealMemory" or a CPU mismatch.
+    """
+    out = _run([_program("slurmd"), "-C"], timeout=30).stdout
+    first = next(line for line in out.splitlines() if line.startswith("NodeName="))
+    return dict(item.split("=", 1) for item in first.split())
+
+
+@dataclass
+class SlurmCluster:
+    """A running one-node Slurm cluster; ``env`` (``SLURM_CONF``) points clients at it."""
+
+    folder: Path
+    conf: Path
+    node: str
+    cpus: int
+    memory_mb: int
+    partition: str
+    daemons: list[Daemon] = field(default_factory=list)
+    marker: str = ""
+    munge_dir: Path | None = None
+    started_s: float = 0.0
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment variables for clients (sbatch, squeue, submitit) of this cluster."""
+        return {"SLURM_CONF": str(self.conf)}
+
+    def command(self, *argv: str, timeout: float = 30, check: bool = True):
+        """Run a Slurm client command (``sinfo``, ``scontrol`` ...) against this cluster."""
+        return _run(argv, timeout=timeout, env={**os.environ, **self.env}, check=check)
+
+    def node_state(self) -> str:
+        done = self.command("sinfo", "-h", "-n", self.node, "-o", "%T", check=False, timeout=10)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    def job_state(self, job_id: str) -> str:
+        """State of a job or array task from slurmctld (``squeue``), e.g. "CANCELLED"."""
+        done = self.command(
+            "squeue", "-h", "--states=all", "-o", "%T", "-j", job_id, check=False, timeout=10
+        )
+        return done.stdout.strip().splitlines()[0] if done.stdout.strip() else ""
+
+    def died(self) -> str | None:
+        return next((msg for d in self.daemons if (msg := d.died())), None)
+
+    def stop(self, timeout: float = 30) -> None:
+        """Cancel every job, stop slurmd, slurmctld and munged, end leftovers; idempotent."""
+        if any(d.running() for d in self.daemons[1:]):
+            jobs = self.command("squeue", "-h", "-o", "%A", check=False, timeout=10).stdout.split()
+            if jobs:
+                self.command("scancel", "--quiet", *jobs, check=False, timeout=10)
+                with contextlib.suppress(ServiceError):
+                    wait_until(
+                        lambda: (
+                            not self.command(
+                                "squeue", "-h", "-t", "R,CG", "-o", "%A", check=False, timeout=10
+                            ).stdout.strip()
+                        ),
+                        timeout,
+                        "cancelled jobs to end",
+                    )
+        for daemon in reversed(self.daemons):  # slurmd, slurmctld, munged
+            daemon.stop(timeout)
+        sweep(self.marker)
+        if self.munge_dir is not None:
+            shutil.rmtree(self.munge_dir, ignore_errors=True)
+        _unregister(self)
+
+
+SLURM_CONF_TEMPLATE = """\
+# Throwaway one-node cluster written by benchmark/services.py; every daemon on 127.0.0.1.
+ClusterName=mscol
+SlurmctldHost={host}({addr})
+SlurmctldPort={ctld_port}
+SlurmdPort={slurmd_port}
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+# cred_expire: also the time a requeued job waits before it may start again (default 120 s).
+AuthInfo=socket={munge_socket},cred_expire={requeue_delay}
+# Bind every daemon and srun to the address the node resolves to (127.0.0.1), not 0.0.0.0.
+CommunicationParameters=NoCtldInAddrAny,NoInAddrAny
+StateSaveLocation={folder}/state
+SlurmdSpoolDir={folder}/spool
+SlurmctldPidFile={folder}/run/slurmctld.pid
+SlurmdPidFile={folder}/run/slurmd.pid
+SlurmctldLogFile={folder}/log/slurmctld.log
+SlurmdLogFile={folder}/log/slurmd.log
+PlugStackConfig={folder}/plugstack.conf
+MailProg=/bin/true
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+MpiDefault=none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+DefMemPerCPU={mem_per_cpu}
+SchedulerType=sched/backfill
+# Schedule every second (defaults: 60 s main loop, 30 s backfill), e.g. a requeued job whose
+# delay ended; a one-node cluster makes this cheap.
+SchedulerParameters=sched_interval=1,bf_interval=1
+ReturnToService=2
+# No accounting database: sacct answers "Slurm accounting storage is disabled". Job states come
+# from slurmctld (squeue, scontrol), which keeps finished jobs for MinJobAge seconds.
+AccountingStorageType=accounting_storage/none
+JobAcctGatherType=jobacct_gather/none
+JobCompType=jobcomp/none
+MinJobAge={min_job_age}
+# A cancelled or requeued job gets SIGKILL KillWait s after SIGTERM (default 30).
+KillWait={kill_wait}
+NodeName={node} NodeHostname={host} NodeAddr={addr} {hardware} State=UNKNOWN
+PartitionName={partition} Nodes={node} Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
+"""
+
+
+def start_slurm(
+    folder: Path,
+    timeout: float = 60,
+    partition: str = "debug",
+    min_job_age: int = 3600,
+    kill_wait: int = 2,
+    requeue_delay: int = 5,
+    bound: bool = True,
+) -> SlurmCluster:
+    """Start munged, slurmctld and slurmd with their state in ``folder``; wait for an idle node.
+
+    The munge key, ``slurm.conf`` (this host's CPUs and memory from ``slurmd -C``), state,
+    spool and logs (``folder/log/{munged,slurmctld,slurmd}.log``) all live in ``folder``; the
+    munge socket lives in a short folder under the temp dir (a socket path has <= 107 bytes).
+    Ports are free ports of 127.0.0.1. Clients need ``SLURM_CONF`` (:attr:`SlurmCluster.env`).
+
+    Raises:
+        ServiceUnavailable: not Linux, not root, or programs missing (see :func:`ensure_packages`).
+        ServiceError: a daemon died or the node did not become idle within ``timeout`` s.
+    """
+    if sys.platform != "linux":
+        raise ServiceUnavailable("a local Slurm cluster needs Linux")
+    if os.geteuid() != 0:
+        raise ServiceUnavailable("a local Slurm cluster needs root (slurmd runs jobs as users)")
+    if missing := missing_programs("slurm"):
+        raise ServiceUnavailable(
+            f"Slurm programs missing ({', '.join(missing)}); "
+            f"install: {' '.join(install_command(APT_PACKAGES['slurm']))}"
+        )
+    t0 = time.monotonic()
+    folder = Path(folder).resolve()
+    for sub in ("state", "spool", "run", "log", "munge"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    (folder / "plugstack.conf").write_text("")
+    # munged wants its key private to its user, and its socket folder world-searchable up to /;
+    # --force below turns the "parent folder not searchable" check (pytest's 0700 temp
+    # folders) into a warning. Jobs run as root here, so nobody else needs the socket.
+    key = folder / "munge" / "munge.key"
+    if not key.exists():
+        key.write_bytes(secrets.token_bytes(1024))
+    key.chmod(0o600)
+    (folder / "munge").chmod(0o700)
+    socket_dir = Path(tempfile.mkdtemp(prefix="mscol-munge-"))
+    socket_dir.chmod(0o755)
+    munge_socket = socket_dir / "munge.socket"
+
+    hw = node_hardware()
+    host = socket.gethostname().split(".")[0]
+    cpus, memory = int(hw["CPUs"]), int(hw["RealMemory"])
+    hardware = " ".join(
+        f"{k}={hw[k]}"
+        for k in ("CPUs", "Boards", "SocketsPerBoard", "CoresPerSocket", "ThreadsPerCore")
+        if k in hw
+    )
+    conf = folder / "slurm.conf"
+    conf.write_text(
+        SLURM_CONF_TEMPLATE.format(
+            host=host,
+            addr=LOOPBACK,
+            node=host,
+            ctld_port=free_port(),
+            slurmd_port=free_port(),
+            munge_socket=munge_socket,
+            folder=folder,
+            mem_per_cpu=max(1, memory // cpus),
+            min_job_age=min_job_age,
+            kill_wait=kill_wait,
+            requeue_delay=requeue_delay,
+            hardware=f"{hardware} RealMemory={memory}",
+            partition=partition,
+        )
+    )
+    cluster = SlurmCluster(
+        folder,
+        conf,
+        host,
+        cpus,
+        memory,
+        partition,
+        marker=_new_marker("slurm"),
+        munge_dir=socket_dir,
+    )
+    _register(cluster)
+    env = {**os.environ, "SLURM_CONF": str(conf)}
+    logs = folder / "log"
+    try:
+        munged = [
+            _program("munged"),
+            "--foreground",
+            "--force",
+            f"--key-file={key}",
+            f"--socket={munge_socket}",
+            f"--pid-file={socket_dir / 'munged.pid'}",
+            f"--seed-file={folder / 'munge' / 'munged.seed'}",
+            f"--log-file={logs / 'munged.log'}",
+        ]
+        cluster.daemons.append(
+            spawn("munged", munged, logs / "munged.out", cluster.marker, env, bound=bound)
+        )
+        wait_until(munge_socket.exists, 15, "munged's socket", alive=cluster.died)
+        # -D: foreground (we track the process); -i: ignore any saved state of an earlier run.
+        for name, argv in (
+            ("slurmctld", [_program("slurmctld"), "-D", "-i"]),
+            ("slurmd", [_program("slurmd"), "-D", "-N", host]),
+        ):
+            cluster.daemons.append(
+                spawn(name, argv, logs / f"{name}.out", cluster.marker, env, bound=bound)
+            )
+        wait_until(
+            lambda: cluster.node_state() == "idle",
+            timeout,
+            f"node {host} to be idle (sinfo says {cluster.node_state()!r})",
+            interval=0.5,
+            alive=cluster.died,
+        )
+    except BaseException:
+        cluster.stop()
+        raise
+    cluster.started_s = time.monotonic() - t0
+    log.info("slurm up in %.1f s: %s", cluster.started_s, conf)
+    return cluster
+
+
+# ---------------------------------------------------------------------------------------------
+# PostgreSQL
+# ---------------------------------------------------------------------------------------------
+
+
+def postgres_os_user(create: bool = True) -> str:
+    """The system user that runs PostgreSQL: ourselves, or (as root) ``postgres``/``mscol-pg``.
+
+    PostgreSQL refuses to run as root. As root, the Debian package's ``postgres`` user is used
+    when it exists; otherwise a system user ``mscol-pg`` (no home, no login) is created.
+    """
+    if os.geteuid() != 0:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    for name in ("postgres", "mscol-pg"):
+        with contextlib.suppress(KeyError):
+            pwd.getpwnam(name)
+            return name
+    if not create or shutil.which("useradd") is None:
+        raise ServiceUnavailable("running as root and no unprivileged user for PostgreSQL")
+    _run(
+        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "mscol-pg"],
+        timeout=30,
+    )
+    return "mscol-pg"
+
+
+@dataclass
+class PostgresServer:
+    """A running PostgreSQL server on 127.0.0.1:``port``, trust authentication, loopback only."""
+
+    folder: Path
+    port: int
+    db_user: str
+    os_user: str
+    bindir: Path
+    daemon: Daemon | None = None
+    marker: str = ""
+    owns_folder: bool = False
+    started_s: float = 0.0
+
+    def url(self, database: str = "mscol", driver: str = "postgresql+psycopg2") -> str:
+        """SQLAlchemy URL, e.g. ``postgresql+psycopg2://mscol@127.0.0.1:5433/mscol``."""
+        return f"{driver}://{self.db_user}@{LOOPBACK}:{self.port}/{database}"
+
+    def create_database(self, name: str) -> str:
+        """Create database ``name`` (owned by :attr:`db_user`); returns its SQLAlchemy URL."""
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", name):
+            raise ValueError(f"database name {name!r}: letters, digits and _ only")
+        _run(
+            [
+                str(self.bindir / "createdb"),
+                "-h",
+                LOOPBACK,
+                "-p",
+                str(self.port),
+                "-U",
+                self.db_user,
+                name,
+            ],
+            timeout=30,
+        )
+        return self.url(name)
+
+    def ready(self) -> bool:
+        done = _run(
+            [str(self.bindir / "pg_isready"), "-q", "-h", LOOPBACK, "-p", str(self.port)],
+            timeout=10,
+            check=False,
+        )
+        return done.returncode == 0
+
+    def stop(self, timeout: float = 30) -> None:
+        """Fast shutdown (SIGINT: disconnect clients, checkpoint); idempotent."""
+        if self.daemon is not None:
+            self.daemon.stop(timeout, sig=signal.SIGINT)
+        sweep(self.marker)
+        if self.owns_folder:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        _unregister(self)
+
+
+def start_postgres(
+    folder: Path | None = None,
+    port: int | None = None,
+    database: str = "mscol",
+    db_user: str = "mscol",
+    durable: bool = False,
+    timeout: float = 60,
+    bound: bool = True,
+) -> PostgresServer:
+    """``initdb`` a cluster in ``folder/pgdata`` and run ``postgres`` on 127.0.0.1:``port``.
+
+    Args:
+        folder: where the cluster lives; the PostgreSQL system user (:func:`postgres_os_user`)
+            must be able to reach it. None: a fresh folder under the temp dir, removed by
+            ``stop()`` (as root, pytest's 0700 temp folders are out of the ``postgres`` user's
+            reach, so the fixtures use this).
+        port: None picks a free port.
+        database: created and owned by ``db_user`` (the cluster's superuser; trust auth, which
+            is safe only because the server listens on 127.0.0.1 alone).
+        durable: False turns off fsync and synchronous commit (a throwaway test server); a
+            server whose data matters (a user's tracking server) needs True.
+
+    The server runs in the foreground of a tracked process (``postgres -D``, not ``pg_ctl
+    start``, which detaches it from us); ``stop()`` sends SIGINT, PostgreSQL's fast shutdown.
+    Returns a :class:`PostgresServer`; ``server.url(database)`` is the SQLAlchemy URL.
+    """
+    if sys.platform != "linux":
+        raise ServiceUnavailable("the local PostgreSQL helper needs Linux")
+    bindir = postgres_bindir()
+    if bindir is None:
+        raise ServiceUnavailable(
+            "PostgreSQL programs (initdb, postgres) missing; "
+            f"install: {' '.join(install_command(APT_PACKAGES['postgres']))}"
+        )
+    t0 = time.monotonic()
+    os_user = postgres_os_user()
+    entry = pwd.getpwnam(os_user)
+    owns = folder is None
+    folder = Path(tempfile.mkdtemp(prefix="mscol-pg-") if owns else folder).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    if owns:
+        folder.chmod(0o711)  # the PostgreSQL user may pass through, not list
+    data = folder / "pgdata"
+    if entry.pw_uid != os.geteuid() and not _reachable(folder):
+        raise ServiceError(
+            f"{folder} is not reachable by user {os_user}; pass folder=None or a folder it can open"
+        )
+    port = port or free_port()
+    server = PostgresServer(
+        folder, port, db_user, os_user, bindir, marker=_new_marker("postgres"), owns_folder=owns
+    )
+    _register(server)
+    user = os_user if entry.pw_uid != os.geteuid() else None
+    try:
+        if not (data / "PG_VERSION").exists():
+            data.mkdir(mode=0o700, exist_ok=True)
+            os.chown(data, entry.pw_uid, entry.pw_gid)
+            init = spawn(
+                "initdb",
+                [
+                    str(bindir / "initdb"),
+                    "-D",
+                    str(data),
+                    "-U",
+                    db_user,
+                    "--auth=trust",
+                    "--encoding=UTF8",
+                    "--locale=C",
+                    "--no-instructions",
+                    *([] if durable else ["--no-sync"]),
+                ],
+                folder / "initdb.log",
+                server.marker,
+                user=user,
+                cwd=folder,
+            )
+            try:
+                code = init.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                init.stop()
+                raise ServiceError(f"initdb did not finish in {timeout} s") from None
+            if code != 0:
+                raise ServiceError(f"initdb failed ({code}):\n{init.tail()}")
+        settings = {
+            "listen_addresses": LOOPBACK,
+            "port": str(port),
+            "unix_socket_directories": str(data),  # not /var/run/postgresql (root's)
+            "max_connections": "200",  # MLflow server + Optuna workers each keep a pool
+        }
+        if not durable:
+            settings.update(fsync="off", synchronous_commit="off", full_page_writes="off")
+        argv = [str(bindir / "postgres"), "-D", str(data)]
+        for k, v in settings.items():
+            argv += ["-c", f"{k}={v}"]
+        server.daemon = spawn(
+            "postgres",
+            argv,
+            folder / "postgres.log",
+            server.marker,
+            user=user,
+            cwd=folder,
+            bound=bound,
+        )
+        wait_until(server.ready, timeout, f"PostgreSQL on port {port}", 0.3, server.daemon.died)
+        if database:
+            server.create_database(database)
+    except BaseException:
+        server.stop()
+        raise
+    server.started_s = time.monotonic() - t0
+    log.info("postgres up in %.1f s: %s", server.started_s, server.url(database))
+    return server
+
+
+def _reachable(folder: Path) -> bool:
+    """Whether every folder from / to ``folder`` is searchable by "others"."""
+    for part in [folder, *folder.parents]:
+        if not part.stat().st_mode & 0o001:
+            return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# MLflow tracking server
+# ---------------------------------------------------------------------------------------------
+
+
+def http_ok(url: str, timeout: float = 2) -> bool:
+    """Whether GET ``url`` answers 200, bypassing any HTTP proxy of the environment."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=timeout) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@dataclass
+class MlflowServer:
+    """A running ``mlflow server``; ``uri`` is the tracking URI for clients."""
+
+    uri: str
+    port: int
+    backend_store_uri: str
+    artifacts_dir: Path
+    daemon: Daemon | None = None
+    marker: str = ""
+    started_s: float = 0.0
+
+    def stop(self, timeout: float = 20) -> None:
+        if self.daemon is not None:
+            self.daemon.stop(timeout)
+        sweep(self.marker)
+        _unregister(self)
+
+
+def start_mlflow_server(
+    backend_store_uri: str,
+    artifacts_dir: Path,
+    port: int | None = None,
+    workers: int = 1,
+    timeout: float = 180,
+    log_path: Path | None = None,
+    bound: bool = True,
+    job_execution: bool = False,
+) -> MlflowServer:
+    """Run ``mlflow server`` on 127.0.0.1:``port`` and wait until ``/health`` answers.
+
+    ``--serve-artifacts --artifacts-destination artifacts_dir``: new experiments get the
+    artifact root ``mlflow-artifacts:/``, so clients upload and download artifacts through the
+    server over HTTP and need no access to ``artifacts_dir``, nor to the backend store (e.g.
+    ``postgresql+psycopg2://...``, whose schema the server creates or migrates on start).
+    The server runs with this interpreter (``python -m mlflow``), i.e. this environment's MLflow.
+
+    ``workers``: uvicorn worker processes (each imports MLflow: ~10 s of CPU here); one serves
+    concurrent clients through its thread pool. ``job_execution``: MLflow 3's background job
+    runner (GenAI features: prompt optimisation, trace roll-ups), 7 more Python processes that
+    this project does not use; off unless asked for.
+    """
+    artifacts_dir = Path(artifacts_dir).resolve()
+    artifacts_dir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    uri = f"http://{LOOPBACK}:{port}"
+    server = MlflowServer(uri, port, backend_store_uri, artifacts_dir, marker=_new_marker("mlflow"))
+    _register(server)
+    argv = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        backend_store_uri,
+        "--serve-artifacts",
+        "--artifacts-destination",
+        str(artifacts_dir),
+        "--host",
+        LOOPBACK,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+    ]
+    t0 = time.monotonic()
+    try:
+        server.daemon = spawn(
+            "mlflow server",
+            argv,
+            log_path or artifacts_dir.parent / f"mlflow-server-{port}.log",
+            server.marker,
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": str(job_execution).lower()},
+            cwd=artifacts_dir.parent,
+            bound=bound,
+        )
+        wait_until(
+            lambda: http_ok(f"{uri}/health"),
+            timeout,
+            f"mlflow server at {uri}",
+            interval=0.5,
+            alive=server.daemon.died,
+        )
+    except BaseException:
+        server.stop()
+        raise
+    server.started_s = time.monotonic() - t0
+    log.info("mlflow server up in %.1f s at %s", server.started_s, uri)
+    return server
