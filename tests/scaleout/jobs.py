@@ -1,0 +1,303 @@
+"""What the scale-out tests run elsewhere: Slurm jobs (submitit) and worker processes.
+
+Module-level, so that a Slurm job (a fresh interpreter started by submitit) and a spawned
+multiprocessing worker import them by name; nothing here may depend on pytest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import submitit
+from submitit.slurm.slurm import SlurmInfoWatcher
+
+# -- submitit without sacct -------------------------------------------------------------------
+
+
+class SqueueWatcher(SlurmInfoWatcher):
+    """Job states from slurmctld (``squeue --states=all``) instead of ``sacct``.
+
+    submitit reads job states with ``sacct``, which needs an accounting database (slurmdbd +
+    MariaDB/MySQL). The test cluster has none: ``sacct`` exits 1 with "Slurm accounting storage
+    is disabled", submitit logs "Bypassing sacct error ..., status may be inaccurate" on every
+    poll and the state stays UNKNOWN forever, so a job killed before writing its result (scancel,
+    node failure) would make ``job.result()`` wait forever. slurmctld itself knows every job's
+    state until ``MinJobAge`` seconds after it ended (3600 s on the test cluster): squeue prints
+    the same ``JobID|State|NodeList`` lines (``123_4``, ``123_[5-7]`` for arrays), which
+    submitit's own parser reads once a header is put in front.
+    """
+
+    def _make_command(self) -> list[str] | None:
+        to_check = sorted({x.split("_")[0] for x in self._registered - self._finished})
+        if not to_check:
+            return None
+        return ["squeue", "--noheader", "--states=all", "--format=%i|%T|%N", "--jobs=" + ",".join(to_check)]  # fmt: skip
+
+    def read_info(self, string: bytes | str) -> dict[str, dict[str, str]]:
+        if not isinstance(string, str):
+            string = string.decode()
+        return super().read_info("JobID|State|NodeList\n" + string)
+
+
+def accounting_enabled() -> bool:
+    """Whether this cluster has an accounting database (so ``sacct`` answers)."""
+    out = subprocess.run(
+        ["scontrol", "show", "config"], capture_output=True, text=True, timeout=30, check=True
+    ).stdout
+    match = re.search(r"^AccountingStorageType\s*=\s*(\S+)", out, re.MULTILINE)
+    return bool(match) and match.group(1) != "accounting_storage/none"
+
+
+def slurm_executor(folder: Path, **parameters) -> submitit.AutoExecutor:
+    """``AutoExecutor(cluster="slurm")``; job states from squeue when sacct cannot answer.
+
+    The watcher is a class attribute of ``submitit.SlurmJob`` (one per process), and the only
+    way in: ``job_class`` of the executor would not do, because submitit builds the jobs of an
+    array as ``SlurmJob`` whatever the class (submitit 1.5.4, slurm.py:347).
+    """
+    if not accounting_enabled() and not isinstance(submitit.SlurmJob.watcher, SqueueWatcher):
+        submitit.SlurmJob.watcher = SqueueWatcher(delay_s=30)
+    executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+    executor.update_parameters(**{"timeout_min": 10, "mem_gb": 1, "cpus_per_task": 1, **parameters})
+    return executor
+
+
+# -- Slurm jobs -------------------------------------------------------------------------------
+
+
+def square_to_file(x: int, out_dir: str) -> dict:
+    """An array element: writes x**2 beside the others, returns it with its Slurm identity."""
+    started = time.time()
+    value = x * x
+    Path(out_dir, f"square-{x}.json").write_text(json.dumps(value))
+    return {
+        "value": value,
+        "job": os.environ.get("SLURM_JOB_ID"),
+        "array_task": os.environ.get("SLURM_ARRAY_TASK_ID"),
+        "started": started,
+        "ended": time.time(),
+    }
+
+
+def sum_files(out_dir: str) -> dict:
+    """The dependent job: reads what the array wrote (it must all be there already)."""
+    started = time.time()
+    values = [json.loads(p.read_text()) for p in sorted(Path(out_dir).glob("square-*.json"))]
+    return {"total": sum(values), "count": len(values), "started": started}
+
+
+def sleep_for(seconds: float, progress_file: str) -> str:
+    Path(progress_file).write_text("started")
+    time.sleep(seconds)
+    return "slept"
+
+
+class Countdown(submitit.helpers.Checkpointable):
+    """A resumable job: ``steps`` steps of ``step_s`` s; on preemption it resumes where it was.
+
+    submitit calls :meth:`checkpoint` in the job when Slurm signals preemption (USR2), pickles
+    what it returns and requeues the job; the requeued job calls that pickle instead.
+    """
+
+    def __init__(self) -> None:
+        self.position = 0  # steps done; part of the checkpoint (the object is pickled)
+        self.starts: list[int] = []  # the step each attempt started from
+
+    def __call__(self, steps: int, step_s: float, progress_file: str) -> dict:
+        self.starts.append(self.position)
+        while self.position < steps:
+            time.sleep(step_s)
+            self.position += 1
+            Path(progress_file).write_text(str(self.position))
+        return {
+            "position": self.position,
+            "starts": self.starts,
+            "restarts": int(os.environ.get("SLURM_RESTART_COUNT", "0")),
+        }
+
+    def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
+        # The default implementation does the same; spelled out because this is the contract.
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+
+# -- MLflow workers ---------------------------------------------------------------------------
+
+
+def log_runs(
+    tracking_uri: str,
+    experiment_id: str,
+    worker: int,
+    runs: int,
+    artifact_dir: str,
+    barrier,
+    results,
+) -> None:
+    """Log ``runs`` runs with tags, metrics and an artifact, over HTTP only.
+
+    ``barrier`` (shared by the workers) makes them start logging at the same moment; the run
+    ids go to ``results[worker]`` (a shared dict).
+    """
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    client.search_experiments(max_results=1)  # connection warmed up before the barrier
+    barrier.wait(timeout=60)
+    ids = []
+    for i in range(runs):
+        run = client.create_run(experiment_id, tags={"worker": str(worker), "index": str(i)})
+        rid = run.info.run_id
+        for step in range(5):
+            client.log_metric(rid, "loss", 1.0 / (1 + step + worker), step=step)
+        client.log_param(rid, "lr", f"{1e-3 * (worker + 1):g}")
+        path = Path(artifact_dir, f"w{worker}-r{i}.json")
+        path.write_text(json.dumps({"worker": worker, "run": i}))
+        client.log_artifact(rid, str(path), "outputs")
+        client.set_terminated(rid, "FINISHED")
+        ids.append(rid)
+    results[worker] = ids
+
+
+# -- Optuna workers ---------------------------------------------------------------------------
+
+SEARCH = {"x": (-10.0, 10.0), "y": (-10.0, 10.0)}
+
+
+def per_trial_params(seed: int, number: int) -> dict[str, float]:
+    """Parameters that are a pure function of (seed, trial number)."""
+    import numpy as np
+
+    rng = np.random.default_rng([seed, number])
+    return {k: float(rng.uniform(lo, hi)) for k, (lo, hi) in SEARCH.items()}
+
+
+def make_per_trial_sampler(seed: int):
+    """A sampler whose draw for trial n depends on (seed, n) only, not on other workers."""
+    import optuna
+
+    class PerTrialRandomSampler(optuna.samplers.RandomSampler):
+        def sample_independent(self, study, trial, param_name, param_distribution):
+            value = per_trial_params(seed, trial.number)[param_name]
+            return param_distribution.to_internal_repr(value)
+
+    return PerTrialRandomSampler(seed=seed)
+
+
+def make_lagged_tpe_sampler(seed: int, lag: int, n_startup_trials: int = 4):
+    """TPE that gives trial n the same parameters whatever the number or speed of workers.
+
+    Trial n's parameters come from a TPE seeded with (seed, n) and fitted on the COMPLETE
+    trials numbered below n - ``lag`` only, once all of those have finished (the worker waits,
+    failing stale trials of dead workers meanwhile). With W workers, W - 1 <= ``lag`` keeps
+    waits rare; the price is a history ``lag`` trials older than a sequential TPE's. A
+    prototype for ``benchmark.tuning`` (fixed search space :data:`SEARCH`).
+    """
+    import numpy as np
+    import optuna
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState
+
+    space = {k: FloatDistribution(lo, hi) for k, (lo, hi) in SEARCH.items()}
+
+    class LaggedTPESampler(optuna.samplers.BaseSampler):
+        def infer_relative_search_space(self, study, trial):
+            return dict(space)
+
+        def sample_relative(self, study, trial, search_space):
+            horizon = trial.number - lag
+            while True:
+                past = [t for t in study.get_trials(deepcopy=False) if t.number < horizon]
+                if all(t.state.is_finished() for t in past):
+                    break
+                optuna.storages.fail_stale_trials(study)
+                time.sleep(0.1)
+            trial_seed = int(np.random.SeedSequence([seed, trial.number]).generate_state(1)[0])
+            replay = optuna.create_study(
+                direction=study.direction,
+                sampler=optuna.samplers.TPESampler(
+                    seed=trial_seed, n_startup_trials=n_startup_trials
+                ),
+            )
+            replay.add_trials([t for t in past if t.state == TrialState.COMPLETE])
+            return dict(replay.ask(fixed_distributions=space).params)
+
+        def sample_independent(self, study, trial, param_name, param_distribution):
+            raise ValueError(f"{param_name} is outside the fixed search space")
+
+    return LaggedTPESampler()
+
+
+def storage(url: str, retry: bool = False):
+    import optuna
+
+    callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1) if retry else None
+    return optuna.storages.RDBStorage(
+        url,
+        heartbeat_interval=1,
+        grace_period=3,
+        heartbeat_stale_trial_callback=callback,
+        engine_kwargs={"pool_pre_ping": True},
+    )
+
+
+def optuna_worker(
+    url: str,
+    study_name: str,
+    total: int,
+    trial_s: float,
+    seed: int,
+    retry: bool = False,
+    start_at: float = 0.0,
+    sampler: str = "per-trial",
+):
+    """Optimise the study until it holds ``total`` COMPLETE trials (counted by any worker).
+
+    ``start_at``: a ``time.time()`` before which the worker does not begin (after its imports).
+    ``sampler``: "per-trial" (:func:`make_per_trial_sampler`) or "lagged-tpe"
+    (:func:`make_lagged_tpe_sampler`, lag 2). A trial lasts up to ``trial_s`` seconds, a
+    random fraction of it, so that workers finish out of order.
+    """
+    import random
+
+    import optuna
+    from optuna.trial import TrialState
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    chosen = (
+        make_per_trial_sampler(seed) if sampler == "per-trial" else make_lagged_tpe_sampler(seed, 2)
+    )
+    study = optuna.load_study(study_name=study_name, storage=storage(url, retry), sampler=chosen)
+    time.sleep(max(0.0, start_at - time.time()))
+
+    def objective(trial):
+        x = trial.suggest_float("x", *SEARCH["x"])
+        y = trial.suggest_float("y", *SEARCH["y"])
+        trial.set_user_attr("pid", os.getpid())
+        time.sleep(trial_s * random.random())
+        return (x - 1) ** 2 + (y + 2) ** 2
+
+    study.optimize(
+        objective, callbacks=[optuna.study.MaxTrialsCallback(total, states=(TrialState.COMPLETE,))]
+    )
+
+
+def hanging_worker(url: str, study_name: str, seed: int):
+    """Starts one trial and never finishes it (the test kills this process with SIGKILL)."""
+    import optuna
+
+    study = optuna.load_study(
+        study_name=study_name, storage=storage(url), sampler=make_per_trial_sampler(seed)
+    )
+
+    def objective(trial):
+        trial.suggest_float("x", *SEARCH["x"])
+        trial.suggest_float("y", *SEARCH["y"])
+        trial.set_user_attr("pid", os.getpid())
+        time.sleep(600)
+        return 0.0
+
+    study.optimize(objective, n_trials=1)
