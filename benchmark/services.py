@@ -682,7 +682,8 @@ class PostgresServer:
 
     def ready(self) -> bool:
         done = _run(
-            [str(self.bindir / "pg_isready"), "-q", "-h", LOOPBACK, "-p", str(self.port)],
+            [str(self.bindir / "pg_isready"), "-q", "-h", LOOPBACK, "-p", str(self.port)]
+            + ["-U", self.db_user, "-d", "postgres"],
             timeout=10,
             check=False,
         )
@@ -690,11 +691,20 @@ class PostgresServer:
 
     def stop(self, timeout: float = 30) -> None:
         """Fast shutdown (SIGINT: disconnect clients, checkpoint); idempotent."""
+        t0 = time.monotonic()
         if self.daemon is not None:
             self.daemon.stop(timeout, sig=signal.SIGINT)
+        t1 = time.monotonic()
         sweep(self.marker)
+        t2 = time.monotonic()
         if self.owns_folder:
             shutil.rmtree(self.folder, ignore_errors=True)
+        log.debug(
+            "postgres stopped in %.1f s, swept in %.1f s, folder removed in %.1f s",
+            t1 - t0,
+            t2 - t1,
+            time.monotonic() - t2,
+        )
         _unregister(self)
 
 
