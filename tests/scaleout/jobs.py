@@ -36,7 +36,8 @@ class SqueueWatcher(SlurmInfoWatcher):
         to_check = sorted({x.split("_")[0] for x in self._registered - self._finished})
         if not to_check:
             return None
-        return ["squeue", "--noheader", "--states=all", "--format=%i|%T|%N", "--jobs=" + ",".join(to_check)]  # fmt: skip
+        jobs = ",".join(to_check)
+        return ["squeue", "--noheader", "--states=all", "--format=%i|%T|%N", f"--jobs={jobs}"]
 
     def read_info(self, string: bytes | str) -> dict[str, dict[str, str]]:
         if not isinstance(string, str):

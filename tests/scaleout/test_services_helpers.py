@@ -1,0 +1,71 @@
+"""benchmark.services without engines: package policy, skip/fail policy, process tracking."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import pytest
+
+from benchmark import services
+from tests.scaleout import conftest
+
+
+def test_missing_packages_say_what_would_be_installed(monkeypatch):
+    monkeypatch.setattr(services, "missing_programs", lambda e: ["munged"] if e == "slurm" else [])
+    with pytest.raises(services.ServiceUnavailable) as info:
+        services.ensure_packages(["slurm", "postgres"], install=False)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "missing munged (not asked to install)" in message
+    assert message.endswith(
+        "would install: apt-get install -y --no-install-recommends "
+        "slurmctld slurmd slurm-client munge"
+    )
+    assert services.ensure_packages(["postgres"], install=False) == []  # nothing missing
+
+
+def test_slurm_needs_root(tmp_path, monkeypatch):
+    monkeypatch.setattr(services.os, "geteuid", lambda: 1000)
+    with pytest.raises(services.ServiceUnavailable, match="needs root"):
+        services.start_slurm(tmp_path)
+
+
+def test_unavailable_engine_skips_on_a_laptop_and_fails_in_ci(monkeypatch):
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="no slurm"):
+        conftest.unavailable("no slurm")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true.*no slurm"):
+        conftest.unavailable("no slurm")
+
+
+def test_spawned_processes_and_their_children_are_tracked_and_stopped(tmp_path):
+    marker = services._new_marker("test")
+    # A parent that ignores SIGTERM and a child in its session: stop() must end both.
+    code = (
+        "import signal, subprocess, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']);"
+        "print('up', flush=True); time.sleep(60)"
+    )
+    daemon = services.spawn("stubborn", [sys.executable, "-c", code], tmp_path / "log", marker)
+    services.wait_until(lambda: "up" in daemon.tail(), 30, "the process to start")
+    assert len(services.marked_processes(marker)) == 2
+    assert daemon.died() is None
+
+    t0 = time.monotonic()
+    daemon.stop(timeout=1)  # SIGTERM ignored: SIGKILL to the group after 1 s
+    daemon.stop(timeout=1)  # idempotent
+    services.sweep(marker)
+    assert time.monotonic() - t0 < 15
+    assert services.marked_processes(marker) == []
+    assert "exited with -9" in daemon.died()
+
+
+def test_wait_until_reports_a_dead_daemon_at_once():
+    t0 = time.monotonic()
+    with pytest.raises(services.ServiceError, match="server: it died"):
+        services.wait_until(lambda: False, 30, "server", alive=lambda: "it died")
+    assert time.monotonic() - t0 < 1
+    with pytest.raises(services.ServiceError, match="timed out after 0 s"):
+        services.wait_until(lambda: False, 0.1, "nothing")
