@@ -151,8 +151,7 @@ def ensure_packages(
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     t0 = time.monotonic()
     log.warning("installing %s", " ".join(packages))
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
-    if done.returncode != 0:
+    if _run(command, timeout=timeout, env=env, check=False).returncode != 0:
         _run(["apt-get", "update"], timeout=timeout, env=env)
         _run(command, timeout=timeout, env=env)
     log.warning("installed %s in %.1f s", " ".join(packages), time.monotonic() - t0)
