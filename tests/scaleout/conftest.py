@@ -2,7 +2,7 @@
 
 ``slurm_cluster`` (a one-node Slurm cluster), ``postgres_server`` / ``postgres_url`` (PostgreSQL
 on 127.0.0.1) and ``mlflow_server`` (``mlflow server`` on that PostgreSQL, artifacts served
-over HTTP), each started once per session by :mod:`benchmark.services` and stopped at its end.
+over HTTP), each started once per session by :mod:`benchmark.pipeline.services` and stopped at its end.
 
 Where an engine is missing the tests skip with a one-line reason, except under ``CI=true``,
 where a skip would hide a broken pipeline: there missing Debian packages are installed (CI runs
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmark import services
+from benchmark.pipeline import services
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMINGS: dict[str, float] = {}  # what each engine took to start and stop, for the summary

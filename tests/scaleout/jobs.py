@@ -195,7 +195,7 @@ def make_lagged_tpe_sampler(seed: int, lag: int, n_startup_trials: int = 4):
     trials numbered below n - ``lag`` only, once all of those have finished (the worker waits,
     failing stale trials of dead workers meanwhile). With W workers, W - 1 <= ``lag`` keeps
     waits rare; the price is a history ``lag`` trials older than a sequential TPE's. A
-    prototype for ``benchmark.tuning`` (fixed search space :data:`SEARCH`).
+    prototype for ``benchmark.evaluation.tuning`` (fixed search space :data:`SEARCH`).
     """
     import numpy as np
     import optuna

@@ -62,7 +62,7 @@ def test_two_processes_log_runs_concurrently(mlflow_server, tmp_path):
 
 
 def test_tags_search_and_resume_like_the_tracker(mlflow_server):
-    """What benchmark.tracking relies on: search by tag, reopen an unfinished run, finish it."""
+    """What benchmark.pipeline.tracking relies on: search by tag, reopen an unfinished run, finish it."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=mlflow_server.uri)

@@ -1,4 +1,4 @@
-"""benchmark.services without engines: package policy, skip/fail policy, process tracking."""
+"""benchmark.pipeline.services without engines: package policy, skip/fail policy, process tracking."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from benchmark import services
+from benchmark.pipeline import services
 from tests.scaleout import conftest
 
 

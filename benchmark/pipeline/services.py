@@ -448,7 +448,7 @@ class SlurmCluster:
 
 
 SLURM_CONF_TEMPLATE = """\
-# Throwaway one-node cluster written by benchmark/services.py; every daemon on 127.0.0.1.
+# Throwaway one-node cluster written by benchmark/pipeline/services.py; every daemon on 127.0.0.1.
 ClusterName=mscol
 SlurmctldHost={host}({addr})
 SlurmctldPort={ctld_port}
