@@ -52,6 +52,25 @@ def atomic_save_npy(path: Path, array: np.ndarray) -> None:
         np.save(tmp, array)
 
 
+@contextlib.contextmanager
+def torch_threads(num_threads: int | None):
+    """Set torch's intra-op CPU threads for the ``with`` block and restore them afterwards
+    (None: leave them). Library code must not change them for the rest of the process: on the
+    CPU the thread count changes float results (reduction order), so a setting leaked from one
+    stage would make the next stage's numbers depend on what ran before it in this process."""
+    if num_threads is None:
+        yield
+        return
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def pick_device(prefer: str = "auto"):
     """CUDA when present (or when asked), else the CPU."""
     import torch

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from benchmark.config import stable_hash
 from benchmark.errors import StoreBuildError, StoreReadError
-from benchmark.io import atomic_path, atomic_write_json, read_json
+from benchmark.io import atomic_path, atomic_write_json, read_json, torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -125,13 +125,16 @@ def shard_is_valid(root: Path, key: str, verify_checksum: bool = True) -> bool:
 
 
 def _build_shard(root: Path, key: str, jobs: Sequence[Job], extract: Extractor) -> dict:
-    """Extract every job of one shard and write it; runs in a worker process."""
-    try:  # one torch thread per worker process: the pool already fills the cores
-        import torch
+    """Extract every job of one shard and write it (in a worker process, or inline).
 
-        torch.set_num_threads(1)
-    except ImportError:
-        pass
+    One torch thread while extracting: the pool already fills the cores, and features are
+    the same whichever way they were built. Scoped: run inline, the caller's setting stays.
+    """
+    with torch_threads(1):
+        return _extract_shard(root, key, jobs, extract)
+
+
+def _extract_shard(root: Path, key: str, jobs: Sequence[Job], extract: Extractor) -> dict:
     entries, blocks, bad = [], [], []
     offset = 0
     for job in jobs:

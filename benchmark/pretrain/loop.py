@@ -75,7 +75,8 @@ class _Batches(IterableDataset):
     def __iter__(self) -> Iterator[tuple[int, PairBatch]]:
         info = get_worker_info()
         wid, num = (info.id, info.num_workers) if info else (0, 1)
-        torch.set_num_threads(1)
+        if info is not None:  # a worker process: one thread each; never the training process
+            torch.set_num_threads(1)
         for step in range(self.start + wid, self.stop, num):
             rng = step_rng(self.seed, step, self.stream)
             yield step, self.method.sample(self.corpus, self.batch_size, rng)

@@ -223,3 +223,23 @@ def test_memory_stays_flat_as_the_corpus_grows(tmp_path):
     # Allowance: index metadata. A store loaded into RAM would add ~111 MB.
     assert large[0] - small[0] < 20_000, (small, large)  # peak RSS while building
     assert large[1] - small[1] < 20_000, (small, large)  # anonymous RSS after 6,400 crops
+
+
+def test_an_inline_build_leaves_the_callers_torch_threads(tmp_path):
+    """Extraction uses one thread, but built inline (one worker) it must not leave the calling
+    process at one thread: later stages' CPU numbers depend on the thread count."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen = []
+
+        def extract(payload):
+            seen.append(torch.get_num_threads())
+            return _extract_const(payload)
+
+        build(tmp_path, [Job("c0", "k0", 0)], extract, shard_size=2, progress=False)
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

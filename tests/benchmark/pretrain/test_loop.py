@@ -222,3 +222,17 @@ def test_batches_are_pinned_for_cuda(corpus):
     for _, batch in loader:
         assert batch.anchors.is_pinned() and batch.positives.is_pinned()
         assert batch.silent.is_pinned()
+
+
+def test_batches_made_inline_leave_the_training_threads(corpus):
+    """With ``pretrain.num_workers=0`` the batches are made in the training process, which
+    must keep its thread count (worker processes get one thread each)."""
+    from benchmark.pretrain.loop import batches
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        list(batches(METHODS["cola"], corpus, 4, 0, 0, 2, 0))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
