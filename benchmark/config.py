@@ -28,6 +28,8 @@ from pathlib import Path
 from benchmark.errors import ConfigError
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
+# Sections that say where and what to run, never how a result is computed.
+PLACEMENT_SECTIONS = ("paths", "benchmark", "executor")
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,67 @@ class BenchmarkConfig:
 
 
 @dataclass(frozen=True)
+class StageResources:
+    """What one Slurm job of a plan stage asks for (``executor.<stage>.<field>``)."""
+
+    partition: str = ""  # Slurm partition; "" -> the cluster's default partition (ours)
+    gpus: int = 0  # GPUs per job (ours)
+    cpus: int = 2  # CPUs per job (ours)
+    mem_gb: float = 8.0  # memory per job, GB (ours)
+    time_min: int = (
+        60  # time limit per job, minutes; past it the job is requeued and resumes (ours)
+    )
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """Where the plan's steps run; none of it shapes a result (see ``Config.results_hash``).
+
+    The per-stage sections size a Slurm job for the ``paper`` profile on a GPU cluster; the
+    synthetic profiles run on any node once ``executor.<stage>.gpus=0`` (README, "Running on
+    a cluster")."""
+
+    kind: str = "local"  # local (one process) | processes (a pool) | slurm (submitit) (ours)
+    workers: int = 2  # processes: worker processes, each with its own GPU if any (ours)
+    folder: str = ""  # slurm: submitit's folder (job pickles, logs); "" -> <profile_dir>/slurm
+    array_parallelism: int = 64  # slurm: tasks of one job array running at once (ours)
+    lock_heartbeat_s: float = 10.0  # a running step rewrites its lock's heartbeat this often, s
+    lock_stale_s: float = 120.0  # a lock whose heartbeat stood still this long is stale, s (ours)
+    data: StageResources = field(default_factory=lambda: StageResources(mem_gb=8.0, time_min=120))
+    features: StageResources = field(
+        default_factory=lambda: StageResources(cpus=8, mem_gb=16.0, time_min=240)
+    )
+    # Open-Unmix over every pre-training clip (paper: MTAT, ~19k clips at 44.1 kHz).
+    separate: StageResources = field(
+        default_factory=lambda: StageResources(gpus=1, cpus=8, mem_gb=32.0, time_min=720)
+    )
+    # 10,000 steps of 128 pairs on EfficientNet-B0 (paper); longer runs requeue and resume.
+    pretrain: StageResources = field(
+        default_factory=lambda: StageResources(gpus=1, cpus=8, mem_gb=32.0, time_min=720)
+    )
+    # The frozen encoder over every window of a corpus, once per (model, corpus).
+    embed: StageResources = field(
+        default_factory=lambda: StageResources(gpus=1, cpus=4, mem_gb=32.0, time_min=240)
+    )
+    tune: StageResources = field(
+        default_factory=lambda: StageResources(cpus=2, mem_gb=16.0, time_min=240)
+    )
+    probe: StageResources = field(
+        default_factory=lambda: StageResources(cpus=2, mem_gb=16.0, time_min=60)
+    )
+    report: StageResources = field(
+        default_factory=lambda: StageResources(cpus=2, mem_gb=16.0, time_min=240)
+    )
+
+    def resources(self, stage: str) -> StageResources:
+        """The Slurm resources of ``stage``; ``ValueError`` for a stage without a section."""
+        value = getattr(self, stage, None)
+        if not isinstance(value, StageResources):
+            raise ValueError(f"no executor resources for stage {stage!r}")
+        return value
+
+
+@dataclass(frozen=True)
 class Config:
     profile: str = "paper"  # name of the profile this config was resolved from
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -166,6 +229,7 @@ class Config:
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
     # -- derived locations -------------------------------------------------------------
     @property
@@ -197,10 +261,11 @@ class Config:
         return stable_hash(self.to_dict())
 
     def results_hash(self) -> str:
-        """Hash of what shapes the results: everything but where outputs go (``paths``) and
-        which methods/tasks to run and how to report them (``benchmark``)."""
+        """Hash of what shapes the results: everything but where outputs go (``paths``),
+        which methods/tasks to run and how to report them (``benchmark``) and where the steps
+        run (``executor``: every executor gives the same numbers)."""
         d = self.to_dict()
-        return stable_hash({k: v for k, v in d.items() if k not in ("paths", "benchmark")})
+        return stable_hash({k: v for k, v in d.items() if k not in PLACEMENT_SECTIONS})
 
 
 # -- helpers ---------------------------------------------------------------------------

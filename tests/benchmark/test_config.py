@@ -103,6 +103,22 @@ def test_results_hash_ignores_where_outputs_go_and_what_is_listed():
     assert resolve("smoke", ["probe.standardize=false"]).results_hash() != base.results_hash()
 
 
+def test_executor_section_is_typed_and_shapes_no_result():
+    base = resolve("smoke")
+    assert base.executor.kind == "local" and base.executor.pretrain.gpus == 1  # paper-sized
+    slurm = resolve(
+        "smoke", ["executor.kind=slurm", "executor.pretrain.gpus=0", "executor.probe.mem_gb=1.5"]
+    )
+    assert slurm.executor.pretrain.gpus == 0 and slurm.executor.probe.mem_gb == 1.5
+    assert slurm.executor.resources("probe") is slurm.executor.probe
+    assert slurm.results_hash() == base.results_hash()
+    assert config.from_dict(slurm.to_dict()) == slurm
+    with pytest.raises(ConfigError, match="executor.pretrain.gpus: expected an integer"):
+        resolve("smoke", ["executor.pretrain.gpus=one"])
+    with pytest.raises(ValueError, match="no executor resources for stage 'kind'"):
+        base.executor.resources("kind")
+
+
 def test_saved_config_round_trips(tmp_path):
     cfg = resolve("smoke", ["pretrain.steps=5"])
     config.save(cfg, tmp_path / "config.json")
