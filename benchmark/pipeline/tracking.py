@@ -16,6 +16,7 @@ from pathlib import Path
 
 import mlflow
 from mlflow.entities import RunStatus
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
@@ -67,8 +68,20 @@ def machine() -> str:
     return f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs, {gpu}"
 
 
+def is_server(tracking_uri: str) -> bool:
+    """Whether ``tracking_uri`` names a tracking server (clients speak HTTP to it)."""
+    return tracking_uri.startswith(("http://", "https://"))
+
+
 class Tracker:
-    """One MLflow experiment (one per profile) in any tracking store."""
+    """One MLflow experiment (one per profile) in any tracking store.
+
+    ``artifact_root``: where a new experiment keeps its artefacts with a database or file
+    store (beside the database; MLflow would otherwise use ``./mlruns`` of whatever folder it
+    runs in). Ignored for a tracking server: its experiments get the server's own artifact
+    location (``mlflow-artifacts:/``, uploaded over HTTP), never a path of this machine that
+    jobs on other nodes could not reach.
+    """
 
     def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path | None = None):
         if tracking_uri.startswith("sqlite:///"):
@@ -77,12 +90,19 @@ class Tracker:
         self.client = MlflowClient(tracking_uri=tracking_uri)
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
-            # With a database store MLflow would put artefacts under ./mlruns of whatever
-            # directory it runs in; keep them beside the database instead.
             location = (
-                (Path(artifact_root) / experiment).resolve().as_uri() if artifact_root else None
+                (Path(artifact_root) / experiment).resolve().as_uri()
+                if artifact_root and not is_server(tracking_uri)
+                else None
             )
-            exp_id = self.client.create_experiment(experiment, artifact_location=location)
+            try:
+                exp_id = self.client.create_experiment(experiment, artifact_location=location)
+            except MlflowException:
+                # Another process (a parallel step) created it first: use theirs.
+                exp = self.client.get_experiment_by_name(experiment)
+                if exp is None:
+                    raise
+                exp_id = exp.experiment_id
         else:
             exp_id = exp.experiment_id
             if exp.lifecycle_stage != "active":
