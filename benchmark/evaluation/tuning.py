@@ -89,6 +89,15 @@ def _ensure_sqlite_folder(storage: str) -> None:
         Path(storage[len(prefix) :]).parent.mkdir(parents=True, exist_ok=True)
 
 
+def init_storage(storage: str) -> None:
+    """Create the Optuna schema of ``storage`` (SQLAlchemy URL) if it has none yet.
+
+    Two processes creating the schema of one new SQLite file at once fail; the pipeline calls
+    this under a lock before its parallel steps tune (database servers need no lock)."""
+    _ensure_sqlite_folder(storage)
+    optuna.storages.RDBStorage(storage)
+
+
 def _sampler_seed(sampler_seed: int, num_existing_trials: int) -> int:
     """The TPE seed for a run that finds ``num_existing_trials`` trials in its study.
 

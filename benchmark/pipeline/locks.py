@@ -312,3 +312,15 @@ class StepLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def sqlite_lock(url: str) -> contextlib.AbstractContextManager:
+    """Hold while a process opens the SQLite database of SQLAlchemy ``url`` for the first
+    time: MLflow and Optuna create or migrate its schema then, and two processes doing that at
+    once fail ("no such index", "table already exists"). Other URLs: nothing to hold (a
+    database server serialises schema changes itself)."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or url == prefix + ":memory:":
+        return contextlib.nullcontext()
+    path = Path(url[len(prefix) :])
+    return StepLock(path.with_name(path.name + ".init.lock"), what=f"opening {path.name}")

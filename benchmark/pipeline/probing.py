@@ -20,6 +20,7 @@ from benchmark.errors import StageError
 from benchmark.evaluation.embed import embed
 from benchmark.io import atomic_write_json, read_json
 from benchmark.pipeline.context import Context
+from benchmark.pipeline.locks import sqlite_lock
 from benchmark.pipeline.stages import Outcome, load_task_dataset, mixture_store
 from benchmark.pipeline.tracking import git_commit
 from benchmark.pretrain.loop import PretrainedModel
@@ -77,8 +78,9 @@ def tuned_path(cfg, method_name, task_name, emb_key) -> Path:
     return cfg.profile_dir / "tuned" / f"{method_name}-{task_name}-{key}.json"
 
 
-def _embedded(ctx: Context, model: PretrainedModel, task):
-    """The task's dataset and its window embeddings (see :func:`embed`)."""
+def embedded(ctx: Context, model: PretrainedModel, task):
+    """The task's dataset and its window embeddings (see :func:`embed`; computed and cached
+    on disk the first time: the plan's ``embed`` step, or the first tune or probe)."""
     dataset = load_task_dataset(ctx, task)
     store = mixture_store(ctx, task.corpus)
     return dataset, embed(ctx.cfg, model, task, dataset, store, ctx.progress)
@@ -86,13 +88,15 @@ def _embedded(ctx: Context, model: PretrainedModel, task):
 
 def run_tune(ctx: Context, model: PretrainedModel, task) -> dict:
     """Equal-budget Optuna search of the probe's hyper-parameters on the validation split."""
-    from benchmark.evaluation.tuning import tune_probe
+    from benchmark.evaluation.tuning import init_storage, tune_probe
 
     cfg, tracker = ctx.cfg, ctx.require_tracker()
-    dataset, emb = _embedded(ctx, model, task)
+    dataset, emb = embedded(ctx, model, task)
     path = tuned_path(cfg, model.method, task.name, emb["key"])
     if path.is_file():
         return {**read_json(path), "cached": True}
+    with sqlite_lock(cfg.optuna_storage):
+        init_storage(cfg.optuna_storage)
     t = cfg.tune
     key = tune_key(cfg, task.name, emb["key"])
     study = f"{cfg.profile}-{model.method}-s{model.seed}-{task.name}-{key}"
@@ -158,7 +162,7 @@ def run_probe(
     from benchmark.evaluation.probe import predict_clips, train_probe
 
     cfg, tracker = ctx.cfg, ctx.require_tracker()
-    dataset, emb = _embedded(ctx, model, task)
+    dataset, emb = embedded(ctx, model, task)
     params = probe_params(cfg, task, model.method, emb["key"], params_mode)
     p = cfg.probe
     key = stable_hash(

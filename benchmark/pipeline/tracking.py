@@ -19,6 +19,8 @@ from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from benchmark.pipeline.locks import sqlite_lock
+
 log = logging.getLogger(__name__)
 
 KEY_TAG = "bench.key"
@@ -87,12 +89,19 @@ class Tracker:
         if tracking_uri.startswith("sqlite:///"):
             Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.uri = tracking_uri
-        self.client = MlflowClient(tracking_uri=tracking_uri)
+        with sqlite_lock(tracking_uri):  # opening the store creates or migrates its schema
+            self.client = MlflowClient(tracking_uri=tracking_uri)
+            exp = self._experiment(experiment, artifact_root)
+        self.experiment_id = exp
+        self.experiment = experiment
+
+    def _experiment(self, experiment: str, artifact_root: Path | None) -> str:
+        """The id of ``experiment``, created (or restored) when needed."""
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
             location = (
                 (Path(artifact_root) / experiment).resolve().as_uri()
-                if artifact_root and not is_server(tracking_uri)
+                if artifact_root and not is_server(self.uri)
                 else None
             )
             try:
@@ -107,8 +116,7 @@ class Tracker:
             exp_id = exp.experiment_id
             if exp.lifecycle_stage != "active":
                 self.client.restore_experiment(exp_id)
-        self.experiment_id = exp_id
-        self.experiment = experiment
+        return exp_id
 
     # -- lookup -----------------------------------------------------------------------
     def runs(self, filter_string: str = "", max_results: int = 50000) -> list:

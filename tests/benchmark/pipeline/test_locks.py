@@ -158,3 +158,28 @@ def test_two_waiters_never_both_take_over_one_stale_lock(tmp_path):
 def test_bad_timing_is_refused():
     with pytest.raises(ValueError, match="stale_s > heartbeat_s"):
         StepLock("x.lock", heartbeat_s=10, stale_s=5)
+
+
+def _open_stores(folder: str, barrier) -> None:
+    from benchmark.evaluation.tuning import init_storage
+    from benchmark.pipeline.locks import sqlite_lock
+    from benchmark.pipeline.tracking import Tracker
+
+    barrier.wait(60)
+    Tracker(f"sqlite:///{folder}/mlflow.db", "both")
+    url = f"sqlite:///{folder}/optuna.db"
+    with sqlite_lock(url):
+        init_storage(url)
+
+
+def test_two_processes_open_new_sqlite_stores_at_once(tmp_path):
+    """MLflow and Optuna create a new SQLite file's schema on first use; two processes doing
+    it at once fail (alembic: "no such index") unless the first use is serialised."""
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(3)
+    workers = [ctx.Process(target=_open_stores, args=(str(tmp_path), barrier)) for _ in range(3)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(300)
+    assert [w.exitcode for w in workers] == [0, 0, 0]
