@@ -254,24 +254,35 @@ def _report_args(p):
 def cmd_report(args, cfg):
     from dataclasses import replace
 
+    from benchmark.pipeline import state
+    from benchmark.pipeline.executors import steps_from_records
+    from benchmark.pipeline.plan import finish
     from benchmark.pipeline.report import make_report
 
     if args.tracking_uri:
         cfg = replace(cfg, paths=replace(cfg.paths, tracking_uri=args.tracking_uri))
-    paths = make_report(
-        cfg,
-        _context(cfg).tracker,
-        Path(args.out) if args.out else None,
-        select_by_plan=not (args.all_runs or args.tracking_uri),
-    )
+    tracker = _context(cfg).tracker
+    plan = state.submitted_plan(cfg)
+    if plan is not None and not (args.all_runs or args.tracking_uri or args.out):
+        # A plan submitted to Slurm: what its steps' records say now (its report job may not
+        # have run yet, or was cancelled).
+        _, paths = finish(cfg, tracker, steps_from_records(cfg, plan))
+    else:
+        paths = make_report(
+            cfg,
+            tracker,
+            Path(args.out) if args.out else None,
+            select_by_plan=not (args.all_runs or args.tracking_uri),
+        )
     for name, path in sorted(paths.items()):
         print(f"{name}: {path}")
 
 
-def _run_args(p):
-    p.add_argument("--dry-run", action="store_true", help="print the plan and what is done")
+def _plan_args(p):
     p.add_argument(
-        "--only", default=None, help="comma-separated stages: features,separate,pretrain,tune,probe"
+        "--only",
+        default=None,
+        help="comma-separated stages: features,separate,pretrain,embed,tune,probe",
     )
     p.add_argument(
         "--methods", default=None, help="comma-separated methods (default: the profile's)"
@@ -279,31 +290,81 @@ def _run_args(p):
     p.add_argument("--tasks", default=None, help="comma-separated tasks (default: the profile's)")
 
 
-def cmd_run(args, cfg):
-    import time
+def _run_args(p):
+    p.add_argument("--dry-run", action="store_true", help="print the plan and each step's state")
+    _plan_args(p)
+    p.add_argument(
+        "--executor",
+        choices=("local", "processes", "slurm"),
+        default=None,
+        help="where the steps run (default: executor.kind, local): this process, a pool of "
+        "--workers processes, or Slurm jobs (the command returns once they are submitted)",
+    )
+    p.add_argument(
+        "--workers", type=int, default=None, help="processes: pool size (executor.workers)"
+    )
 
-    from benchmark.io import atomic_write_json, read_json
-    from benchmark.pipeline.plan import build_plan, execute, merge_status, plan_status
-    from benchmark.pipeline.report import make_report
+
+def _plan(args, cfg):
+    from benchmark.pipeline.plan import build_plan
 
     split = lambda s: [x.strip() for x in s.split(",") if x.strip()] if s else None  # noqa: E731
+    return _checked(build_plan, cfg, split(args.methods), split(args.tasks), split(args.only))
+
+
+def _print_states(cfg, steps, tracker) -> None:
+    from benchmark.pipeline.plan import status_lines, step_states
+
+    for line in status_lines(step_states(cfg, steps, tracker)):
+        print(line)
+
+
+def cmd_status(args, cfg):
+    ctx = _context(cfg)
+    _print_states(cfg, _plan(args, cfg), ctx.tracker)
+
+
+def cmd_run(args, cfg):
+    import shlex
+    import time
+    from dataclasses import replace
+
+    from benchmark.pipeline.executors import make_executor, printable
+    from benchmark.pipeline.plan import finish
+
+    if args.executor or args.workers:
+        executor = cfg.executor
+        cfg = replace(
+            cfg,
+            executor=replace(
+                executor,
+                kind=args.executor or executor.kind,
+                workers=args.workers or executor.workers,
+            ),
+        )
     ctx = _context(cfg)
     tracker = ctx.tracker
-    steps = _checked(build_plan, ctx, split(args.methods), split(args.tasks), split(args.only))
+    steps = _plan(args, cfg)
     if args.dry_run:
-        for line in plan_status(steps, tracker, cfg):
-            print(line)
+        _print_states(cfg, steps, tracker)
         return 0
+    executor = make_executor(cfg)
     t0 = time.perf_counter()
-    wall = execute(steps)
-    status_file = cfg.profile_dir / "plan_status.json"
-    previous = read_json(status_file) if status_file.is_file() else {}
-    status = merge_status(previous, steps, wall, cfg.results_hash())
-    atomic_write_json(status_file, status)
-    t1 = time.perf_counter()
-    paths = make_report(cfg, tracker, plan_status=status)
-    status["stage_wall_s"]["report"] = round(time.perf_counter() - t1, 1)
-    atomic_write_json(cfg.profile_dir / "plan_status.json", status)
+    launch = executor.launch(cfg, steps, ctx)
+    if not launch.finished:
+        print(
+            f"submitted {len(launch.jobs)} step(s) of profile {cfg.profile} to Slurm "
+            f"in {time.perf_counter() - t0:.0f} s:"
+        )
+        for line in printable(launch):
+            print(line)
+        narrowed = [f"--{k}={v}" for k in ("methods", "tasks", "only") if (v := getattr(args, k))]
+        again = " ".join(
+            shlex.quote(a) for a in [f"--profile={cfg.profile}", *narrowed, *args.overrides]
+        )
+        print(f"progress: python -m benchmark status {again}")
+        return 0
+    status, paths = finish(cfg, tracker, steps)
     failed = [s for s in steps if s.status in ("failed", "blocked")]
     print(
         f"finished in {time.perf_counter() - t0:.0f} s: "
@@ -314,6 +375,33 @@ def cmd_run(args, cfg):
         print(f"  {s.status}: {s.name}: {s.error}")
     print(f"report: {paths.get('leaderboard.md', cfg.profile_dir / 'report')}")
     return 1 if failed else 0
+
+
+def _tracking_server_args(p):
+    p.add_argument("action", choices=("start", "stop", "status"))
+    p.add_argument(
+        "--folder",
+        default=None,
+        help="where its PostgreSQL cluster, artifacts, logs and state file live "
+        "(default <runs_dir>/tracking-server)",
+    )
+
+
+def cmd_tracking_server(args, cfg):
+    from benchmark.pipeline import services
+
+    folder = Path(args.folder) if args.folder else cfg.runs_dir / "tracking-server"
+    try:
+        if args.action == "start":
+            info = services.start_tracking_server(folder)
+        elif args.action == "stop":
+            info = services.stop_tracking_server(folder)
+        else:
+            info = services.tracking_server_status(folder)
+    except services.ServiceError as exc:
+        raise UserError(f"tracking-server {args.action}: {exc}") from None
+    for line in info:
+        print(line)
 
 
 # name -> Command; the order is the order of ``--help``.
@@ -363,6 +451,19 @@ COMMANDS: dict[str, Command] = {
         cmd_report,
     ),
     "run": Command(
-        "the whole pipeline of a profile, resumable; ends with the report", _run_args, cmd_run
+        "the whole pipeline of a profile, resumable; ends with the report (--executor "
+        "local | processes | slurm)",
+        _run_args,
+        cmd_run,
+    ),
+    "status": Command(
+        "each step of a profile's plan: done, queued, running, failed (with its Slurm job)",
+        _plan_args,
+        cmd_status,
+    ),
+    "tracking-server": Command(
+        "start | stop | status: a local MLflow tracking server on PostgreSQL (data under runs/)",
+        _tracking_server_args,
+        cmd_tracking_server,
     ),
 }

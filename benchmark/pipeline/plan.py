@@ -1,46 +1,195 @@
 """The run plan of ``make benchmark``: every step of a profile, resumable, failure-isolated.
 
-Steps run in dependency order. Each step is content-keyed by the stage it calls, so a rerun
-after Ctrl-C or a kill skips what is finished. A failing step is reported, its dependants
-are skipped, the independent ones still run, and the report lists what is missing.
+A step is a plain, picklable call, :func:`run_step` ``(config dict, step name)``, so that any
+executor (:mod:`benchmark.pipeline.executors`: this process, a process pool, Slurm jobs) can
+run it anywhere; :func:`run_step` opens what it needs itself (or uses the caller's
+:class:`Context`), holds the step's lock (:mod:`benchmark.pipeline.locks`) and leaves a record
+(:mod:`benchmark.pipeline.state`). Each step is content-keyed by the stage it calls, so a
+rerun after Ctrl-C, a kill or a cancelled job skips what is finished. A failing step is
+reported, its dependants are skipped, the independent ones still run, and the report lists
+what is missing.
+
+Step names: ``data``, ``features:<corpus>``, ``separate:<separator>``,
+``pretrain:<method>:s<seed>``, ``embed:<method>:s<seed>:<task>``,
+``tune:<method>:s<seed>:<task>``, ``probe:<method>:s<seed>:<task>:p<probe seed>``.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from benchmark.config import Config
-from benchmark.pipeline import probing, stages
-from benchmark.pipeline.context import Context
+from benchmark.config import Config, from_dict
+from benchmark.io import atomic_write_json, read_json
+from benchmark.pipeline import probing, stages, state
+from benchmark.pipeline.context import Context, open_context
 from benchmark.pipeline.tracking import Tracker
 from benchmark.pretrain.loop import PretrainedModel
 
 log = logging.getLogger(__name__)
 
+# In dependency order: a step depends on steps of earlier stages only.
+STAGES = ("data", "features", "separate", "pretrain", "embed", "tune", "probe")
+TRACKED = ("pretrain", "tune", "probe")  # stages whose steps leave an MLflow run
+
+_NAMES = {
+    "data": r"data",
+    "features": r"features:(?P<corpus>[\w-]+)",
+    "separate": r"separate:(?P<separator>[\w-]+)",
+    "pretrain": r"pretrain:(?P<method>[\w-]+):s(?P<seed>\d+)",
+    "embed": r"embed:(?P<method>[\w-]+):s(?P<seed>\d+):(?P<task>[\w-]+)",
+    "tune": r"tune:(?P<method>[\w-]+):s(?P<seed>\d+):(?P<task>[\w-]+)",
+    "probe": r"probe:(?P<method>[\w-]+):s(?P<seed>\d+):(?P<task>[\w-]+):p(?P<probe_seed>\d+)",
+}
+
+
+def parse_step(name: str) -> tuple[str, dict]:
+    """``(stage, fields)`` of a step name, e.g. ``("pretrain", {"method": "cola", "seed": 0})``;
+    ``ValueError`` naming the name otherwise."""
+    stage = name.partition(":")[0]
+    match = re.fullmatch(_NAMES[stage], name) if stage in _NAMES else None
+    if match is None:
+        raise ValueError(
+            f"not a plan step: {name!r} (e.g. data, features:mtat, pretrain:cola:s0, "
+            "embed:cola:s0:fma, tune:cola:s0:fma, probe:cola:s0:fma:p0)"
+        )
+    fields = {k: int(v) if k.endswith("seed") else v for k, v in match.groupdict().items()}
+    return stage, fields
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """How a step ended: ``status`` "ran" or "done" (found finished), its MLflow run (tracked
+    stages), its wall time in seconds."""
+
+    status: str
+    run_id: str = ""
+    wall_s: float = 0.0
+
+
+def run_step(cfg: Config | dict, name: str, ctx: Context | None = None) -> StepResult:
+    """Run plan step ``name`` of configuration ``cfg`` (a :class:`Config` or its
+    :func:`~benchmark.config.to_dict`), wherever this is called.
+
+    ``ctx``: reuse a command's context (what it opened stays open between steps); None opens
+    one for this step. The step's lock is held meanwhile: a second caller waits, then finds the
+    step finished by its content keys. A record of the outcome is written either way.
+
+    Returns a :class:`StepResult`. Raises ``ValueError`` for a malformed name, and whatever
+    the stage raises (after recording the failure); an interruption (Ctrl-C, a Slurm requeue's
+    ``SystemExit``) records nothing: the step is not finished, and resumes when run again.
+    """
+    cfg = cfg if isinstance(cfg, Config) else from_dict(cfg)
+    stage, fields = parse_step(name)
+    with state.step_lock(cfg, name, stage):
+        if ctx is None:
+            ctx = open_context(cfg, progress=sys.stderr.isatty())
+        t0 = time.perf_counter()
+        try:
+            status, run_id = _RUNNERS[stage](ctx, **fields)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            state.write_record(cfg, name, stage, "failed", error=error, wall_s=_since(t0))
+            raise
+        wall_s = _since(t0)
+        state.write_record(cfg, name, stage, status, run_id or "", wall_s=wall_s)
+    return StepResult(status, run_id or "", wall_s)
+
+
+def _since(t0: float) -> float:
+    return time.perf_counter() - t0
+
+
+def _model(ctx: Context, method: str, seed: int) -> PretrainedModel:
+    """The finished pre-trained model (the plan runs ``pretrain`` first), once per context."""
+    return ctx.once(
+        ("model", method, seed),
+        lambda: stages.run_pretrain(ctx, method, seed, build_sources=False, must_exist=True),
+    )
+
+
+def _task(name: str):
+    from tasks import get_task
+
+    return get_task(name)
+
+
+def _run_data(ctx):
+    stages.data_paths(ctx)
+    return "ran", ""
+
+
+def _run_features(ctx, corpus):
+    stages.mixture_store(ctx, corpus)
+    return "ran", ""
+
+
+def _run_separate(ctx, separator):
+    stages.source_store(ctx, separator)
+    return "ran", ""
+
+
+def _run_pretrain(ctx, method, seed):
+    model = ctx.once(("model", method, seed), lambda: stages.run_pretrain(ctx, method, seed))
+    return ("done" if model.cached else "ran"), model.run_id or ""
+
+
+def _run_embed(ctx, method, seed, task):
+    probing.embedded(ctx, _model(ctx, method, seed), _task(task))
+    return "ran", ""
+
+
+def _run_tune(ctx, method, seed, task):
+    out = probing.run_tune(ctx, _model(ctx, method, seed), _task(task))
+    return ("done" if out.get("cached") else "ran"), ""
+
+
+def _run_probe(ctx, method, seed, task, probe_seed):
+    out = probing.run_probe(ctx, _model(ctx, method, seed), _task(task), probe_seed)
+    return out.status, out.run_id or ""
+
+
+_RUNNERS: dict[str, Callable[..., tuple[str, str]]] = {
+    "data": _run_data,
+    "features": _run_features,
+    "separate": _run_separate,
+    "pretrain": _run_pretrain,
+    "embed": _run_embed,
+    "tune": _run_tune,
+    "probe": _run_probe,
+}
+
 
 @dataclass
 class Step:
+    """One step of the plan: ``fn(*args)`` runs it (by default :func:`run_step` of the plan's
+    config dict and the step's name: picklable, so any executor can run it)."""
+
     name: str
-    stage: str  # data | features | separate | pretrain | tune | probe | report
-    run: Callable[[], object]
+    stage: str  # one of STAGES
     deps: list[str] = field(default_factory=list)
+    fn: Callable[..., StepResult] = run_step
+    args: tuple = ()
     status: str = "pending"  # pending | done | ran | failed | blocked
     error: str = ""
     wall_s: float = 0.0
     run_id: str = ""  # the MLflow run of a tracked step (pretrain, probe)
 
 
-def build_plan(ctx: Context, methods=None, tasks=None, only=None) -> list[Step]:
-    """The steps of ``ctx``'s profile (narrowed to ``methods``, ``tasks`` and the stages
-    ``only``), in dependency order. Raises ``ValueError`` for an unknown method or task."""
+def build_plan(cfg: Config, methods=None, tasks=None, only=None) -> list[Step]:
+    """The steps of ``cfg``'s profile (narrowed to ``methods``, ``tasks`` and the stages
+    ``only``), in dependency order. Raises ``ValueError`` for an unknown method, task or stage.
+
+    Each step carries the config with ``benchmark.methods``/``tasks`` narrowed as asked (where
+    the steps run, nothing else is known of the command line).
+    """
     from methods import get_method
     from tasks import get_task
-
-    cfg = ctx.cfg
 
     method_names = list(methods or cfg.benchmark.methods)
     task_names = list(tasks or cfg.benchmark.tasks)
@@ -48,85 +197,69 @@ def build_plan(ctx: Context, methods=None, tasks=None, only=None) -> list[Step]:
         get_method(m)
     for t in task_names:
         get_task(t)
+    step_cfg = replace(
+        cfg,
+        benchmark=replace(cfg.benchmark, methods=tuple(method_names), tasks=tuple(task_names)),
+    ).to_dict()
     steps: list[Step] = []
+
+    def add(name: str, deps: list[str]) -> None:
+        steps.append(Step(name, name.partition(":")[0], list(deps), run_step, (step_cfg, name)))
+
     # Probes use ``probe.params``: the paper's learning rates ("default") or the best Optuna
     # trial ("tuned", equal budget per method), which needs the tune steps.
     tune = cfg.benchmark.tune or cfg.probe.params == "tuned"
 
-    steps.append(Step("data", "data", lambda: stages.data_paths(ctx)))
+    add("data", [])
     corpora = sorted({get_task(t).corpus for t in task_names} | {"mtat"})
     for corpus in corpora:
-        steps.append(
-            Step(
-                f"features:{corpus}",
-                "features",
-                lambda c=corpus: stages.mixture_store(ctx, c),
-                ["data"],
-            )
-        )
+        add(f"features:{corpus}", ["data"])
     separators = sorted({get_method(m).separator for m in method_names if get_method(m).sources})
     for sep in separators:
-        steps.append(
-            Step(
-                f"separate:{sep}",
-                "separate",
-                lambda s=sep: stages.source_store(ctx, s),
-                ["features:mtat"],
-            )
-        )
-    models: dict[tuple[str, int], PretrainedModel] = {}
+        add(f"separate:{sep}", ["features:mtat"])
     for m in method_names:
         method = get_method(m)
         for seed in cfg.pretrain.seeds:
             deps = ["features:mtat"] + ([f"separate:{method.separator}"] if method.sources else [])
-
-            def _pre(m=m, seed=seed):
-                model = models[(m, seed)] = stages.run_pretrain(ctx, m, seed)
-                return stages.Outcome("done" if model.cached else "ran", model.run_id)
-
-            steps.append(Step(f"pretrain:{m}:s{seed}", "pretrain", _pre, deps))
+            pre = f"pretrain:{m}:s{seed}"
+            add(pre, deps)
+            embedded_corpus: dict[str, str] = {}
             for t in task_names:
-                task = get_task(t)
-                pre = [f"pretrain:{m}:s{seed}", f"features:{task.corpus}"]
-                probe_deps = list(pre)
+                corpus = get_task(t).corpus
+                # Tasks on one corpus share its window embeddings (the second finds the first's
+                # cache): embedding them one after the other runs the encoder once.
+                after = [embedded_corpus[corpus]] if corpus in embedded_corpus else []
+                emb = f"embed:{m}:s{seed}:{t}"
+                add(emb, [pre, f"features:{corpus}", *after])
+                embedded_corpus[corpus] = emb
+                probe_deps = [emb]
                 if tune:
-                    steps.append(
-                        Step(
-                            f"tune:{m}:s{seed}:{t}",
-                            "tune",
-                            lambda m=m, seed=seed, task=task: (
-                                "done"
-                                if probing.run_tune(ctx, models[(m, seed)], task).get("cached")
-                                else "ran"
-                            ),
-                            pre,
-                        )
-                    )
+                    add(f"tune:{m}:s{seed}:{t}", [emb])
                     probe_deps.append(f"tune:{m}:s{seed}:{t}")
                 for ps in cfg.probe.seeds:
-                    steps.append(
-                        Step(
-                            f"probe:{m}:s{seed}:{t}:p{ps}",
-                            "probe",
-                            lambda m=m, seed=seed, task=task, ps=ps: probing.run_probe(
-                                ctx, models[(m, seed)], task, ps
-                            ),
-                            probe_deps,
-                        )
-                    )
+                    add(f"probe:{m}:s{seed}:{t}:p{ps}", probe_deps)
     if only:
         wanted = set(only)
-        steps = [s for s in steps if s.stage in wanted or s.stage in ("data",)]
+        unknown = wanted - set(STAGES)
+        if unknown:
+            raise ValueError(
+                f"unknown stage(s) in --only: {', '.join(sorted(unknown))} "
+                f"(known: {', '.join(STAGES[1:])})"
+            )
+        if wanted & {"tune", "probe"}:
+            wanted.add("embed")  # what they train on
+        steps = [s for s in steps if s.stage in wanted or s.stage == "data"]
         names = {s.name for s in steps}
         for s in steps:
             s.deps = [d for d in s.deps if d in names]
     return steps
 
 
-def execute(steps: list[Step]) -> dict[str, float]:
-    """Run the steps in order; a failure blocks its dependants only. Returns wall time per stage."""
+def execute(steps: list[Step], ctx: Context | None = None) -> dict[str, float]:
+    """Run the steps in order in this process (the ``local`` executor); a failure blocks its
+    dependants only. ``ctx``: the command's context, shared by the steps (None: each step opens
+    its own). Returns wall time per stage."""
     by_name = {s.name: s for s in steps}
-    wall: dict[str, float] = {}
     for step in steps:
         blocked = [d for d in step.deps if by_name[d].status in ("failed", "blocked")]
         if blocked:
@@ -135,11 +268,8 @@ def execute(steps: list[Step]) -> dict[str, float]:
             continue
         t0 = time.perf_counter()
         try:
-            result = step.run()
-            if isinstance(result, stages.Outcome):
-                step.status, step.run_id = result.status, result.run_id or ""
-            else:
-                step.status = "done" if result == "done" else "ran"
+            result = step.fn(*step.args, ctx=ctx) if ctx is not None else step.fn(*step.args)
+            step.status, step.run_id = result.status, result.run_id
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # isolate: one failing step must not stop the others
@@ -147,7 +277,15 @@ def execute(steps: list[Step]) -> dict[str, float]:
             log.error("step %s failed: %s", step.name, step.error)
             log.debug("%s", traceback.format_exc())
         step.wall_s = time.perf_counter() - t0
-        wall[step.stage] = wall.get(step.stage, 0.0) + step.wall_s
+    return stage_walls(steps)
+
+
+def stage_walls(steps: list[Step]) -> dict[str, float]:
+    """Wall time per stage: the sum of its steps' (with parallel workers, more than elapsed)."""
+    wall: dict[str, float] = {}
+    for s in steps:
+        if s.status in ("ran", "done", "failed"):
+            wall[s.stage] = wall.get(s.stage, 0.0) + s.wall_s
     return wall
 
 
@@ -177,42 +315,119 @@ def merge_status(previous: dict, steps: list[Step], wall: dict, results_hash: st
     }
 
 
-def plan_status(steps: list[Step], tracker: Tracker, cfg: Config) -> list[str]:
-    """Lines for ``--dry-run``: every step and whether MLflow already holds its finished run.
+def finish(cfg: Config, tracker: Tracker, steps: list[Step]) -> tuple[dict, dict]:
+    """Record the plan in ``plan_status.json`` (see :func:`merge_status`) and build the
+    report from exactly its runs. Returns (the status, report file name -> path).
 
-    Tracked steps (pretrain, tune, probe) are looked up by their tags under this configuration
-    (``results_hash``: the methods and tasks listed do not matter);
-    the cache stages (data, features, separate) are content-keyed on disk and report
-    "checked when run" (a finished one costs seconds).
+    Two finishing plans of one configuration (two report jobs) take turns, so neither loses
+    the other's steps from ``plan_status.json``.
     """
+    from benchmark.pipeline.report import make_report
+
+    status_file = cfg.profile_dir / "plan_status.json"
+    with state.report_lock(cfg):
+        previous = read_json(status_file) if status_file.is_file() else {}
+        status = merge_status(previous, steps, stage_walls(steps), cfg.results_hash())
+        atomic_write_json(status_file, status)
+        t0 = time.perf_counter()
+        paths = make_report(cfg, tracker, plan_status=status)
+        status["stage_wall_s"]["report"] = round(time.perf_counter() - t0, 1)
+        atomic_write_json(status_file, status)
+    return status, paths
+
+
+@dataclass(frozen=True)
+class StepState:
+    """What :func:`step_states` says of a step: ``state`` done | queued | running | failed |
+    cancelled | to do, and where or why (a Slurm job, a host and pid, an error)."""
+
+    name: str
+    state: str
+    detail: str = ""
+
+
+def step_states(cfg: Config, steps: list[Step], tracker: Tracker) -> list[StepState]:
+    """The state of every step, from what each executor leaves behind.
+
+    In this order: a Slurm job recorded for the step that is queued or running; the step's
+    record (done, or failed with its error); a live holder of its lock (a local or pool run);
+    a Slurm job that ended without a record (cancelled: by hand or because a step it needs
+    failed; failed: time limit, node failure, ...); for tracked steps without a record, a
+    FINISHED MLflow run with the step's tags under this configuration (earlier plans).
+    """
+    from benchmark.pipeline import slurm
+    from benchmark.pipeline.locks import known_dead
+
+    submitted = state.read_jobs(cfg)
+    live = slurm.job_states([v["job"] for v in submitted.values()]) if submitted else {}
     wanted = cfg.results_hash()
-    finished = [
-        r
-        for r in tracker.runs()
-        if r.info.status == "FINISHED" and r.data.tags.get("results_hash", wanted) == wanted
-    ]
-    seen = set()
-    for r in finished:
-        t = r.data.tags
-        kind = t.get("bench.kind")
-        if kind == "pretrain":
-            seen.add(f"pretrain:{t.get('method')}:s{t.get('seed')}")
-        elif kind == "tune":
-            seen.add(f"tune:{t.get('method')}:s{t.get('pretrain_seed', 0)}:{t.get('task')}")
-        elif kind == "probe":
-            seen.add(
-                f"probe:{t.get('method')}:s{t.get('pretrain_seed')}:{t.get('task')}:p{t.get('probe_seed')}"
-            )
-    lines, left = [], 0
+    runs = [r for r in tracker.runs() if r.info.status == "FINISHED"]
+    finished_ids = {r.info.run_id for r in runs}
+    seen = {
+        _tracked_name(r.data.tags)
+        for r in runs
+        if r.data.tags.get("results_hash", wanted) == wanted
+    }
+    out = []
     for s in steps:
-        if s.stage in ("pretrain", "tune", "probe"):
-            if s.stage == "pretrain" and s.name.split(":")[1] == "random_init":
-                state = "nothing to do (no pre-training)"
-            else:
-                state = "done" if s.name in seen else "to do"
-                left += state == "to do"
+        record = state.read_record(cfg, s.name)
+        job = submitted.get(s.name, {}).get("job", "")
+        job_state = live.get(job, "")
+        holder = state.step_lock(cfg, s.name, s.stage).holder()
+        if job_state in slurm.QUEUED | slurm.RUNNING:
+            where = f"job {job}" + (
+                f" ({job_state})" if job_state not in ("PENDING", "RUNNING") else ""
+            )
+            found = StepState(s.name, "queued" if job_state in slurm.QUEUED else "running", where)
+        elif (
+            record
+            and record["status"] in ("ran", "done")
+            and (s.stage not in TRACKED or not record["run_id"] or record["run_id"] in finished_ids)
+        ):
+            found = StepState(s.name, "done", f"job {record['job']}" if record["job"] else "")
+        elif holder is not None and not known_dead(holder):
+            found = StepState(s.name, "running", holder.describe())
+        elif record and record["status"] == "failed":
+            found = StepState(s.name, "failed", record["error"])
+        elif job_state == "CANCELLED":
+            found = StepState(
+                s.name, "cancelled", f"job {job}: cancelled, or a step it needs failed"
+            )
+        elif job_state in slurm.FAILED:
+            found = StepState(s.name, "failed", f"job {job} {job_state}")
+        elif s.stage in TRACKED and s.name in seen:
+            found = StepState(s.name, "done", "found in MLflow")
+        elif s.stage == "pretrain" and parse_step(s.name)[1]["method"] == "random_init":
+            found = StepState(s.name, "to do", "nothing to train")
         else:
-            state = "checked when run"
-        lines.append(f"{s.name:50s} {state}")
-    lines.append(f"{len(steps)} steps, {left} tracked steps left to run")
+            found = StepState(s.name, "to do", "" if s.stage in TRACKED else "checked when run")
+        out.append(found)
+    return out
+
+
+def _tracked_name(t: dict) -> str:
+    """The step name of a tracked MLflow run, from its tags."""
+    kind = t.get("bench.kind")
+    if kind == "pretrain":
+        return f"pretrain:{t.get('method')}:s{t.get('seed')}"
+    if kind == "tune":
+        return f"tune:{t.get('method')}:s{t.get('pretrain_seed', 0)}:{t.get('task')}"
+    if kind == "probe":
+        return (
+            f"probe:{t.get('method')}:s{t.get('pretrain_seed')}:{t.get('task')}"
+            f":p{t.get('probe_seed')}"
+        )
+    return ""
+
+
+def status_lines(states: list[StepState]) -> list[str]:
+    """A table of the steps and a summary line, for ``status`` and ``run --dry-run``."""
+    lines = [f"{s.name:50s} {s.state:9s} {s.detail}".rstrip() for s in states]
+    counts: dict[str, int] = {}
+    for s in states:
+        counts[s.state] = counts.get(s.state, 0) + 1
+    order = ("done", "running", "queued", "failed", "cancelled", "to do")
+    lines.append(
+        f"{len(states)} steps: " + ", ".join(f"{counts[k]} {k}" for k in order if k in counts)
+    )
     return lines

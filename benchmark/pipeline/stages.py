@@ -326,12 +326,15 @@ def run_pretrain(
     *,
     build_sources: bool = True,
     resume_only: bool = False,
+    must_exist: bool = False,
 ) -> PretrainedModel:
     """Stage ``pretrain`` for one method and seed (found finished, resumed, or trained).
 
     ``build_sources=False``: a method that pairs with sources needs stage ``separate`` to have
     run, else StageError naming the command (the plan orders the stages itself).
     ``resume_only``: StageError unless an unfinished run of this config exists to resume.
+    ``must_exist``: StageError unless the run is finished (a plan step after ``pretrain``
+    never trains).
     Raises ``ValueError`` for an unknown method.
     """
     from benchmark.pretrain.loop import is_complete, pretrain, pretrain_key
@@ -358,6 +361,19 @@ def run_pretrain(
     if is_complete(run_dir, key) and existing is not None and existing.info.status == "FINISHED":
         return PretrainedModel(
             method_name, seed, key, run_dir / "final.pt", existing.info.run_id, cached=True
+        )
+    if existing is not None and existing.info.status == "FINISHED":
+        # A tracking server outlives runs dirs: its run is finished, the weights are gone.
+        raise StageError(
+            f"MLflow run {existing.info.run_id} ({tracker.uri}) holds a finished pre-training "
+            f"of {method_name} seed {seed}, but its weights are not in {run_dir}: point "
+            "paths.runs_dir at the runs dir it was trained in, or delete that MLflow run"
+        )
+    if must_exist:
+        raise StageError(
+            f"{method_name} seed {seed} is not pre-trained yet (no finished run in {run_dir}): "
+            f"run `python -m benchmark pretrain --profile {cfg.profile} --method {method_name} "
+            f"--seed {seed}` first"
         )
     if resume_only and not (run_dir / "checkpoint.pt").is_file():
         raise StageError(

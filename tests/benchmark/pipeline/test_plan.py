@@ -74,7 +74,7 @@ def test_killed_run_resumes_without_duplicates(tmp_path):
 def _step(name, run_id, status="ran"):
     from benchmark.pipeline.plan import Step
 
-    return Step(name, name.split(":")[0], lambda: None, status=status, run_id=run_id)
+    return Step(name, name.split(":")[0], status=status, run_id=run_id)
 
 
 def test_plans_of_one_configuration_add_up_and_another_starts_afresh():
@@ -95,3 +95,52 @@ def test_plans_of_one_configuration_add_up_and_another_starts_afresh():
     other = merge_status(second, [_step("probe:cola:s0:fma:p0", "d")], {}, "other")
     assert list(other["steps"]) == ["probe:cola:s0:fma:p0"]
     assert other["steps"]["probe:cola:s0:fma:p0"]["run_id"] == "d"
+
+
+def test_step_names_parse_and_bad_names_say_what_is_expected():
+    from benchmark.pipeline.plan import parse_step
+
+    assert parse_step("data") == ("data", {})
+    assert parse_step("probe:msa_multi:s2:mtat_star:p4") == (
+        "probe",
+        {"method": "msa_multi", "seed": 2, "task": "mtat_star", "probe_seed": 4},
+    )
+    for bad in ("probe:cola:s0:fma", "pretrain:cola:0", "report", "tune:cola:s0:fma:p0"):
+        with pytest.raises(ValueError, match=f"not a plan step: '{bad}'"):
+            parse_step(bad)
+
+
+def test_plan_steps_are_picklable_calls_of_a_config_and_a_name():
+    import pickle
+
+    from benchmark.config import from_dict, resolve
+    from benchmark.pipeline.plan import build_plan, run_step
+
+    cfg = resolve("smoke")
+    steps = build_plan(cfg, ["random_init", "msa_vocals"], ["mtat", "mtat_star", "fma"])
+    for step in steps:
+        assert step.fn is run_step and step.args[1] == step.name
+        fn, args = pickle.loads(pickle.dumps((step.fn, step.args)))
+        assert fn is run_step and args == step.args
+    # The steps carry the narrowed lists: where they run, the command line is not known.
+    narrowed = from_dict(steps[0].args[0])
+    assert narrowed.benchmark.methods == ("random_init", "msa_vocals")
+    assert narrowed.results_hash() == cfg.results_hash()
+    deps = {s.name: s.deps for s in steps}
+    assert deps["pretrain:msa_vocals:s0"] == ["features:mtat", "separate:config"]
+    # Tasks on one corpus embed one after the other (the second finds the first's cache).
+    assert deps["embed:msa_vocals:s0:mtat_star"] == [
+        "pretrain:msa_vocals:s0",
+        "features:mtat",
+        "embed:msa_vocals:s0:mtat",
+    ]
+    assert deps["probe:msa_vocals:s0:fma:p3"] == [
+        "embed:msa_vocals:s0:fma",
+        "tune:msa_vocals:s0:fma",
+    ]
+    order = [s.name for s in steps]
+    assert all(order.index(d) < order.index(s.name) for s in steps for d in s.deps)
+    only = build_plan(cfg, ["cola"], ["fma"], ["probe"])
+    assert {s.stage for s in only} == {"data", "embed", "probe"}
+    with pytest.raises(ValueError, match="unknown stage.*: bogus"):
+        build_plan(cfg, ["cola"], ["fma"], ["bogus"])

@@ -1,0 +1,153 @@
+"""What the plan knows about each step, on the shared filesystem: records, submissions, locks.
+
+Every executor runs a step through :func:`benchmark.pipeline.plan.run_step`, which holds the
+step's lock while it works and leaves a *record* when it ends, so that whichever process (a
+pool worker, a Slurm job on another node) ran it, the command that reports, resubmits or shows
+progress finds out what happened:
+
+- ``<profile_dir>/plan/<results_hash>/steps/<step>.json``: the record of the step's last run
+  under this configuration (``status`` ran | done | failed, ``run_id``, ``error``, ``wall_s``,
+  ``host``, ``job``), written atomically;
+- ``<profile_dir>/plan/<results_hash>/jobs.json``: the Slurm job of each submitted step, and
+  ``plan.json``: the last plan submitted (for ``report`` by hand);
+- ``<cache_dir>/locks/<step>-<inputs>.lock``: the step's lock (:mod:`benchmark.pipeline.locks`),
+  named by the step and a hash of the config sections that shape its output, so that two plans
+  whose configurations differ only elsewhere (another probe setting) still never build the
+  same features or train the same model at once.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from pathlib import Path
+
+from benchmark.config import Config, stable_hash
+from benchmark.io import atomic_write_json, read_json
+from benchmark.pipeline.locks import StepLock, slurm_job
+
+# The config sections that shape a stage's output (cumulative: each stage reads the earlier
+# stages' outputs). Worker counts never shape an output and are left out.
+_INPUTS = {
+    "data": ("data",),
+    "features": ("data", "frontend"),
+    "separate": ("data", "frontend", "separation"),
+    "pretrain": ("data", "frontend", "separation", "encoder", "pretrain"),
+    "embed": ("data", "frontend", "separation", "encoder", "pretrain", "probe"),
+    "tune": ("data", "frontend", "separation", "encoder", "pretrain", "probe", "tune"),
+    "probe": ("data", "frontend", "separation", "encoder", "pretrain", "probe", "tune"),
+}
+_NOT_INPUTS = ("num_workers", "workers")
+
+
+def safe_name(step: str) -> str:
+    """A file name for a step name (``probe:cola:s0:fma:p1`` -> ``probe.cola.s0.fma.p1``)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", ".", step)
+
+
+def plan_dir(cfg: Config) -> Path:
+    """Where the records and submissions of this configuration's plans live."""
+    return cfg.profile_dir / "plan" / cfg.results_hash()
+
+
+def inputs_hash(cfg: Config, stage: str) -> str:
+    """Hash of the config sections that shape ``stage``'s outputs (``ValueError`` if unknown)."""
+    if stage not in _INPUTS:
+        raise ValueError(f"unknown stage {stage!r} (known: {', '.join(_INPUTS)})")
+    d = cfg.to_dict()
+    return stable_hash(
+        {
+            section: {k: v for k, v in d[section].items() if k not in _NOT_INPUTS}
+            for section in _INPUTS[stage]
+        }
+    )
+
+
+def step_lock(cfg: Config, step: str, stage: str) -> StepLock:
+    """The lock of ``step`` (see the module docstring), with the executor's lock timing."""
+    e = cfg.executor
+    path = cfg.cache_dir / "locks" / f"{safe_name(step)}-{inputs_hash(cfg, stage)}.lock"
+    return StepLock(path, what=step, heartbeat_s=e.lock_heartbeat_s, stale_s=e.lock_stale_s)
+
+
+def record_path(cfg: Config, step: str) -> Path:
+    return plan_dir(cfg) / "steps" / f"{safe_name(step)}.json"
+
+
+def write_record(
+    cfg: Config, step: str, stage: str, status: str, run_id: str = "", error: str = "", wall_s=0.0
+) -> dict:
+    """Record how ``step`` ended (``status`` ran | done | failed); returns the record."""
+    job, restart = slurm_job()
+    record = {
+        "step": step,
+        "stage": stage,
+        "status": status,
+        "run_id": run_id or "",
+        "error": error,
+        "wall_s": round(float(wall_s), 2),
+        "host": socket.gethostname(),
+        "job": job,
+        "restart": restart,
+        "finished": time.time(),
+    }
+    atomic_write_json(record_path(cfg, step), record)
+    return record
+
+
+def read_record(cfg: Config, step: str) -> dict | None:
+    """The record of ``step`` under this configuration, or None if it never ended."""
+    path = record_path(cfg, step)
+    return read_json(path) if path.is_file() else None
+
+
+def jobs_path(cfg: Config) -> Path:
+    return plan_dir(cfg) / "jobs.json"
+
+
+def read_jobs(cfg: Config) -> dict[str, dict]:
+    """Step name (or ``"report"``) -> ``{"job": Slurm job id, "submitted": time}``."""
+    path = jobs_path(cfg)
+    return read_json(path) if path.is_file() else {}
+
+
+def write_submitted_plan(cfg: Config, plan: list[tuple[str, str, list[str]]]) -> None:
+    """Keep the last submitted plan (step, stage, dependencies), for ``report`` by hand."""
+    atomic_write_json(plan_dir(cfg) / "plan.json", [list(p) for p in plan])
+
+
+def submitted_plan(cfg: Config) -> list[tuple[str, str, list[str]]] | None:
+    """The last plan of this configuration submitted to Slurm, or None."""
+    path = plan_dir(cfg) / "plan.json"
+    return [(n, s, list(d)) for n, s, d in read_json(path)] if path.is_file() else None
+
+
+def submit_lock(cfg: Config) -> StepLock:
+    """Held while a plan of this configuration is being submitted to Slurm (seconds), so that
+    two submissions at once see each other's jobs."""
+    e = cfg.executor
+    return StepLock(
+        plan_dir(cfg) / "submit.lock",
+        what="submit",
+        heartbeat_s=e.lock_heartbeat_s,
+        stale_s=e.lock_stale_s,
+    )
+
+
+def add_jobs(cfg: Config, jobs: dict[str, str]) -> None:
+    """Record newly submitted jobs (call with :func:`submit_lock` held)."""
+    now = time.time()
+    merged = {**read_jobs(cfg), **{k: {"job": v, "submitted": now} for k, v in jobs.items()}}
+    atomic_write_json(jobs_path(cfg), merged)
+
+
+def report_lock(cfg: Config) -> StepLock:
+    """Held while ``plan_status.json`` and the report of this profile are being written."""
+    e = cfg.executor
+    return StepLock(
+        cfg.profile_dir / "report.lock",
+        what="report",
+        heartbeat_s=e.lock_heartbeat_s,
+        stale_s=e.lock_stale_s,
+    )

@@ -1,0 +1,125 @@
+"""Executors without engines: a process pool gives the local leaderboard, two runs at once do
+each step once, a bad executor is a one-line error. (Slurm: tests/scaleout/test_plan_on_slurm.py.)"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from benchmark.data.synth import GENERATOR_VERSION
+from tests.fixtures import TINY_PRETRAIN
+
+ROOT = Path(__file__).resolve().parents[3]
+# A plan small enough for every test run: two methods, one task, two probe seeds, tuning on.
+PLAN = ["--methods", "random_init,cola", "--tasks", "fma"]
+OVERRIDES = [
+    *TINY_PRETRAIN,
+    "probe.seeds=0-1",
+    "probe.max_epochs=3",
+    "tune.num_trials=2",
+    "tune.max_epochs=2",
+    "benchmark.bootstrap_resamples=50",
+]
+
+
+def runs_with_corpus(runs: Path, synth_root: Path) -> Path:
+    """A fresh runs dir that reuses the session's smoke corpus (the data step finds it)."""
+    target = runs / "cache" / "synth" / f"smoke-s0-v{GENERATOR_VERSION}"
+    target.parent.mkdir(parents=True)
+    target.symlink_to(synth_root)
+    return runs
+
+
+def cli(runs: Path, command: str, *args: str, env=None, overrides=()) -> subprocess.Popen:
+    """``python -m benchmark <command> --profile smoke <args> <overrides>`` as a process."""
+    argv = [
+        sys.executable,
+        "-m",
+        "benchmark",
+        "--log-level",
+        "WARNING",
+        command,
+        "--profile",
+        "smoke",
+        *args,
+        f"paths.runs_dir={runs}",
+        *OVERRIDES,
+        *overrides,
+    ]
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.Popen(
+        argv, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def finish(proc: subprocess.Popen, timeout: float = 900) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+def mlflow_runs(tracking_uri: str) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name("mscol-smoke")
+    return client.search_runs([experiment.experiment_id], max_results=5000)
+
+
+def assert_each_step_once(runs: list) -> None:
+    """One MLflow run per content key, every one FINISHED."""
+    keys = Counter(r.data.tags["bench.key"] for r in runs)
+    assert max(keys.values()) == 1, [k for k, n in keys.items() if n > 1]
+    assert {r.info.status for r in runs} == {"FINISHED"}
+
+
+def leaderboard(runs: Path) -> str:
+    return (runs / "smoke" / "report" / "leaderboard.csv").read_text()
+
+
+def test_a_pool_of_two_processes_gives_the_local_leaderboard(synth_smoke, tmp_path):
+    local = runs_with_corpus(tmp_path / "local", synth_smoke[0])
+    pool = runs_with_corpus(tmp_path / "pool", synth_smoke[0])
+    finish(cli(local, "run", *PLAN))
+    out = finish(cli(pool, "run", *PLAN, "--executor", "processes", "--workers", "2"))
+    assert "0 failed or blocked" in out
+    assert leaderboard(pool) == leaderboard(local)
+    runs = mlflow_runs(f"sqlite:///{pool / 'mlflow.db'}")
+    assert_each_step_once(runs)
+    assert Counter(r.data.tags["bench.kind"] for r in runs)["probe"] == 2 * 2
+    status = finish(cli(pool, "status", *PLAN))
+    assert status.strip().splitlines()[-1] == "13 steps: 13 done"
+
+
+def test_two_runs_at_once_do_each_step_once(synth_smoke, tmp_path):
+    runs = runs_with_corpus(tmp_path / "runs", synth_smoke[0])
+    first = cli(runs, "run", *PLAN)
+    second = cli(runs, "run", *PLAN, "--executor", "processes")
+    finish(first)
+    finish(second)
+    assert_each_step_once(mlflow_runs(f"sqlite:///{runs / 'mlflow.db'}"))
+    records = list((runs / "smoke" / "plan").glob("*/steps/*.json"))
+    assert len(records) == 13
+    assert not list((runs / "cache" / "locks").glob("*.lock"))  # all released
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["executor.kind=cluster"], "executor.kind must be one of local, processes, slurm"),
+        (["--executor", "processes", "executor.workers=0"], "executor.workers must be >= 1"),
+        (["--executor", "slurm"], "executor.kind=slurm needs stores that jobs on other nodes"),
+    ],
+)
+def test_an_executor_that_cannot_run_is_a_one_line_error(tmp_path, args, message):
+    options = [a for a in args if "=" not in a]
+    proc = cli(tmp_path / "runs", "run", *PLAN, *options, overrides=[a for a in args if "=" in a])
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 2, out
+    (line,) = out.strip().splitlines()
+    assert line.startswith("error: ") and message in line
