@@ -10,7 +10,7 @@ ARGS   ?=
 # Makefile's own become config overrides.
 OVERRIDES := $(filter-out PROFILE=% ARGS=% PYTHON=%,$(-*-command-variables-*-))
 
-.PHONY: install test test-slow benchmark bench lint clean
+.PHONY: install test test-slow benchmark bench lint clean tracking-server tracking-server-stop
 
 # Recreate the install when pyproject.toml changes (the stamp is older than it).
 $(STAMP): pyproject.toml
@@ -30,6 +30,14 @@ test-slow: $(STAMP)
 # `make benchmark PROFILE=smoke key=value ...`: extra words on the command line become overrides.
 benchmark: $(STAMP)
 	$(PY) -m benchmark run --profile $(PROFILE) $(OVERRIDES) $(ARGS)
+
+# A local MLflow tracking server on PostgreSQL (data under runs/tracking-server/), for plans
+# whose steps run in several processes or Slurm jobs; it prints the URIs to set.
+tracking-server: $(STAMP)
+	$(PY) -m benchmark tracking-server start
+
+tracking-server-stop: $(STAMP)
+	$(PY) -m benchmark tracking-server stop
 
 bench: $(STAMP)
 	$(PY) -m benchmark.perf $(ARGS)

@@ -32,6 +32,7 @@ import atexit
 import contextlib
 import ctypes
 import glob
+import json
 import logging
 import os
 import pwd
@@ -660,11 +661,13 @@ class PostgresServer:
         """SQLAlchemy URL, e.g. ``postgresql+psycopg2://mscol@127.0.0.1:5433/mscol``."""
         return f"{driver}://{self.db_user}@{LOOPBACK}:{self.port}/{database}"
 
-    def create_database(self, name: str) -> str:
-        """Create database ``name`` (owned by :attr:`db_user`); returns its SQLAlchemy URL."""
+    def create_database(self, name: str, exist_ok: bool = False) -> str:
+        """Create database ``name`` (owned by :attr:`db_user`); returns its SQLAlchemy URL.
+
+        ``exist_ok``: a database of that name is fine (a restarted server keeps its data)."""
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", name):
             raise ValueError(f"database name {name!r}: letters, digits and _ only")
-        _run(
+        done = _run(
             [
                 str(self.bindir / "createdb"),
                 "-h",
@@ -676,7 +679,10 @@ class PostgresServer:
                 name,
             ],
             timeout=30,
+            check=False,
         )
+        if done.returncode != 0 and not (exist_ok and "already exists" in done.stderr):
+            raise ServiceError(f"createdb {name} failed ({done.returncode}): {done.stderr.strip()}")
         return self.url(name)
 
     def ready(self) -> bool:
@@ -933,3 +939,138 @@ def start_mlflow_server(
     server.started_s = time.monotonic() - t0
     log.info("mlflow server up in %.1f s at %s", server.started_s, uri)
     return server
+
+
+# ---------------------------------------------------------------------------------------------
+# A user's tracking server: PostgreSQL + ``mlflow server`` that outlive the command
+# ---------------------------------------------------------------------------------------------
+
+TRACKING_STATE = "server.json"  # in the server's folder: pids, markers, ports, URIs
+
+
+def detach(service) -> None:
+    """Let a service started with ``bound=False`` outlive this process: it is no longer
+    stopped at interpreter exit (stopping it becomes the caller's business)."""
+    _unregister(service)
+
+
+def _tracking_state(folder: Path) -> dict:
+    path = folder / TRACKING_STATE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _write_tracking_state(folder: Path, info: dict) -> None:
+    tmp = folder / f".{TRACKING_STATE}.tmp"
+    tmp.write_text(json.dumps(info, indent=2, sort_keys=True))
+    os.replace(tmp, folder / TRACKING_STATE)
+
+
+def _tracking_lines(info: dict, state: str) -> list[str]:
+    return [
+        f"tracking server {state} (folder {info['folder']})",
+        f"  paths.tracking_uri={info['tracking_uri']}",
+        f"  paths.optuna_storage={info['optuna_storage']}",
+    ]
+
+
+def _running(info: dict) -> bool:
+    return bool(info.get("running")) and all(
+        info[k]["pid"] in marked_processes(info[k]["marker"]) for k in ("postgres", "mlflow")
+    )
+
+
+def start_tracking_server(folder: Path, timeout: float = 180) -> list[str]:
+    """Start PostgreSQL (durable, databases ``mlflow`` and ``optuna``) and an ``mlflow server``
+    on it (artifacts served from ``folder/artifacts``), both on 127.0.0.1, both outliving this
+    process; the state file ``folder/server.json`` lets :func:`stop_tracking_server` stop them.
+
+    Idempotent: a server already running is left as it is. A restart reuses the ports of the
+    previous start (when free), so the URIs a configuration holds stay valid. Returns the lines
+    to print (the two URIs to set as ``paths.tracking_uri`` and ``paths.optuna_storage``).
+    Raises :class:`ServiceUnavailable` without PostgreSQL, :class:`ServiceError` when a server
+    fails to start (the log file is named).
+    """
+    folder = Path(folder).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    info = _tracking_state(folder)
+    if info and _running(info):
+        return _tracking_lines(info, "already running")
+
+    def port(kind: str) -> int | None:
+        previous = info.get(kind, {}).get("port")
+        if previous is None:
+            return None
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            return previous if s.connect_ex((LOOPBACK, previous)) != 0 else None
+
+    for kind in ("mlflow", "postgres"):  # leftovers of a server that died half-way
+        if info.get(kind, {}).get("marker"):
+            sweep(info[kind]["marker"])
+    if os.geteuid() == 0 and not _reachable(folder):
+        raise ServiceError(
+            f"{folder} is not reachable by the PostgreSQL user (running as root): choose a "
+            "folder whose parents all allow others to enter (chmod o+x), e.g. under runs/"
+        )
+    pg = start_postgres(
+        folder / "postgres", port=port("postgres"), database="", durable=True, bound=False
+    )
+    try:
+        backend = pg.create_database("mlflow", exist_ok=True)
+        optuna_url = pg.create_database("optuna", exist_ok=True)
+        server = start_mlflow_server(
+            backend,
+            folder / "artifacts",
+            port=port("mlflow"),
+            timeout=timeout,
+            log_path=folder / "mlflow.log",
+            bound=False,
+        )
+    except BaseException:
+        pg.stop()
+        raise
+    assert pg.daemon is not None and server.daemon is not None
+    info = {
+        "folder": str(folder),
+        "running": True,
+        "started": time.time(),
+        "postgres": {"pid": pg.daemon.popen.pid, "marker": pg.marker, "port": pg.port},
+        "mlflow": {"pid": server.daemon.popen.pid, "marker": server.marker, "port": server.port},
+        "tracking_uri": server.uri,
+        "optuna_storage": optuna_url,
+    }
+    _write_tracking_state(folder, info)
+    detach(pg)
+    detach(server)
+    return _tracking_lines(info, "started")
+
+
+def stop_tracking_server(folder: Path, timeout: float = 60) -> list[str]:
+    """Stop the tracking server of ``folder`` (MLflow first, then PostgreSQL's fast shutdown);
+    only processes carrying the markers of its state file are signalled. Idempotent."""
+    folder = Path(folder).resolve()
+    info = _tracking_state(folder)
+    if not info:
+        return [f"no tracking server in {folder}"]
+    sweep(info["mlflow"]["marker"], timeout)
+    pg_pid, pg_marker = info["postgres"]["pid"], info["postgres"]["marker"]
+    if pg_pid in marked_processes(pg_marker):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pg_pid, signal.SIGINT)  # fast shutdown: disconnect clients, checkpoint
+        with contextlib.suppress(ServiceError):
+            wait_until(lambda: pg_pid not in marked_processes(pg_marker), timeout, "PostgreSQL")
+    sweep(pg_marker, timeout)
+    info["running"] = False
+    _write_tracking_state(folder, info)
+    return _tracking_lines(info, "stopped")
+
+
+def tracking_server_status(folder: Path) -> list[str]:
+    """Whether the tracking server of ``folder`` runs and answers, and its URIs."""
+    folder = Path(folder).resolve()
+    info = _tracking_state(folder)
+    if not info:
+        return [f"no tracking server in {folder}"]
+    if not _running(info):
+        return _tracking_lines(info, "stopped")
+    healthy = http_ok(f"{info['tracking_uri']}/health")
+    return _tracking_lines(info, "running" if healthy else "running but not answering")
