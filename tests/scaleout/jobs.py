@@ -6,11 +6,13 @@ multiprocessing worker import them by name; nothing here may depend on pytest.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import submitit
@@ -54,18 +56,28 @@ def accounting_enabled() -> bool:
     return bool(match) and match.group(1) != "accounting_storage/none"
 
 
-def slurm_executor(folder: Path, **parameters) -> submitit.AutoExecutor:
+@contextlib.contextmanager
+def slurm_executor(folder: Path, **parameters) -> Iterator[submitit.AutoExecutor]:
     """``AutoExecutor(cluster="slurm")``; job states from squeue when sacct cannot answer.
 
-    The watcher is a class attribute of ``submitit.SlurmJob`` (one per process), and the only
-    way in: ``job_class`` of the executor would not do, because submitit builds the jobs of an
-    array as ``SlurmJob`` whatever the class (submitit 1.5.4, slurm.py:347).
+    The watcher is a class attribute of ``submitit.SlurmJob``, shared by the whole process, and
+    the only way in: ``job_class`` of the executor would not do, because submitit builds the
+    jobs of an array as ``SlurmJob`` whatever the class (submitit 1.5.4, slurm.py:347). So it
+    is installed for the ``with`` block only and the previous watcher put back afterwards:
+    nothing else in the process (another test, the pipeline) sees a watcher it did not ask for.
+    The pipeline itself never needs it (:mod:`benchmark.pipeline.slurm` asks squeue directly).
     """
-    if not accounting_enabled() and not isinstance(submitit.SlurmJob.watcher, SqueueWatcher):
+    previous = submitit.SlurmJob.watcher
+    if not accounting_enabled():
         submitit.SlurmJob.watcher = SqueueWatcher(delay_s=30)
-    executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
-    executor.update_parameters(**{"timeout_min": 10, "mem_gb": 1, "cpus_per_task": 1, **parameters})
-    return executor
+    try:
+        executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+        executor.update_parameters(
+            **{"timeout_min": 10, "mem_gb": 1, "cpus_per_task": 1, **parameters}
+        )
+        yield executor
+    finally:
+        submitit.SlurmJob.watcher = previous
 
 
 # -- Slurm jobs -------------------------------------------------------------------------------

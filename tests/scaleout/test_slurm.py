@@ -36,17 +36,18 @@ def test_array_then_dependent_job(slurm_cluster, tmp_path):
     """An array of 2 jobs and a job that starts only after both succeeded (afterok)."""
     out = tmp_path / "out"
     out.mkdir()
-    executor = jobs.slurm_executor(tmp_path / "submitit", name="square")
-    array = executor.map_array(jobs.square_to_file, [1, 2], [str(out)] * 2)
-    assert len(array) == 2 and len({j.job_id.split("_")[0] for j in array}) == 1  # one array
-    executor.update_parameters(
-        name="sum",
-        slurm_additional_parameters={"dependency": "afterok:" + ":".join(j.job_id for j in array)},
-    )
-    dependent = executor.submit(jobs.sum_files, str(out))
-
-    results = [j.result() for j in array]
-    summary = dependent.result()
+    with jobs.slurm_executor(tmp_path / "submitit", name="square") as executor:
+        array = executor.map_array(jobs.square_to_file, [1, 2], [str(out)] * 2)
+        assert len(array) == 2 and len({j.job_id.split("_")[0] for j in array}) == 1
+        executor.update_parameters(
+            name="sum",
+            slurm_additional_parameters={
+                "dependency": "afterok:" + ":".join(j.job_id for j in array)
+            },
+        )
+        dependent = executor.submit(jobs.sum_files, str(out))
+        results = [j.result() for j in array]
+        summary = dependent.result()
 
     assert [r["value"] for r in results] == [1, 4]
     assert sorted(r["array_task"] for r in results) == ["0", "1"]
@@ -54,19 +55,18 @@ def test_array_then_dependent_job(slurm_cluster, tmp_path):
     assert summary["started"] >= max(r["ended"] for r in results)
     # The result file comes before the end of the job: its state follows within a moment.
     for job in [*array, dependent]:
-        _wait(lambda j=job: j.watcher.get_state(j.job_id, mode="force") == "COMPLETED", 30, "end")
+        _wait(lambda j=job: slurm_cluster.job_state(j.job_id) == "COMPLETED", 30, "end")
 
 
 def test_checkpointable_job_is_requeued_and_resumes(slurm_cluster, tmp_path):
     """Preemption as submitit's own helper sends it (SIGTERM, then USR2): checkpoint, requeue,
     resume from the checkpoint and return the right result."""
     progress = tmp_path / "progress"
-    executor = jobs.slurm_executor(tmp_path / "submitit", name="countdown")
-    job = executor.submit(jobs.Countdown(), 16, 0.25, str(progress))
-    _wait(lambda: progress.exists() and int(progress.read_text() or 0) >= 3, 60, "3 steps done")
-
-    job._interrupt()  # scancel --signal SIGTERM, then scancel --signal USR2 (preemption)
-    result = job.result()
+    with jobs.slurm_executor(tmp_path / "submitit", name="countdown") as executor:
+        job = executor.submit(jobs.Countdown(), 16, 0.25, str(progress))
+        _wait(lambda: progress.exists() and int(progress.read_text() or 0) >= 3, 60, "3 steps")
+        job._interrupt()  # scancel --signal SIGTERM, then scancel --signal USR2 (preemption)
+        result = job.result()
 
     assert result["position"] == 16
     assert result["restarts"] == 1
@@ -77,15 +77,28 @@ def test_checkpointable_job_is_requeued_and_resumes(slurm_cluster, tmp_path):
 
 def test_cancelled_job_is_observable(slurm_cluster, tmp_path):
     progress = tmp_path / "progress"
-    executor = jobs.slurm_executor(tmp_path / "submitit", name="sleeper")
-    job = executor.submit(jobs.sleep_for, 300, str(progress))
-    _wait(progress.exists, 60, "the job to start")
-    assert job.state == "RUNNING"
+    with jobs.slurm_executor(tmp_path / "submitit", name="sleeper") as executor:
+        job = executor.submit(jobs.sleep_for, 300, str(progress))
+        _wait(progress.exists, 60, "the job to start")
+        assert job.state == "RUNNING"
 
-    job.cancel()  # scancel <id>
+        job.cancel()  # scancel <id>
 
-    _wait(lambda: job.watcher.get_state(job.job_id, mode="force") == "CANCELLED", 30, "CANCELLED")
-    assert slurm_cluster.job_state(job.job_id) == "CANCELLED"
-    job._results_timeout_s = 0  # no result will come: don't wait 15 s for the file to appear
-    with pytest.raises(UncompletedJobError, match="has not produced any output"):
-        job.result()
+        _wait(
+            lambda: job.watcher.get_state(job.job_id, mode="force") == "CANCELLED",
+            30,
+            "CANCELLED",
+        )
+        assert slurm_cluster.job_state(job.job_id) == "CANCELLED"
+        job._results_timeout_s = 0  # no result will come: don't wait 15 s for the file
+        with pytest.raises(UncompletedJobError, match="has not produced any output"):
+            job.result()
+
+
+def test_the_squeue_watcher_is_installed_only_inside_the_block(slurm_cluster, tmp_path):
+    import submitit
+
+    before = submitit.SlurmJob.watcher
+    with jobs.slurm_executor(tmp_path / "submitit"):
+        assert isinstance(submitit.SlurmJob.watcher, jobs.SqueueWatcher)
+    assert submitit.SlurmJob.watcher is before
