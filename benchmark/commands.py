@@ -373,7 +373,7 @@ def cmd_run(args, cfg):
     )
     for s in failed:
         print(f"  {s.status}: {s.name}: {s.error}")
-    print(f"report: {paths.get('leaderboard.md', cfg.profile_dir / 'report')}")
+    print(f"report: {paths.get('leaderboard.md', 'none (no probe in this plan)')}")
     return 1 if failed else 0
 
 

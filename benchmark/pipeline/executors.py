@@ -218,7 +218,7 @@ class ReportJob:
         config = from_dict(cfg)
         steps = steps_from_records(config, plan)
         _, paths = finish(config, open_context(config, progress=False).require_tracker(), steps)
-        return str(paths.get("leaderboard.md", ""))
+        return str(paths.get("leaderboard.md", "no report: no probe in this plan"))
 
 
 def steps_from_records(cfg: Config, plan: list[tuple[str, str, list[str]]]) -> list[Step]:

@@ -320,7 +320,8 @@ def finish(cfg: Config, tracker: Tracker, steps: list[Step]) -> tuple[dict, dict
     report from exactly its runs. Returns (the status, report file name -> path).
 
     Two finishing plans of one configuration (two report jobs) take turns, so neither loses
-    the other's steps from ``plan_status.json``.
+    the other's steps from ``plan_status.json``. A plan without probe steps (``--only
+    pretrain``) has nothing to report: no report, an empty dict of paths.
     """
     from benchmark.pipeline.report import make_report
 
@@ -329,6 +330,9 @@ def finish(cfg: Config, tracker: Tracker, steps: list[Step]) -> tuple[dict, dict
         previous = read_json(status_file) if status_file.is_file() else {}
         status = merge_status(previous, steps, stage_walls(steps), cfg.results_hash())
         atomic_write_json(status_file, status)
+        if not any(s.stage == "probe" for s in steps):
+            log.info("no probe in this plan: no report")
+            return status, {}
         t0 = time.perf_counter()
         paths = make_report(cfg, tracker, plan_status=status)
         status["stage_wall_s"]["report"] = round(time.perf_counter() - t0, 1)
