@@ -1,6 +1,6 @@
 """The import rules of docs/CONTRACTS.md, checked on the source: no import cycles between the
 project's modules, imports only downwards through the layers, plugins and reports import only
-what their contract allows, and one module each talks to MLflow and to Optuna.
+what their contract allows, and one module each talks to MLflow, Optuna and submitit.
 
 Every ``import`` counts, at module level or inside a function: a lazy import still couples two
 modules, and it is where cycles hide.
@@ -50,7 +50,11 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "benchmark.evaluation.metrics": ("benchmark", "benchmark.evaluation"),
 }
 # Third-party packages only one module may import.
-ONLY_IN = {"mlflow": "benchmark.pipeline.tracking", "optuna": "benchmark.evaluation.tuning"}
+ONLY_IN = {
+    "mlflow": "benchmark.pipeline.tracking",
+    "optuna": "benchmark.evaluation.tuning",
+    "submitit": "benchmark.pipeline.executors",
+}
 # `make bench` builds its in-memory pair corpus with the test fixtures (a tool, not a layer).
 OUTSIDE = {("benchmark.perf", "tests.fixtures")}
 
