@@ -30,6 +30,8 @@ from benchmark.errors import ConfigError
 PROFILE_DIR = Path(__file__).parent / "profiles"
 # Sections that say where and what to run, never how a result is computed.
 PLACEMENT_SECTIONS = ("paths", "benchmark", "executor")
+# Keys of other sections that say how many processes do the work, never what it computes.
+PLACEMENT_KEYS = {"tune": ("workers",)}
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,8 @@ class TuneConfig:
     sampler_seed: int = 0  # TPE sampler seed, equal for every method (ours)
     probe_seed: int = 0  # probe seed used inside trials (ours)
     max_epochs: int = 20  # probe epochs per trial (ours)
+    lag: int = 3  # trial n's TPE sees trials < n - lag: any number of workers, same trials (ours)
+    workers: int = 1  # processes sharing one study; placement only, not in the results hash (ours)
 
 
 @dataclass(frozen=True)
@@ -263,12 +267,23 @@ class Config:
     def results_hash(self) -> str:
         """Hash of what shapes the results: everything but where outputs go (``paths``),
         which methods/tasks to run and how to report them (``benchmark``) and where the steps
-        run (``executor``: every executor gives the same numbers)."""
-        d = self.to_dict()
-        return stable_hash({k: v for k, v in d.items() if k not in PLACEMENT_SECTIONS})
+        run (``executor``, ``tune.workers``: any placement gives the same numbers)."""
+        return stable_hash(without_placement(self.to_dict()))
 
 
 # -- helpers ---------------------------------------------------------------------------
+
+
+def without_placement(d: dict) -> dict:
+    """A config dict without what only places the work (:data:`PLACEMENT_SECTIONS`,
+    :data:`PLACEMENT_KEYS`): what shapes the results."""
+    return {
+        k: {kk: vv for kk, vv in v.items() if kk not in PLACEMENT_KEYS.get(k, ())}
+        if isinstance(v, dict)
+        else v
+        for k, v in d.items()
+        if k not in PLACEMENT_SECTIONS
+    }
 
 
 def to_dict(obj) -> dict:

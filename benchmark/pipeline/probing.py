@@ -56,9 +56,8 @@ def probe_params(cfg: Config, task, method_name: str, emb_key: str, mode: str | 
 def tune_key(cfg: Config, task_name: str, emb_key: str) -> str:
     """What a tuning result depends on: the search budget, the probe setup and the embeddings
     (which carry ``probe.train_hop_frames``)."""
-    return stable_hash(
-        {"tune": to_dict(cfg.tune), "emb": emb_key, "task": task_name, "probe": _training(cfg)}
-    )
+    tune = {k: v for k, v in to_dict(cfg.tune).items() if k != "workers"}  # placement only
+    return stable_hash({"tune": tune, "emb": emb_key, "task": task_name, "probe": _training(cfg)})
 
 
 def _training(cfg: Config) -> dict:
@@ -131,6 +130,8 @@ def run_tune(ctx: Context, model: PretrainedModel, task) -> dict:
                 {"trial_value": tr["value"] if tr["value"] is not None else float("nan")},
                 tr["number"],
             ),
+            workers=t.workers,
+            lag=t.lag,
         )
         out = {
             "best_params": result.best_params.__dict__,
@@ -139,7 +140,7 @@ def run_tune(ctx: Context, model: PretrainedModel, task) -> dict:
             "study": study,
         }
         h.artifact_dict(out, "tuning.json")
-        h.metrics({"best_valid": result.best_value})
+        h.metrics({"best_valid": result.best_value, "trials_beyond_budget": result.beyond_budget})
     atomic_write_json(path, out)
     return out
 

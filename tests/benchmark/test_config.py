@@ -103,6 +103,18 @@ def test_results_hash_ignores_where_outputs_go_and_what_is_listed():
     assert resolve("smoke", ["probe.standardize=false"]).results_hash() != base.results_hash()
 
 
+def test_tuning_workers_are_placement_and_the_lag_is_not():
+    base = resolve("smoke")
+    assert resolve("smoke", ["tune.workers=4"]).results_hash() == base.results_hash()
+    assert resolve("smoke", ["tune.lag=0"]).results_hash() != base.results_hash()
+    # ... and a tuning result of one worker is found by a plan with four.
+    from benchmark.pipeline.probing import tune_key
+
+    four = resolve("smoke", ["tune.workers=4"])
+    assert tune_key(four, "fma", "emb") == tune_key(base, "fma", "emb")
+    assert tune_key(resolve("smoke", ["tune.lag=0"]), "fma", "emb") != tune_key(base, "fma", "emb")
+
+
 def test_executor_section_is_typed_and_shapes_no_result():
     base = resolve("smoke")
     assert base.executor.kind == "local" and base.executor.pretrain.gpus == 1  # paper-sized

@@ -200,50 +200,6 @@ def make_per_trial_sampler(seed: int):
     return PerTrialRandomSampler(seed=seed)
 
 
-def make_lagged_tpe_sampler(seed: int, lag: int, n_startup_trials: int = 4):
-    """TPE that gives trial n the same parameters whatever the number or speed of workers.
-
-    Trial n's parameters come from a TPE seeded with (seed, n) and fitted on the COMPLETE
-    trials numbered below n - ``lag`` only, once all of those have finished (the worker waits,
-    failing stale trials of dead workers meanwhile). With W workers, W - 1 <= ``lag`` keeps
-    waits rare; the price is a history ``lag`` trials older than a sequential TPE's. A
-    prototype for ``benchmark.evaluation.tuning`` (fixed search space :data:`SEARCH`).
-    """
-    import numpy as np
-    import optuna
-    from optuna.distributions import FloatDistribution
-    from optuna.trial import TrialState
-
-    space = {k: FloatDistribution(lo, hi) for k, (lo, hi) in SEARCH.items()}
-
-    class LaggedTPESampler(optuna.samplers.BaseSampler):
-        def infer_relative_search_space(self, study, trial):
-            return dict(space)
-
-        def sample_relative(self, study, trial, search_space):
-            horizon = trial.number - lag
-            while True:
-                past = [t for t in study.get_trials(deepcopy=False) if t.number < horizon]
-                if all(t.state.is_finished() for t in past):
-                    break
-                optuna.storages.fail_stale_trials(study)
-                time.sleep(0.1)
-            trial_seed = int(np.random.SeedSequence([seed, trial.number]).generate_state(1)[0])
-            replay = optuna.create_study(
-                direction=study.direction,
-                sampler=optuna.samplers.TPESampler(
-                    seed=trial_seed, n_startup_trials=n_startup_trials
-                ),
-            )
-            replay.add_trials([t for t in past if t.state == TrialState.COMPLETE])
-            return dict(replay.ask(fixed_distributions=space).params)
-
-        def sample_independent(self, study, trial, param_name, param_distribution):
-            raise ValueError(f"{param_name} is outside the fixed search space")
-
-    return LaggedTPESampler()
-
-
 def storage(url: str, retry: bool = False):
     import optuna
 
@@ -265,14 +221,13 @@ def optuna_worker(
     seed: int,
     retry: bool = False,
     start_at: float = 0.0,
-    sampler: str = "per-trial",
 ):
     """Optimise the study until it holds ``total`` COMPLETE trials (counted by any worker).
 
     ``start_at``: a ``time.time()`` before which the worker does not begin (after its imports).
-    ``sampler``: "per-trial" (:func:`make_per_trial_sampler`) or "lagged-tpe"
-    (:func:`make_lagged_tpe_sampler`, lag 2). A trial lasts up to ``trial_s`` seconds, a
-    random fraction of it, so that workers finish out of order.
+    Parameters from :func:`make_per_trial_sampler` (the project's own sampler, TPE on a lagged
+    history, is tested through ``benchmark.evaluation.tuning``). A trial lasts up to ``trial_s``
+    seconds, a random fraction of it, so that workers finish out of order.
     """
     import random
 
@@ -280,10 +235,9 @@ def optuna_worker(
     from optuna.trial import TrialState
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    chosen = (
-        make_per_trial_sampler(seed) if sampler == "per-trial" else make_lagged_tpe_sampler(seed, 2)
+    study = optuna.load_study(
+        study_name=study_name, storage=storage(url, retry), sampler=make_per_trial_sampler(seed)
     )
-    study = optuna.load_study(study_name=study_name, storage=storage(url, retry), sampler=chosen)
     time.sleep(max(0.0, start_at - time.time()))
 
     def objective(trial):

@@ -129,39 +129,132 @@ def test_two_workers_share_a_study_to_a_fixed_budget(fresh_database):
         assert t.params == pytest.approx(jobs.per_trial_params(SEED, t.number))
 
 
-def _run_workers(url: str, name: str, n_workers: int, total: int, sampler: str) -> list:
-    """Parameters by trial number after ``n_workers`` processes optimised a new study."""
-    study = _study(url, name)
-    ctx = multiprocessing.get_context("spawn")
-    start_at = time.time() + 3  # after every worker's imports
-    workers = [
-        ctx.Process(
-            target=jobs.optuna_worker,
-            kwargs=dict(
-                url=url,
-                study_name=name,
-                total=total,
-                trial_s=0.3,
-                seed=SEED,
-                start_at=start_at,
-                sampler=sampler,
-            ),
-        )
-        for _ in range(n_workers)
-    ]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join(120)
-    assert [w.exitcode for w in workers] == [0] * n_workers
-    return [(t.number, t.params) for t in study.get_trials()]
+# -- the project's tuning (benchmark.evaluation.tuning) on PostgreSQL -------------------------
 
 
-def test_lagged_tpe_gives_the_same_trials_with_one_or_two_workers(fresh_database):
-    """TPE fitted on trials numbered < n - lag (seeded with (seed, n)): trial n's parameters do
-    not depend on how many workers ran the study, nor on which finished first."""
-    total = 10  # 4 random start-up trials, then 6 TPE trials
-    one = _run_workers(fresh_database, "lagged-1", 1, total, "lagged-tpe")
-    two = _run_workers(fresh_database, "lagged-2", 2, total, "lagged-tpe")
-    assert len(one) == total and total <= len(two) <= total + 1
-    assert two[:total] == one
+def test_tune_steps_creating_the_schema_at_once_all_succeed(postgres_server, request):
+    """Parallel tune steps open a new PostgreSQL database at once: one creates Optuna's
+    schema, the others' CREATE fails on the duplicate and they try again. (Threads, each with
+    its own connection, make the race tight enough to happen every time without the retry.)"""
+    import threading
+
+    from benchmark.evaluation.tuning import init_storage
+
+    for attempt in range(3):
+        url = postgres_server.create_database(f"schema_{attempt}_{time.monotonic_ns() % 10**6}")
+        barrier = threading.Barrier(6)
+        errors = []
+
+        def create(url=url, barrier=barrier, errors=errors):
+            try:
+                barrier.wait(60)
+                init_storage(url)
+            except Exception as exc:  # noqa: BLE001 (collected, asserted below)
+                errors.append(exc)
+
+        threads = [threading.Thread(target=create) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert errors == []
+
+
+def _tune_in_thread(url: str, name: str, workers: int, out: dict, **kwargs):
+    """``tune_probe`` on a planted problem (trials of ~1 s), in a thread of this process (its
+    spawned workers are separate processes); the result or the exception lands in ``out``."""
+    import functools
+    import threading
+
+    from tests.benchmark.evaluation import test_tuning as t
+
+    train, valid, _ = t._splits(0)
+
+    def target():
+        try:
+            out["result"] = t._tune(
+                url,
+                name,
+                train,
+                valid,
+                kwargs.pop("num_trials", 8),
+                workers=workers,
+                lag=1,
+                score_fn=functools.partial(t._slowly, t.SCORE_FN, 0.5),
+                **kwargs,
+            )
+        except BaseException as exc:  # noqa: BLE001 (re-raised by the test)
+            out["error"] = exc
+
+    thread = threading.Thread(target=target, name=f"tune {name}")
+    thread.start()
+    return thread
+
+
+def _finished(thread, out: dict, timeout: float = 300):
+    thread.join(timeout)
+    assert not thread.is_alive(), "tune_probe did not end"
+    if "error" in out:
+        raise out["error"]
+    return out["result"]
+
+
+def test_tune_probe_with_two_workers_gives_the_trials_of_one(fresh_database):
+    """The project's sampler (TPE on a lagged history, seeded per trial number) and budget on
+    a database server: one worker and two give the same counted trials and the same best."""
+    one, two = {}, {}
+    a = _finished(_tune_in_thread(fresh_database, "one", 1, one), one)
+    b = _finished(_tune_in_thread(fresh_database, "two", 2, two), two)
+
+    def essentials(result):
+        return [(t["number"], t["params"], t["state"], t["value"]) for t in result.trials]
+
+    assert essentials(b) == essentials(a)
+    assert (b.best_params, b.best_value) == (a.best_params, a.best_value)
+    import optuna
+
+    pids = {
+        t.user_attrs["pid"]
+        for t in optuna.load_study(study_name="two", storage=fresh_database).trials
+    }
+    assert len(pids) == 2
+
+
+def test_a_killed_tuning_worker_is_failed_by_the_heartbeat_and_the_budget_stays_exact(
+    fresh_database,
+):
+    import optuna
+    from optuna.trial import TrialState
+
+    from benchmark.evaluation.tuning import init_storage
+
+    init_storage(fresh_database)  # before the test watches the study from this thread
+    out: dict = {}
+    thread = _tune_in_thread(
+        fresh_database, "killed", 2, out, num_trials=8, heartbeat_s=1, grace_s=GRACE_S
+    )
+
+    def worker_trial():
+        try:
+            study = optuna.load_study(study_name="killed", storage=fresh_database)
+        except KeyError:  # not created yet
+            return None
+        running = [
+            t
+            for t in study.get_trials(states=(TrialState.RUNNING,))
+            if t.user_attrs.get("pid", os.getpid()) != os.getpid()
+        ]
+        return running[0] if running else None
+
+    _wait(lambda: worker_trial() is not None, 120, "a trial of the spawned worker")
+    victim = worker_trial()
+    os.kill(victim.user_attrs["pid"], signal.SIGKILL)
+    result = _finished(thread, out)
+
+    trials = optuna.load_study(study_name="killed", storage=fresh_database).get_trials()
+    assert trials[victim.number].state == TrialState.FAIL
+    assert not [t for t in trials if not t.state.is_finished()], "no trial left unfinished"
+    counted = [t for t in result.trials if t["state"] == "COMPLETE"]
+    assert len(counted) == 8 and result.trials[-1]["state"] == "COMPLETE"
+    assert victim.number in [t["number"] for t in result.trials if t["state"] == "FAIL"]
+    assert result.best_value == max(t["value"] for t in counted)

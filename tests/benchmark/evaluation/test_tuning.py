@@ -1,10 +1,14 @@
 """Optuna tuning: trial budget, resumption, equal budgets across methods, no test data."""
 
+import functools
 import inspect
+import os
+import time
 
 import numpy as np
 import optuna
 import pytest
+from optuna.trial import TrialState as TS
 
 import benchmark.evaluation.tuning as tuning
 from benchmark.evaluation.metrics import primary_score_fn
@@ -176,3 +180,58 @@ def test_invalid_budget_raises(storage):
     train, valid, _ = _splits(0)
     with pytest.raises(ValueError, match="num_trials"):
         _tune(storage, "m/t", train, valid, 0)
+
+
+def _slowly(score_fn, seconds, targets, scores):
+    """``score_fn`` that takes ``seconds`` longer: trials long enough for two workers."""
+    time.sleep(seconds)
+    return score_fn(targets, scores)
+
+
+def test_two_workers_give_the_trials_of_one_worker(storage):
+    """Two processes share one study (SQLite here; PostgreSQL: tests/scaleout): the counted
+    trials, their parameters, values and the best are those of one worker."""
+    train, valid, _ = _splits(0)
+    slow = functools.partial(_slowly, SCORE_FN, 0.4)
+    options = dict(score_fn=slow, baseline_params=ProbeParams(lr=3e-4), lag=1)
+    one = _tune(storage, "one", train, valid, 10, **options)
+    two = _tune(storage, "two", train, valid, 10, workers=2, **options)
+
+    def essentials(result):
+        return [(t["number"], t["params"], t["state"], t["value"]) for t in result.trials]
+
+    assert essentials(two) == essentials(one)
+    assert (two.best_params, two.best_value) == (one.best_params, one.best_value)
+    assert len(_complete(two.trials)) == 10 and 0 <= two.beyond_budget <= 1
+    pids = {
+        t.user_attrs["pid"]
+        for t in optuna.load_study(study_name="two", storage=storage).trials
+        if t.state == optuna.trial.TrialState.COMPLETE
+    }
+    assert len(pids) == 2 and os.getpid() in pids, "both workers ran trials"
+
+
+def test_the_counted_trials_wait_for_a_lower_running_trial():
+    """The budget is the first N COMPLETE trials by number, settled only once no lower trial
+    can still complete: a fast worker's trial 3 must not replace a slow worker's trial 2."""
+    from optuna.trial import create_trial
+
+    def trial(number, state, value=None):
+        t = create_trial(state=state, value=value, params={}, distributions={})
+        t.number = number
+        return t
+
+    running = [trial(0, TS.COMPLETE, 1.0), trial(1, TS.COMPLETE, 2.0), trial(2, TS.RUNNING)]
+    assert tuning.counted_trials([*running, trial(3, TS.COMPLETE, 3.0)], 3) is None
+    failed = [*running[:2], trial(2, TS.FAIL), trial(3, TS.COMPLETE, 3.0)]
+    assert [t.number for t in tuning.counted_trials(failed, 3)] == [0, 1, 3]
+    done = [*running[:2], trial(2, TS.COMPLETE, 0.5), trial(3, TS.RUNNING)]
+    assert [t.number for t in tuning.counted_trials(done, 3)] == [0, 1, 2]
+
+
+def test_lag_and_workers_are_checked(storage):
+    train, valid, _ = _splits(0)
+    with pytest.raises(ValueError, match="workers"):
+        _tune(storage, "m/t", train, valid, 2, workers=0)
+    with pytest.raises(ValueError, match="lag"):
+        _tune(storage, "m/t", train, valid, 2, lag=-1)
