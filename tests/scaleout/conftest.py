@@ -12,12 +12,14 @@ as root) and anything still unavailable fails the tests.
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
 import pytest
 
 from benchmark.pipeline import services
+from tests.benchmark.conftest import synth_smoke  # noqa: F401 (the plan tests' corpus)
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMINGS: dict[str, float] = {}  # what each engine took to start and stop, for the summary
@@ -108,6 +110,21 @@ def mlflow_server(postgres_server, tmp_path_factory):
     t0 = time.monotonic()
     server.stop()
     TIMINGS["mlflow server stop"] = time.monotonic() - t0
+
+
+@pytest.fixture
+def tracking(postgres_server, tmp_path, request):
+    """A fresh MLflow server (its own database: experiments of other tests stay apart) and a
+    fresh Optuna database; returns (the server, the overrides that point a plan at them)."""
+    name = re.sub(r"\W", "_", request.node.name)[:30].lower() + f"_{time.monotonic_ns() % 10**6}"
+    server = services.start_mlflow_server(
+        postgres_server.create_database(f"ml_{name}"), tmp_path / "artifacts"
+    )
+    optuna = postgres_server.create_database(f"op_{name}")
+    with pytest.MonkeyPatch.context() as mp:  # as in mlflow_server: no proxy for 127.0.0.1
+        mp.setenv("NO_PROXY", ",".join(filter(None, ["127.0.0.1", os.environ.get("NO_PROXY")])))
+        yield server, [f"paths.tracking_uri={server.uri}", f"paths.optuna_storage={optuna}"]
+    server.stop()
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -35,8 +35,11 @@ def runs_with_corpus(runs: Path, synth_root: Path) -> Path:
     return runs
 
 
-def cli(runs: Path, command: str, *args: str, env=None, overrides=()) -> subprocess.Popen:
-    """``python -m benchmark <command> --profile smoke <args> <overrides>`` as a process."""
+def cli(
+    runs: Path, command: str, *args: str, env=None, overrides=(), plain=False
+) -> subprocess.Popen:
+    """``python -m benchmark <command> --profile smoke <args> <overrides>`` as a process;
+    the reduced plan's :data:`OVERRIDES` come first unless ``plain`` (the whole profile)."""
     argv = [
         sys.executable,
         "-m",
@@ -48,7 +51,7 @@ def cli(runs: Path, command: str, *args: str, env=None, overrides=()) -> subproc
         "smoke",
         *args,
         f"paths.runs_dir={runs}",
-        *OVERRIDES,
+        *([] if plain else OVERRIDES),
         *overrides,
     ]
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
