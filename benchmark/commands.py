@@ -182,7 +182,8 @@ def cmd_pretrain(args, cfg):
             build_sources=False,
             resume_only=args.resume,
         )
-        print(f"{args.method} seed {seed}: {model.final_path or 'random init (no pre-training)'}")
+        what = "" if model.run_id else " (no pre-training: initial weights, batch-norm statistics)"
+        print(f"{args.method} seed {seed}: {model.final_path}{what}")
 
 
 def _task_and_models(args, cfg):

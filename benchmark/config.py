@@ -97,6 +97,9 @@ class EncoderConfig:
     embedding_dim: int = 512  # contrastive head output (paper)
     similarity: str = "bilinear"  # bilinear | cosine (paper: bilinear, as COLA)
     temperature: float = 0.2  # cosine similarity temperature (COLA's alternative)
+    bilinear_init_std: float = (
+        0.05  # std of the bilinear W at init (COLA, code: Keras random_normal)
+    )
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,11 @@ class PretrainConfig:
     checkpoint_every: int = 500  # steps between checkpoints (ours)
     val_every: int = 500  # steps between validation contrastive loss/accuracy (ours)
     val_batches: int = 4  # batches of the validation split per validation (ours)
+    # "Precise BN" (ours; the code keeps Keras' running statistics, momentum 0.99): batch-norm
+    # statistics of the evaluated encoder are re-estimated from this many batches of the
+    # method's own training pairs (random_init: mixture crops), every method alike; 0 keeps
+    # the running statistics. README, "Batch-norm statistics of the evaluated encoder".
+    precise_bn_batches: int = 16
     num_workers: int = 2  # DataLoader workers (ours)
 
 

@@ -20,9 +20,12 @@ Input contract
     (package -> version), ``machine``, ``stage_wall_s`` (stage -> seconds), ``skipped``
     (list of str: missing or skipped results known to the caller). Absent keys are reported
     as "not recorded"; other keys are listed as they are.
-``extras``: dict of optional DataFrames for figures: ``loss_curves`` (method, seed, step,
-    loss), ``source_activity`` (source, active, total), ``separation_quality`` (separator,
-    source, si_sdr); see :mod:`reports.figures`.
+``extras``: dict of optional DataFrames: ``pretrain_curves`` (method, seed, step, metric,
+    value), ``pretrain_runs`` (method, seed, trained, collapsed), ``embedding_health``
+    (method, seed, corpus, relative_spread, median_sd, varying_dims, effective_rank,
+    collapsed) for the diagnostics sections (:mod:`reports.diagnostics`);
+    ``source_activity`` (source, active, total), ``separation_quality`` (separator, source,
+    si_sdr); see :mod:`reports.figures`.
 ``primary``: task -> primary metric (default :data:`PRIMARY`), ``baseline``: method name
     (default ``"cola"``), ``expected_methods`` / ``expected_tasks``: what should be there, so
     that every absent (method, task) cell is listed as missing rather than silently omitted.
@@ -40,6 +43,7 @@ import pandas as pd
 
 from benchmark.io import atomic_write_text
 from reports.compare import check_scores, compare_to_baseline, missing_results, summarise
+from reports.diagnostics import collapsed_methods, embedding_blocks, pretraining_blocks
 from reports.figures import draw_figures
 from reports.render import render_html, render_markdown
 from reports.sections import (
@@ -95,6 +99,7 @@ def build_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     primary = dict(PRIMARY if primary is None else primary)
     provenance = dict(provenance or {})
+    extras = dict(extras or {})
     scores = check_scores(scores)
     # A failed probe may log nan: leave the run out and say so rather than fail the report.
     finite = np.isfinite(scores["value"].astype(float))
@@ -140,7 +145,10 @@ def build_report(
         ("h", 2, "How to read this report"),
         ("p", how_to_read(baseline, num_seeds, bootstrap_resamples, bootstrap_method, alpha)),
     ]
-    blocks += task_blocks(summary, comparison, primary, baseline)
+    blocks += pretraining_blocks(extras.get("pretrain_curves"), extras.get("pretrain_runs"))
+    blocks += embedding_blocks(extras.get("embedding_health"))
+    flags = dict.fromkeys(collapsed_methods(extras.get("pretrain_runs")), "collapsed")
+    blocks += task_blocks(summary, comparison, primary, baseline, flags)
     blocks += paper_blocks(summary, comparison, expected_methods or [])
     blocks += cross_task_blocks(summary, comparison, primary, baseline, alpha)
     blocks += [("h", 2, "Notes on item-level intervals"), ("ul", notes)]

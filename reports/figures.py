@@ -11,7 +11,8 @@ Input DataFrames (column names are the contract):
 * scores: ``method, task, seed, metric, value``; summary: ``method, task, metric, mean,
   ci_low, ci_high`` (see :mod:`reports.compare`).
 * per_tag: ``method, task, seed, tag, roc_auc, pr_auc``.
-* loss_curves: ``method, seed, step, loss``.
+* pretrain_curves: ``method, seed, step, metric, value`` (loss, contrastive_accuracy and their
+  chance levels; the same with ``val_``).
 * source_activity: ``source, active, total`` (excerpts where the separated source is
   non-silent, out of all excerpts).
 * separation_quality: ``separator, source, si_sdr`` (dB, one row per excerpt or clip).
@@ -35,7 +36,7 @@ __all__ = [
     "SOURCE_MODELS",
     "FigureDataError",
     "draw_figures",
-    "loss_curves_figure",
+    "pretraining_figure",
     "png_data_uri",
     "scores_figure",
     "separation_quality_figure",
@@ -47,6 +48,10 @@ __all__ = [
 SOURCE_MODELS: tuple[str, ...] = ("msa_bass", "msa_drums", "msa_vocals", "msa_other")
 
 _DPI = 110
+# Distinguishable colours for up to 20 series (matplotlib's tab20, dark shades first).
+_COLORS = [f"C{i}" for i in range(10)] + ["#393b79", "#8c6d31", "#843c39", "#7b4173",
+                                          "#3182bd", "#31a354", "#756bb1", "#636363",
+                                          "#e6550d", "#17becf"]  # fmt: skip
 
 
 class FigureDataError(ValueError):
@@ -163,25 +168,54 @@ def tagwise_figure(
     return _save(figure, path)
 
 
-def loss_curves_figure(loss_curves: pd.DataFrame | None, path: Path) -> Path:
-    """Pre-training loss against step: per method the mean over seeds and the min-max band.
+def pretraining_figure(curves: pd.DataFrame | None, path: Path) -> Path:
+    """Pre-training curves against their chance lines, per method (mean over seeds).
 
-    Raises :class:`FigureDataError` when there are no rows.
+    Four panels: training and eval-mode validation loss divided by the chance loss ``ln M``,
+    and training and validation contrastive accuracy divided by the chance accuracy ``1 / M``
+    (``M`` candidates per anchor, which the centroid loss varies per batch): on every panel
+    the chance line is 1, so methods with different losses share one scale. Loss below 1 and
+    accuracy above 1 mean learning.
+
+    Raises :class:`FigureDataError` when there are no curves with their chance levels.
     """
-    _require(loss_curves, ["method", "seed", "step", "loss"], "loss-curve")
-    figure = Figure(figsize=(7.0, 4.0))
-    axes = figure.add_subplot(1, 1, 1)
-    for i, (method, part) in enumerate(loss_curves.groupby("method", sort=True)):
-        by_step = part.groupby("step")["loss"].agg(["mean", "min", "max"])
-        axes.plot(by_step.index, by_step["mean"], color=f"C{i % 10}", label=str(method))
-        axes.fill_between(
-            by_step.index, by_step["min"], by_step["max"], color=f"C{i % 10}", alpha=0.15
-        )
-    axes.set_xlabel("step")
-    axes.set_ylabel("contrastive loss")
-    axes.set_title("Pre-training loss (mean over seeds, band: min to max)")
-    axes.legend(fontsize=8)
-    axes.grid(alpha=0.3)
+    _require(curves, ["method", "seed", "step", "metric", "value"], "pre-training curve")
+    wide = curves.pivot_table(
+        index=["method", "seed", "step"], columns="metric", values="value", aggfunc="last"
+    ).reset_index()
+    panels = [
+        ("loss", "chance_loss", "training loss / chance"),
+        ("val_loss", "val_chance_loss", "eval-mode validation loss / chance"),
+        ("contrastive_accuracy", "chance_accuracy", "training accuracy / chance"),
+        (
+            "val_contrastive_accuracy",
+            "val_chance_accuracy",
+            "eval-mode validation accuracy / chance",
+        ),
+    ]
+    if not any(a in wide and b in wide for a, b, _ in panels):
+        raise FigureDataError("no pre-training curve with its chance level")
+    figure = Figure(figsize=(10.0, 7.0))
+    methods = sorted(wide["method"].unique())
+    for i, (metric, chance, title) in enumerate(panels):
+        axes = figure.add_subplot(2, 2, i + 1)
+        if metric in wide and chance in wide:
+            part = wide.dropna(subset=[metric, chance])
+            for j, method in enumerate(methods):
+                rows = part[part["method"] == method]
+                if rows.empty:
+                    continue
+                ratio = (rows[metric] / rows[chance]).groupby(rows["step"]).mean()
+                marker = "o" if "val" in metric else None  # validations are a few points
+                axes.plot(ratio.index, ratio.values, "-", marker=marker, markersize=3,
+                          color=_COLORS[j % len(_COLORS)], label=str(method))  # fmt: skip
+        axes.axhline(1.0, color="black", linestyle="--", linewidth=1.0, label="chance")
+        axes.set_title(title, fontsize=10)
+        axes.set_xlabel("step")
+        axes.grid(alpha=0.3)
+        if i == 3:
+            axes.legend(fontsize=7, ncol=2)
+    figure.suptitle("Pre-training against chance (mean over seeds; 1 = chance)")
     return _save(figure, path)
 
 
@@ -272,8 +306,8 @@ def draw_figures(out_dir: Path, summary, scores, per_tag, extras, baseline) -> t
             lambda path: tagwise_figure(per_tag, path, baseline=baseline),
         ),
         (
-            "loss_curves.png",
-            lambda path: loss_curves_figure(extras.get("loss_curves"), path),
+            "pretraining.png",
+            lambda path: pretraining_figure(extras.get("pretrain_curves"), path),
         ),
         (
             "source_activity.png",

@@ -128,7 +128,16 @@ def how_to_read(
     )
 
 
-def task_blocks(summary: pd.DataFrame, comparison: pd.DataFrame, primary, baseline) -> list:
+def task_blocks(
+    summary: pd.DataFrame,
+    comparison: pd.DataFrame,
+    primary,
+    baseline,
+    flags: Mapping[str, str] | None = None,
+) -> list:
+    """Per task and metric, the ranked table; ``flags`` (method -> word, e.g. "collapsed")
+    are shown beside the method's name."""
+    flags = flags or {}
     blocks: list[tuple] = [("h", 2, "Results per task")]
     merged = summary.merge(comparison, on=["method", "task", "metric"], how="left")
     for task in sorted(merged["task"].unique()):
@@ -141,7 +150,10 @@ def task_blocks(summary: pd.DataFrame, comparison: pd.DataFrame, primary, baseli
                 {
                     "rank": rows["rank"],
                     "method": [
-                        m + (" (baseline)" if m == baseline else "") for m in rows["method"]
+                        m
+                        + (" (baseline)" if m == baseline else "")
+                        + (f" ⚠ {flags[m]}" if m in flags else "")
+                        for m in rows["method"]
                     ],
                     f"mean ± 95% t-interval over {seeds} seeds": [
                         _mean_pm(r) for _, r in rows.iterrows()

@@ -207,7 +207,7 @@ def plan_status(steps: list[Step], tracker: Tracker, cfg: Config) -> list[str]:
     for s in steps:
         if s.stage in ("pretrain", "tune", "probe"):
             if s.stage == "pretrain" and s.name.split(":")[1] == "random_init":
-                state = "nothing to do (no pre-training)"
+                state = "no training: batch-norm statistics only, checked when run"
             else:
                 state = "done" if s.name in seen else "to do"
                 left += state == "to do"

@@ -78,10 +78,35 @@ def tuned_path(cfg, method_name, task_name, emb_key) -> Path:
 
 
 def _embedded(ctx: Context, model: PretrainedModel, task):
-    """The task's dataset and its window embeddings (see :func:`embed`)."""
+    """The task's dataset and its window embeddings (see :func:`embed`).
+
+    Raises :class:`StageError` when the embeddings do not vary across clips: a probe would
+    fit rounding noise, so nothing is tuned or scored on them (issue #11)."""
+    from benchmark.evaluation.health import describe
+
     dataset = load_task_dataset(ctx, task)
     store = mixture_store(ctx, task.corpus)
-    return dataset, embed(ctx.cfg, model, task, dataset, store, ctx.progress)
+    emb = embed(ctx.cfg, model, task, dataset, store, ctx.progress)
+    if model.run_id:
+        # The encoder's run records the health of its embeddings of each corpus, also when
+        # they are refused below: the report shows it beside the pre-training diagnostics.
+        ctx.require_tracker().log_once(
+            model.run_id, health_metrics(emb["health"], prefix=f"embedding.{task.corpus}.")
+        )
+    if emb["health"]["collapsed"]:
+        raise StageError(
+            f"{model.method} (pre-training seed {model.seed}) gives {task.corpus} clips "
+            f"embeddings without spread ({describe(emb['health'])}): the encoder is "
+            f"collapsed, so no probe is trained or scored on it; see the report's "
+            f"pre-training diagnostics"
+        )
+    return dataset, emb
+
+
+def health_metrics(health: dict, prefix: str = "embedding_") -> dict[str, float]:
+    """An embedding's health record as MLflow metrics (``collapsed`` as 0/1)."""
+    names = ("relative_spread", "median_sd", "varying_dims", "effective_rank", "collapsed")
+    return {f"{prefix}{name}": float(health[name]) for name in names}
 
 
 def run_tune(ctx: Context, model: PretrainedModel, task) -> dict:
@@ -223,6 +248,7 @@ def run_probe(
                 "valid_primary": result.best_valid_score,
                 "train_s": time.perf_counter() - t0,
                 "num_test_clips": len(targets),
+                **health_metrics(emb["health"]),
             }
         )
         h.metrics(flat)

@@ -88,7 +88,13 @@ def make_report(
     }
     extras = {
         k: data[k]
-        for k in ("loss_curves", "source_activity", "separation_quality")
+        for k in (
+            "pretrain_curves",
+            "pretrain_runs",
+            "embedding_health",
+            "source_activity",
+            "separation_quality",
+        )
         if data[k] is not None
     }
     primary = {name: task.primary for name, task in TASKS.items()}

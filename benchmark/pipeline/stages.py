@@ -334,17 +334,18 @@ def run_pretrain(
     ``resume_only``: StageError unless an unfinished run of this config exists to resume.
     Raises ``ValueError`` for an unknown method.
     """
-    from benchmark.pretrain.loop import is_complete, pretrain, pretrain_key
+    from benchmark.pretrain.loop import (
+        is_complete,
+        materialize_untrained,
+        pretext_collapsed,
+        pretrain,
+        pretrain_key,
+    )
     from methods import get_method
 
     cfg = ctx.cfg
 
     method = get_method(method_name)
-    if not method.pretrained:
-        key = stable_hash(
-            {"method": method.params(), "encoder": to_dict(cfg.encoder), "seed": seed}
-        )
-        return PretrainedModel(method_name, seed, key, None, None, cached=True)
     tracker = ctx.require_tracker()
     if method.sources and not build_sources and not sources_ready(ctx, method.separator):
         raise StageError(
@@ -367,10 +368,22 @@ def run_pretrain(
     tags = {
         "method": method_name,
         "seed": seed,
+        "trained": str(method.pretrained).lower(),
         "config_hash": cfg.hash(),
         "results_hash": cfg.results_hash(),
         "git_commit": git_commit(),
     }
+    if not method.pretrained:
+        # Nothing to train: the initial weights, with batch-norm statistics estimated by the
+        # same rule as every trained encoder's (precise BN on the pre-training corpus). The
+        # run records it, and later the health of its embeddings, like any encoder's.
+        with tracker.run(
+            key, "pretrain", f"pretrain-{method_name}-s{seed}", tags=tags, params=params
+        ) as h:
+            final_path = materialize_untrained(cfg, method, corpus, run_dir, key, seed)
+            h.tag("checkpoint", final_path.resolve())
+            run_id = h.run_id
+        return PretrainedModel(method_name, seed, key, final_path, run_id)
     with tracker.run(
         key, "pretrain", f"pretrain-{method_name}-s{seed}", tags=tags, params=params
     ) as h:
@@ -386,6 +399,9 @@ def run_pretrain(
             progress=ctx.progress,
         )
         h.tag("checkpoint", result.final_path.resolve())
+        if result.validation is not None:
+            # Eval-mode validation at chance: the report and the probes show it (issue #11).
+            h.tag("collapsed", str(pretext_collapsed(result.validation)).lower())
         h.artifact(run_dir / "config.json")
         h.metrics({"wall_s": result.wall_s, "resumed_from_step": result.resumed_from})
         run_id = h.run_id

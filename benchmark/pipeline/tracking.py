@@ -20,6 +20,17 @@ from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
 
+# The pre-training metrics the report draws: training and eval-mode validation loss and
+# contrastive accuracy, each with its chance level, and validation with the running batch-norm
+# statistics (what the evaluated encoder would have been without precise BN).
+PRETRAIN_CURVES = (
+    "loss", "contrastive_accuracy", "chance_loss", "chance_accuracy",
+    "val_loss", "val_contrastive_accuracy", "val_chance_loss", "val_chance_accuracy",
+    "val_loss_running_stats", "val_contrastive_accuracy_running_stats",
+)  # fmt: skip
+# What the probe stage logs into an encoder's run per corpus (``embedding.<corpus>.<stat>``).
+HEALTH_STATS = ("relative_spread", "median_sd", "varying_dims", "effective_rank", "collapsed")
+
 KEY_TAG = "bench.key"
 KIND_TAG = "bench.kind"
 
@@ -137,6 +148,12 @@ class Tracker:
             raise
         self.client.set_terminated(run_id, status="FINISHED")
 
+    def log_once(self, run_id: str, metrics: dict[str, float]) -> None:
+        """Log ``metrics`` into a (possibly finished) run unless it already has all of them."""
+        present = self.client.get_run(run_id).data.metrics
+        if not all(name in present for name in metrics):
+            RunHandle(self, run_id).metrics(metrics)
+
     def log_params(self, run_id: str, params: dict) -> None:
         from mlflow.entities import Param
 
@@ -222,8 +239,11 @@ def collect(tracker: Tracker, workdir: Path, run_ids: set[str] | None = None) ->
 
     ``run_ids`` restricts the pretrain/probe runs read (see :func:`select_results`).
     Returns dict with ``scores`` (method, task, seed, metric, value), ``predictions``
-    ((method, task, seed) -> clip_ids/targets/scores), ``per_tag``, ``loss_curves``,
-    ``source_activity``, ``separation_quality`` (DataFrames or None) and ``runs`` counts.
+    ((method, task, seed) -> clip_ids/targets/scores), ``per_tag``, ``pretrain_curves``
+    (method, seed, step, metric, value: the :data:`PRETRAIN_CURVES` histories),
+    ``pretrain_runs`` (method, seed, trained, collapsed), ``embedding_health`` (method, seed,
+    corpus and :data:`HEALTH_STATS`), ``source_activity``, ``separation_quality`` (DataFrames
+    or None) and ``num_runs``.
     """
     import numpy as np
     import pandas as pd
@@ -237,7 +257,8 @@ def collect(tracker: Tracker, workdir: Path, run_ids: set[str] | None = None) ->
             len(hashes),
             ", ".join(sorted(h or "?" for h in hashes)),
         )
-    score_rows, tag_rows, loss_rows, activity_rows, quality_rows = [], [], [], [], []
+    score_rows, tag_rows, activity_rows, quality_rows = [], [], [], []
+    curve_rows, pretrain_rows, health_rows = [], [], []
     predictions: dict = {}
     for run in runs:
         kind = run.data.tags.get(KIND_TAG)
@@ -266,9 +287,25 @@ def collect(tracker: Tracker, workdir: Path, run_ids: set[str] | None = None) ->
                     (method, task, seed, tag, values.get("roc_auc"), values.get("pr_auc"))
                 )
         elif kind == "pretrain":
-            history = tracker.client.get_metric_history(run.info.run_id, "loss")
-            for m in history:
-                loss_rows.append((tags.get("method"), int(tags.get("seed", 0)), m.step, m.value))
+            method, seed = tags.get("method"), int(tags.get("seed", 0))
+            for name in PRETRAIN_CURVES:
+                if name in run.data.metrics:
+                    for m in tracker.client.get_metric_history(run.info.run_id, name):
+                        curve_rows.append((method, seed, m.step, name, m.value))
+            collapsed = tags.get("collapsed")
+            pretrain_rows.append(
+                (method, seed, tags.get("trained", "true") == "true",
+                 None if collapsed is None else collapsed == "true")
+            )  # fmt: skip
+            health: dict = {}
+            for name, value in run.data.metrics.items():
+                if name.startswith("embedding."):
+                    _, corpus, stat = name.split(".", 2)
+                    health.setdefault(corpus, {})[stat] = value
+            for corpus, values in sorted(health.items()):
+                health_rows.append(
+                    (method, seed, corpus, *(values.get(stat) for stat in HEALTH_STATS))
+                )
         elif kind == "separate":
             d = load_artifact_dict(tracker.client, run.info.run_id, "activity.json")
             for src, row in d["activity"].items():
@@ -289,7 +326,9 @@ def collect(tracker: Tracker, workdir: Path, run_ids: set[str] | None = None) ->
         "scores": pd.DataFrame(score_rows, columns=["method", "task", "seed", "metric", "value"]),
         "predictions": predictions,
         "per_tag": frame(tag_rows, ["method", "task", "seed", "tag", "roc_auc", "pr_auc"]),
-        "loss_curves": frame(loss_rows, ["method", "seed", "step", "loss"]),
+        "pretrain_curves": frame(curve_rows, ["method", "seed", "step", "metric", "value"]),
+        "pretrain_runs": frame(pretrain_rows, ["method", "seed", "trained", "collapsed"]),
+        "embedding_health": frame(health_rows, ["method", "seed", "corpus", *HEALTH_STATS]),
         "source_activity": activity,
         "separation_quality": frame(quality_rows, ["separator", "source", "si_sdr"]),
         "num_runs": len(runs),

@@ -67,13 +67,50 @@ def report(tmp_path_factory):
     scores, predictions, per_tag = _synthetic_benchmark()
     out_dir = tmp_path_factory.mktemp("report")
     extras = {
-        "loss_curves": pd.DataFrame(
+        "pretrain_curves": pd.DataFrame(
             [
-                dict(method=m, seed=s, step=k, loss=5 / (k + 1) + s * 0.01)
+                dict(method=m, seed=s, step=k, metric=name, value=value)
                 for m in ("cola", "msa_multi")
                 for s in range(2)
-                for k in range(10)
+                for k in range(10, 101, 10)
+                for name, value in (
+                    ("loss", 3.0 / (1 + k / 50) + s * 0.01),
+                    ("chance_loss", np.log(32)),
+                    ("contrastive_accuracy", min(1.0, k / 200)),
+                    ("chance_accuracy", 1 / 32),
+                )
             ]
+            + [
+                dict(method=m, seed=s, step=100, metric=name, value=value)
+                for m, collapsed in (("cola", False), ("msa_multi", True))
+                for s in range(2)
+                for name, value in (
+                    ("val_loss", np.log(32) if collapsed else 2.0),
+                    ("val_chance_loss", np.log(32)),
+                    ("val_contrastive_accuracy", 1 / 32 if collapsed else 0.25),
+                    ("val_chance_accuracy", 1 / 32),
+                )
+            ]
+        ),
+        "pretrain_runs": pd.DataFrame(
+            dict(
+                method=["cola", "cola", "msa_multi", "msa_multi"],
+                seed=[0, 1, 0, 1],
+                trained=True,
+                collapsed=[False, False, True, False],
+            )
+        ),
+        "embedding_health": pd.DataFrame(
+            dict(
+                method=["cola", "msa_multi"],
+                seed=[0, 0],
+                corpus=["mtat", "mtat"],
+                relative_spread=[0.6, 1e-5],
+                median_sd=[0.5, 8e-7],
+                varying_dims=[1.0, 0.3],
+                effective_rank=[40.0, 120.0],
+                collapsed=[0.0, 1.0],
+            )
         ),
         "source_activity": pd.DataFrame(
             {
@@ -112,7 +149,7 @@ def report(tmp_path_factory):
 
 def test_files_exist(report):
     for name in ("leaderboard.csv", "leaderboard.md", "leaderboard.html", "scores_mtat.png",
-                 "scores_fma.png", "tagwise_pr_auc.png", "loss_curves.png", "source_activity.png"):  # fmt: skip
+                 "scores_fma.png", "tagwise_pr_auc.png", "pretraining.png", "source_activity.png"):  # fmt: skip
         assert name in report["paths"], name
         assert report["paths"][name].stat().st_size > 0
 
@@ -216,3 +253,16 @@ def test_report_without_predictions_says_why(tmp_path):
     # Without an item-level interval the seed-level Holm test alone decides.
     row = csv.set_index(["method", "task", "metric"]).loc[("msa_multi", "mtat", "roc_auc")]
     assert row["significant"]
+
+
+def test_diagnostics_sections_flag_the_collapsed_method(report):
+    markdown = report["markdown"]
+    diagnostics = markdown[markdown.index("## Pre-training diagnostics") :]
+    diagnostics = diagnostics[: diagnostics.index("## Results per task")]
+    assert "Collapsed: msa_multi s0." in diagnostics
+    assert "| cola | 0 |" in diagnostics and "learned" in diagnostics
+    health = diagnostics[diagnostics.index("## Embedding health") :]
+    assert "| msa_multi | mtat | 1 | 1e-05 |" in health and "collapsed" in health
+    tables = markdown[markdown.index("## Results per task") :]
+    assert "msa_multi ⚠ collapsed" in tables
+    assert "cola (baseline) ⚠" not in tables

@@ -152,7 +152,9 @@ def test_tuning_has_the_budget_feeds_tuned_probes_and_never_reads_test_data(
         return out
 
     monkeypatch.setattr(probing, "embed", destroyed_test)
-    again = probing.run_tune(Context(fresh, other, progress=False), model, task)
+    # (the model's pre-training run lives in the first store, not in this fresh one)
+    elsewhere = replace(model, run_id=None)
+    again = probing.run_tune(Context(fresh, other, progress=False), elsewhere, task)
     assert again["best_params"] == out["best_params"]
     assert [t["value"] for t in again["trials"]] == [t["value"] for t in out["trials"]]
 
