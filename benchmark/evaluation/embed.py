@@ -226,14 +226,23 @@ def embed(
         if split == "test":
             # Non-overlapping windows of every clip of the corpus: the health of the embedding.
             result["health"] = read_json(folder / "health.json")
-    result["key"] = stable_hash(
+    result["key"] = embedding_key(cfg, model, task, dataset, store)
+    return result
+
+
+def embedding_key(
+    cfg: Config, model: PretrainedModel, task, dataset: Dataset, store: FeatureStore
+) -> str:
+    """What the embeddings :func:`embed` returns depend on (weights, corpus store, hops, the
+    task's clips, the cache format), without loading them."""
+    crop = cfg.frontend.crop_frames
+    return stable_hash(
         {
             "model": weights_key(model),
             "store": store.root.name,
-            "hops": hops,
+            "hops": {"train": cfg.probe.train_hop_frames, "valid": crop, "test": crop},
             "task": task.name,
             "clips": stable_hash(sorted(c.clip_id for c in dataset.clips)),
             "format": CACHE_FORMAT,
         }
     )
-    return result

@@ -17,7 +17,7 @@ import numpy as np
 
 from benchmark.config import Config, stable_hash, to_dict
 from benchmark.errors import StageError
-from benchmark.evaluation.embed import embed
+from benchmark.evaluation.embed import embed, embedding_key
 from benchmark.io import atomic_write_json, read_json
 from benchmark.pipeline.context import Context
 from benchmark.pipeline.stages import Outcome, load_task_dataset, mixture_store
@@ -109,8 +109,16 @@ def health_metrics(health: dict, prefix: str = "embedding_") -> dict[str, float]
     return {f"{prefix}{name}": float(health[name]) for name in names}
 
 
+def tuning_model(models: dict[int, PretrainedModel]) -> PretrainedModel:
+    """The run a method is tuned on: its first pre-training seed. Every run of the method then
+    probes with those parameters, so the between-run variance is training randomness, not a
+    different search per run, and each method gets one search of the same budget."""
+    return models[min(models)]
+
+
 def run_tune(ctx: Context, model: PretrainedModel, task) -> dict:
-    """Equal-budget Optuna search of the probe's hyper-parameters on the validation split."""
+    """Equal-budget Optuna search of the probe's hyper-parameters on the validation split
+    (of ``model``: the method's tuning run, :func:`tuning_model`)."""
     from benchmark.evaluation.tuning import tune_probe
 
     cfg, tracker = ctx.cfg, ctx.require_tracker()
@@ -173,18 +181,24 @@ def run_probe(
     *,
     force: bool = False,
     params_mode: str | None = None,
+    tuned_from: PretrainedModel | None = None,
 ) -> Outcome:
     """Train and test one probe seed; status 'done' (already there) or 'ran', and its run.
 
     ``force`` reruns a finished probe (the new run supersedes it); ``params_mode`` overrides
-    ``probe.params``. Raises :class:`StageError` when tuned parameters are asked for and
-    missing."""
+    ``probe.params``; ``tuned_from`` is the model whose tuning gives the parameters
+    (:func:`tuning_model`: the method's first pre-training run; default ``model``). Raises
+    :class:`StageError` when tuned parameters are asked for and missing."""
     from benchmark.evaluation.metrics import score
     from benchmark.evaluation.probe import predict_clips, train_probe
 
     cfg, tracker = ctx.cfg, ctx.require_tracker()
     dataset, emb = _embedded(ctx, model, task)
-    params = probe_params(cfg, task, model.method, emb["key"], params_mode)
+    tuning_key = emb["key"]
+    if tuned_from is not None and tuned_from is not model:
+        store = mixture_store(ctx, task.corpus)
+        tuning_key = embedding_key(cfg, tuned_from, task, dataset, store)
+    params = probe_params(cfg, task, model.method, tuning_key, params_mode)
     p = cfg.probe
     key = stable_hash(
         {
@@ -202,11 +216,9 @@ def run_probe(
     mode = params_mode or cfg.probe.params
     train, valid, test = emb["train"][0], emb["valid"][0], emb["test"][0]
     spec = task.probe_spec(len(dataset.vocabulary))
-    seed_label = model.seed * 1000 + probe_seed
     tags = {
         "method": model.method,
         "task": task.name,
-        "seed": seed_label,
         "probe_seed": probe_seed,
         "pretrain_seed": model.seed,
         "pretrain_run_id": model.run_id or "",
@@ -221,7 +233,7 @@ def run_probe(
     with tracker.run(
         key,
         "probe",
-        f"probe-{model.method}-{task.name}-s{seed_label}",
+        f"probe-{model.method}-{task.name}-s{model.seed}-p{probe_seed}",
         tags=tags,
         params={"probe": to_dict(p), "params": params.__dict__, "spec": spec.__dict__},
     ) as h:

@@ -19,8 +19,6 @@ from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
-
 from benchmark.config import Config, stable_hash, to_dict
 from benchmark.data.datasets import Dataset
 from benchmark.data.features import AudioItem, build_mixtures
@@ -296,11 +294,6 @@ def _source_store(ctx: Context, separator: str) -> FeatureStore:
 # -- pretraining ------------------------------------------------------------------------
 
 
-def silence_value(cfg: Config) -> float:
-    """Log-mel of an all-zero waveform: what a silent source crop holds."""
-    return float(np.log(cfg.frontend.log_offset))
-
-
 def pair_corpora(ctx: Context, method) -> tuple[PairCorpus, PairCorpus, str]:
     """The training and validation pair corpora of ``method``, and what identifies their data."""
     cfg = ctx.cfg
@@ -313,7 +306,9 @@ def pair_corpora(ctx: Context, method) -> tuple[PairCorpus, PairCorpus, str]:
 
     def make(clips):
         ids = [c.clip_id for c in clips]
-        return PairCorpus(mix, f.excerpt_frames, f.crop_frames, silence_value(cfg), sources, ids)
+        return PairCorpus(
+            mix, f.excerpt_frames, f.crop_frames, cfg.pretrain.silent_value, sources, ids
+        )
 
     identity = mix.root.name + ("|" + sources.root.name if sources is not None else "")
     return make(train), make(valid), identity
@@ -346,6 +341,9 @@ def run_pretrain(
     cfg = ctx.cfg
 
     method = get_method(method_name)
+    # The seed the run trains with: a method's copy under another name (the negative control)
+    # adds an offset, so that its runs are independent of the original's.
+    train_seed = seed + getattr(method, "seed_offset", 0)
     tracker = ctx.require_tracker()
     if method.sources and not build_sources and not sources_ready(ctx, method.separator):
         raise StageError(
@@ -380,7 +378,7 @@ def run_pretrain(
         with tracker.run(
             key, "pretrain", f"pretrain-{method_name}-s{seed}", tags=tags, params=params
         ) as h:
-            final_path = materialize_untrained(cfg, method, corpus, run_dir, key, seed)
+            final_path = materialize_untrained(cfg, method, corpus, run_dir, key, train_seed)
             h.tag("checkpoint", final_path.resolve())
             run_id = h.run_id
         return PretrainedModel(method_name, seed, key, final_path, run_id)
@@ -394,7 +392,7 @@ def run_pretrain(
             valid,
             run_dir,
             key,
-            seed,
+            train_seed,
             on_metrics=lambda m, step: h.metrics(m, step),
             progress=ctx.progress,
         )

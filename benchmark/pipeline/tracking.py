@@ -31,6 +31,8 @@ PRETRAIN_CURVES = (
 # What the probe stage logs into an encoder's run per corpus (``embedding.<corpus>.<stat>``).
 HEALTH_STATS = ("relative_spread", "median_sd", "varying_dims", "effective_rank", "collapsed")
 
+_SEEDED = ["method", "task", "pretrain_seed", "probe_seed"]
+
 KEY_TAG = "bench.key"
 KIND_TAG = "bench.kind"
 
@@ -226,7 +228,8 @@ def select_results(runs: list, run_ids: set[str] | None = None) -> list:
         t = r.data.tags
         kind = t.get(KIND_TAG)
         if kind == "probe":
-            newest[(kind, t.get("method"), t.get("task"), t.get("seed"))] = r
+            key = (t.get("method"), t.get("task"), t.get("pretrain_seed"), t.get("probe_seed"))
+            newest[(kind, *key)] = r
         elif kind == "pretrain":
             newest[(kind, t.get("method"), t.get("seed"))] = r
         else:
@@ -238,8 +241,9 @@ def collect(tracker: Tracker, workdir: Path, run_ids: set[str] | None = None) ->
     """Everything the report needs, from the MLflow store alone (works for runs made elsewhere).
 
     ``run_ids`` restricts the pretrain/probe runs read (see :func:`select_results`).
-    Returns dict with ``scores`` (method, task, seed, metric, value), ``predictions``
-    ((method, task, seed) -> clip_ids/targets/scores), ``per_tag``, ``pretrain_curves``
+    Returns dict with ``scores`` (method, task, pretrain_seed, probe_seed, metric, value),
+    ``predictions`` ((method, task, pretrain_seed, probe_seed) -> clip_ids/targets/scores/
+    groups), ``per_tag``, ``pretrain_curves``
     (method, seed, step, metric, value: the :data:`PRETRAIN_CURVES` histories),
     ``pretrain_runs`` (method, seed, trained, collapsed), ``embedding_health`` (method, seed,
     corpus and :data:`HEALTH_STATS`), ``source_activity``, ``separation_quality`` (DataFrames
@@ -264,19 +268,22 @@ def collect(tracker: Tracker, workdir: Path, run_ids: set[str] | None = None) ->
         kind = run.data.tags.get(KIND_TAG)
         tags = run.data.tags
         if kind == "probe":
-            method, task, seed = tags["method"], tags["task"], int(tags["seed"])
+            method, task = tags["method"], tags["task"]
+            seeds = (int(tags["pretrain_seed"]), int(tags["probe_seed"]))
             for metric in ("roc_auc", "pr_auc", "accuracy", "balanced_accuracy"):
                 if metric in run.data.metrics:
-                    score_rows.append((method, task, seed, metric, run.data.metrics[metric]))
+                    score_rows.append((method, task, *seeds, metric, run.data.metrics[metric]))
             pred = download_artifact(
                 tracker.client, run.info.run_id, "predictions.npz", workdir / run.info.run_id
             )
             with np.load(pred, allow_pickle=False) as z:
-                predictions[(method, task, seed)] = {
+                predictions[(method, task, *seeds)] = {
                     "clip_ids": [str(c) for c in z["clip_ids"]],
                     "targets": z["targets"],
                     "scores": z["scores"],
                     "vocabulary": [str(v) for v in z["vocabulary"]],
+                    # cluster ids of the test clips (song, instrument, artist), when recorded
+                    "groups": [str(g) for g in z["groups"]] if "groups" in z.files else None,
                 }
             try:
                 details = load_artifact_dict(tracker.client, run.info.run_id, "details.json")
@@ -284,7 +291,7 @@ def collect(tracker: Tracker, workdir: Path, run_ids: set[str] | None = None) ->
                 details = {}
             for tag, values in (details.get("per_tag") or {}).items():
                 tag_rows.append(
-                    (method, task, seed, tag, values.get("roc_auc"), values.get("pr_auc"))
+                    (method, task, *seeds, tag, values.get("roc_auc"), values.get("pr_auc"))
                 )
         elif kind == "pretrain":
             method, seed = tags.get("method"), int(tags.get("seed", 0))
@@ -323,9 +330,9 @@ def collect(tracker: Tracker, workdir: Path, run_ids: set[str] | None = None) ->
 
     activity = frame(activity_rows, ["separator", "source", "active", "total"])
     return {
-        "scores": pd.DataFrame(score_rows, columns=["method", "task", "seed", "metric", "value"]),
+        "scores": pd.DataFrame(score_rows, columns=[*_SEEDED, "metric", "value"]),
         "predictions": predictions,
-        "per_tag": frame(tag_rows, ["method", "task", "seed", "tag", "roc_auc", "pr_auc"]),
+        "per_tag": frame(tag_rows, [*_SEEDED, "tag", "roc_auc", "pr_auc"]),
         "pretrain_curves": frame(curve_rows, ["method", "seed", "step", "metric", "value"]),
         "pretrain_runs": frame(pretrain_rows, ["method", "seed", "trained", "collapsed"]),
         "embedding_health": frame(health_rows, ["method", "seed", "corpus", *HEALTH_STATS]),

@@ -173,8 +173,8 @@ class PretrainedModel:
 
     ``key`` is the pre-training run's content key, ``final_path`` its weights (for a method
     without pre-training, random_init, the initial weights with precise-BN statistics),
-    ``run_id`` its MLflow run (None for random_init, which trains nothing); ``cached`` says it
-    was found finished and nothing was trained."""
+    ``run_id`` its MLflow run; ``cached`` says it was found finished and nothing was
+    trained."""
 
     method: str
     seed: int
@@ -472,6 +472,7 @@ def pretrain_key(cfg: Config, method, seed: int, data_identity: str) -> str:
         "frontend": cfg.to_dict()["frontend"],
         "batch_size": p.batch_size,
         "precise_bn_batches": p.precise_bn_batches,
+        "silent_value": p.silent_value,
         "seed": seed,
         "data": data_identity,
     }
