@@ -39,11 +39,18 @@ import numpy as np
 import pandas as pd
 
 from benchmark.io import atomic_write_text
-from reports.compare import check_scores, compare_to_baseline, missing_results, summarise
-from reports.figures import draw_figures
+from reports.compare import (
+    chance_levels,
+    check_scores,
+    compare_to_baseline,
+    missing_results,
+    summarise,
+)
+from reports.figures import FIGURE_CAPTIONS, draw_figures
 from reports.render import render_html, render_markdown
 from reports.sections import (
     cross_task_blocks,
+    data_blocks,
     how_to_read,
     paper_blocks,
     provenance_blocks,
@@ -77,6 +84,12 @@ def build_report(
     *,
     item_metrics: Sequence[str] | None = None,
     bootstrap_method: str = "BCa",
+    expected_pairs: Sequence[tuple[str, str]] | None = None,
+    data_notes: Sequence[str] = (),
+    published_columns: Sequence[tuple[str, str]] | None = None,
+    published_note: str = "",
+    method_notes: Mapping[str, str] | None = None,
+    source_warnings: Sequence[str] = (),
 ) -> dict[str, Path]:
     """Write the leaderboard (csv, md, html) and its figures into ``out_dir``.
 
@@ -87,6 +100,13 @@ def build_report(
     clips term is BCa's jackknife), each computing the metric for every run; on real MTAT
     (4,332 test clips, 50 tags) with scikit-learn metrics this takes hours, so restrict
     ``item_metrics`` or use ``bootstrap_method="percentile"`` there.
+
+    ``expected_pairs``: the (method, task) pairs the plan meant to run: only those can be
+    missing. ``data_notes``: what data was used (the "Data" section). ``published_columns``:
+    the paper-table columns ``(task, metric)`` measured on the paper's own data, the only ones
+    given published reference values (None: all); ``published_note`` says why others are not.
+    ``method_notes``: method -> note (external encoders), listed and marked "(external)".
+    ``source_warnings``: lines on separated-source activity to show beside its figure.
 
     Returns file name -> path for every file written.
     Raises ``ValueError`` on malformed ``scores`` or inconsistent prediction targets.
@@ -117,15 +137,22 @@ def build_report(
     absent = [f"skipped: {line}" for line in [*(provenance.get("skipped") or []), *dropped]]
     absent += [
         f"missing: {line}"
-        for line in missing_results(scores, expected_methods, expected_tasks, primary)
+        for line in missing_results(
+            scores, expected_methods, expected_tasks, primary, expected_pairs
+        )
     ]
+    chance = chance_levels(predictions)
 
     leaderboard = summary.merge(comparison, on=["method", "task", "metric"], how="left")
     leaderboard["is_baseline"] = leaderboard["method"] == baseline
+    leaderboard["chance"] = [
+        chance.get((t, m), np.nan)
+        for t, m in zip(leaderboard["task"], leaderboard["metric"], strict=True)
+    ]
     leaderboard = leaderboard[
         ["method", "task", "metric", "mean", "std", "n", "ci_low", "ci_high", "rank",
          "is_baseline", "diff", "item_diff", "item_ci_low", "item_ci_high", "item_excludes_zero",
-         "seed_test", "seed_p", "seed_p_holm", "significant", "direction"]
+         "seed_test", "seed_p", "seed_p_holm", "significant", "direction", "chance"]
     ].sort_values(["task", "metric", "rank", "method"])  # fmt: skip
     paths = {"leaderboard.csv": out_dir / "leaderboard.csv"}
     atomic_write_text(paths["leaderboard.csv"], leaderboard.to_csv(index=False))
@@ -134,19 +161,25 @@ def build_report(
     paths.update(drawn)
 
     num_seeds = int(summary["n"].max())
+    external = dict(method_notes or {})
     blocks: list[tuple] = [("h", 1, "Leaderboard")]
     blocks += provenance_blocks(provenance, absent)
+    blocks += data_blocks(data_notes, external)
     blocks += [
         ("h", 2, "How to read this report"),
         ("p", how_to_read(baseline, num_seeds, bootstrap_resamples, bootstrap_method, alpha)),
     ]
-    blocks += task_blocks(summary, comparison, primary, baseline)
-    blocks += paper_blocks(summary, comparison, expected_methods or [])
+    blocks += task_blocks(summary, comparison, primary, baseline, chance, set(external))
+    blocks += paper_blocks(
+        summary, comparison, expected_methods or [], published_columns, published_note
+    )
     blocks += cross_task_blocks(summary, comparison, primary, baseline, alpha)
     blocks += [("h", 2, "Notes on item-level intervals"), ("ul", notes)]
     blocks.append(("h", 2, "Figures"))
     for name, path in drawn.items():
-        blocks.append(("img", path, name))
+        blocks.append(("img", path, FIGURE_CAPTIONS.get(name, name)))
+        if name == "source_activity.png" and source_warnings:
+            blocks += [("p", "Warnings on source activity:"), ("ul", list(source_warnings))]
     blocks += [("p", "Figures not drawn:"), ("ul", [f"{k}: {v}" for k, v in not_drawn.items()])]
 
     paths["leaderboard.md"] = out_dir / "leaderboard.md"

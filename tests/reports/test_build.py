@@ -216,3 +216,44 @@ def test_report_without_predictions_says_why(tmp_path):
     # Without an item-level interval the seed-level Holm test alone decides.
     row = csv.set_index(["method", "task", "metric"]).loc[("msa_multi", "mtat", "roc_auc")]
     assert row["significant"]
+
+
+def test_report_says_what_it_measured(tmp_path):
+    """Only planned results can be missing; published rows only for columns on the paper's
+    data; chance levels, external encoders, data notes and figure captions are shown."""
+    scores, predictions, _ = _synthetic_benchmark()
+    paths = build_report(
+        tmp_path,
+        scores,
+        predictions,
+        bootstrap_resamples=9,
+        item_metrics=["accuracy"],
+        expected_methods=["cola", "msa_multi", "msa_vocals", "msa_bass"],
+        expected_tasks=["mtat", "fma"],
+        # the plan left msa_bass and msa_vocals × fma out on purpose
+        expected_pairs=[("cola", "mtat"), ("cola", "fma"), ("msa_multi", "fma")],
+        data_notes=["pre-training: every audio file under /music", "fma: test 60 clips"],
+        published_columns=[],
+        published_note="these results are on the synthetic corpus",
+        method_notes={"msa_vocals": "HEAR 2021 API module tiny"},
+        extras={"separation_quality": pd.DataFrame(
+            {"separator": ["umx (trained here)", "random_mask"] * 2,
+             "source": ["bass", "bass", "drums", "drums"], "si_sdr": [3.1, -2.0, 5.2, -1.5]}
+        )},
+    )  # fmt: skip
+    markdown = paths["leaderboard.md"].read_text()
+    assert "missing:" not in markdown  # nothing planned is absent; msa_bass was never planned
+    assert "- pre-training: every audio file under /music" in markdown
+    assert f"{PUBLISHED_LABEL}, for reference" not in markdown  # no published tables
+    assert "not comparable: these results are on the synthetic corpus" in markdown
+    assert (
+        "msa_vocals (external)" in markdown and "msa_vocals: HEAR 2021 API module tiny" in markdown
+    )
+    assert "Chance level on these test clips: 0.500" in markdown  # mtat roc_auc
+    assert "measured on the synthetic corpus's validation clips" in markdown
+    csv = pd.read_csv(paths["leaderboard.csv"]).set_index(["method", "task", "metric"])
+    assert csv.loc[("cola", "mtat", "roc_auc"), "chance"] == 0.5
+    fma_counts = np.bincount(np.arange(NUM_CLIPS) % NUM_CLASSES)
+    assert csv.loc[("cola", "fma", "accuracy"), "chance"] == fma_counts.max() / NUM_CLIPS
+    positives = predictions[("cola", "mtat", 0)]["targets"].mean(axis=0)
+    assert csv.loc[("cola", "mtat", "pr_auc"), "chance"] == pytest.approx(positives.mean())
