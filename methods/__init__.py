@@ -2,9 +2,11 @@
 
 Variants are parameters of one implementation, never copies. To add a method, write a
 module with a frozen dataclass implementing :class:`methods.base.Method`, add one line here
-and one test file (see README, "Adding a method").
+and one test file (see README, "Adding a method"). External encoders need no line: any
+``hear:<module>`` names one (:mod:`methods.hear`).
 """
 
+from methods import hear
 from methods.cola import COLA
 from methods.msa import MSA
 from methods.random_init import RandomInit
@@ -30,8 +32,14 @@ ABLATIONS = tuple(name for name in METHODS if name.startswith("msa_multi_"))
 
 
 def get_method(name: str):
-    """The registered method ``name``; ValueError listing the known ones otherwise."""
+    """The registered method ``name``, or the external encoder ``hear:<module>``; ValueError
+    listing the known ones otherwise."""
+    if name.startswith(hear.PREFIX):
+        return hear.parse(name)
     try:
         return METHODS[name]
     except KeyError:
-        raise ValueError(f"unknown method '{name}' (known: {', '.join(METHODS)})") from None
+        raise ValueError(
+            f"unknown method '{name}' (known: {', '.join(METHODS)}, or hear:<module> for an "
+            "installed HEAR-API encoder)"
+        ) from None

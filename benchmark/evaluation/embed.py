@@ -7,9 +7,7 @@ these embeddings, never on the encoder.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +17,7 @@ from benchmark.config import Config, stable_hash
 from benchmark.data.datasets import Dataset
 from benchmark.data.store import FeatureStore
 from benchmark.evaluation.probe import WindowSet
-from benchmark.io import atomic_save_npy, atomic_write_json, pick_device
+from benchmark.io import atomic_save_npy, atomic_write_json, file_digest, pick_device
 from benchmark.pretrain.loop import PretrainedModel
 
 log = logging.getLogger(__name__)
@@ -40,20 +38,9 @@ def weights_key(model: PretrainedModel) -> str:
 
 
 def _file_digest(path: Path) -> str:
-    """SHA-256 of a file (16 hex digits); a file is read once per (path, size, mtime)."""
-    st = path.stat()
-    return _digest_of(str(path.resolve()), st.st_size, st.st_mtime_ns)
-
-
-@lru_cache(maxsize=256)
-def _digest_of(path: str, size: int, mtime_ns: int) -> str:
-    # Pure given its arguments (a rewritten file has another size or mtime): a checkpoint is
-    # hashed once, not once per task, split and probe seed.
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
+    """SHA-256 of a checkpoint (16 hex digits), hashed once per (path, size, mtime): once, not
+    once per task, split and probe seed."""
+    return file_digest(path)[:16]
 
 
 def _encoder_for(cfg: Config, model: PretrainedModel, store: FeatureStore, train_rows, device):
@@ -78,13 +65,15 @@ def _encoder_for(cfg: Config, model: PretrainedModel, store: FeatureStore, train
 
 
 def _embed_store(
-    cfg, model, store, hop, bn_rows, bn_key, progress
+    cfg, model, store, hop, bn_rows, bn_key, progress, audio_paths=None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Embeddings of every ``hop``-spaced window of every clip of ``store`` (cached on disk).
 
     Shared by every task on the same corpus (MTAT and MTAT* embed once). Returns
     ``(embeddings (W, D) float16 memory map, offsets (rows + 1,))``: the windows of store row
-    ``r`` are ``embeddings[offsets[r]:offsets[r + 1]]``.
+    ``r`` are ``embeddings[offsets[r]:offsets[r + 1]]``. An external encoder
+    (``model.external``) embeds the same windows from the audio files ``audio_paths``
+    (clip id -> path; :mod:`benchmark.evaluation.hear`).
     """
     from tqdm import tqdm
 
@@ -98,11 +87,10 @@ def _embed_store(
             "bn": bn_key,
         }
     )
-    out = (
-        cfg.cache_dir
-        / "embeddings"
-        / f"{store.root.name[:40]}-{model.method}-s{model.seed}-h{hop}-{key}"
-    )
+    name = model.method.replace(":", "-").replace("@", "-").replace("/", "_")[:40]
+    out = cfg.cache_dir / "embeddings" / f"{store.root.name[:40]}-{name}-s{model.seed}-h{hop}-{key}"
+    if not (out / "done.json").is_file() and model.external is not None:
+        _embed_external(cfg, model, store, hop, out, key, audio_paths, progress)
     if not (out / "done.json").is_file():
         counts = [len(window_starts(int(n), crop, hop)) for n in store.lengths]
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
@@ -133,14 +121,42 @@ def _embed_store(
     return np.load(out / "embeddings.npy", mmap_mode="r"), np.load(out / "offsets.npy")
 
 
+def _embed_external(cfg, model, store, hop, out, key, audio_paths, progress) -> None:
+    """The cache of an external (HEAR) encoder: the same windows, from the audio files."""
+    from tqdm import tqdm
+
+    from benchmark.evaluation.hear import HearEmbedder, embed_clips
+
+    crop = cfg.frontend.crop_frames
+    starts = [window_starts(int(n), crop, hop) for n in store.lengths]
+    offsets = np.concatenate([[0], np.cumsum([len(s) for s in starts])]).astype(np.int64)
+    module, model_file = model.external
+    embedder = HearEmbedder(module, model_file, cfg.frontend)
+    with tqdm(
+        total=len(starts), desc=f"embed {store.root.name[:24]} ({model.method})",
+        unit="clip", disable=not progress,
+    ) as bar:  # fmt: skip
+        feats = embed_clips(embedder, list(store.clip_ids), starts, audio_paths or {}, bar.update)
+    atomic_save_npy(out / "embeddings.npy", feats.astype(np.float16))
+    atomic_save_npy(out / "offsets.npy", offsets)
+    atomic_write_json(out / "done.json", {"key": key, "windows": int(offsets[-1])})
+
+
 def embed(
-    cfg: Config, model: PretrainedModel, task, dataset: Dataset, store: FeatureStore, progress=True
+    cfg: Config,
+    model: PretrainedModel,
+    task,
+    dataset: Dataset,
+    store: FeatureStore,
+    progress=True,
+    audio_paths=None,
 ) -> dict:
     """Window embeddings of the splits of ``dataset``: split -> (WindowSet, clips), plus "key".
 
     Training windows every ``probe.train_hop_frames`` frames (crop diversity), validation and
     test windows non-overlapping (REFERENCE.md section 5). The frozen encoder runs once per
-    (checkpoint, corpus store, hop); tasks select their clips from that cache.
+    (checkpoint, corpus store, hop); tasks select their clips from that cache. An external
+    encoder needs ``audio_paths`` (clip id -> audio file) for every clip of ``store``.
     """
     crop = cfg.frontend.crop_frames
     hops = {"train": cfg.probe.train_hop_frames, "valid": crop, "test": crop}
@@ -154,12 +170,13 @@ def embed(
         )
     bn_rows = np.array([store.index(c.clip_id) for c in splits["train"]])
     # random_init re-estimates BatchNorm on this task's training windows (REFERENCE 9).
-    bn_key = (
-        stable_hash(sorted(c.clip_id for c in splits["train"])) if model.final_path is None else ""
-    )
+    needs_bn = model.final_path is None and model.external is None
+    bn_key = stable_hash(sorted(c.clip_id for c in splits["train"])) if needs_bn else ""
     result: dict = {}
     for split, clips in splits.items():
-        emb, offsets = _embed_store(cfg, model, store, hops[split], bn_rows, bn_key, progress)
+        emb, offsets = _embed_store(
+            cfg, model, store, hops[split], bn_rows, bn_key, progress, audio_paths
+        )
         rows = [store.index(c.clip_id) for c in clips]
         idx = np.concatenate([np.arange(offsets[r], offsets[r + 1]) for r in rows])
         clip_index = np.concatenate(
@@ -177,6 +194,8 @@ def embed(
             "bn": bn_key,
             "task": task.name,
             "clips": stable_hash(sorted(c.clip_id for c in dataset.clips)),
+            # a task file's labels and declaration (registered tasks: "", keys unchanged)
+            **({"task_identity": task.identity} if getattr(task, "identity", "") else {}),
         }
     )
     return result

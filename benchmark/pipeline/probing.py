@@ -20,7 +20,13 @@ from benchmark.errors import StageError
 from benchmark.evaluation.embed import embed
 from benchmark.io import atomic_write_json, read_json
 from benchmark.pipeline.context import Context
-from benchmark.pipeline.stages import Outcome, load_task_dataset, mixture_store
+from benchmark.pipeline.stages import (
+    Outcome,
+    corpus_items,
+    load_task_dataset,
+    mixture_store,
+    task_registry,
+)
 from benchmark.pipeline.tracking import git_commit
 from benchmark.pretrain.loop import PretrainedModel
 
@@ -81,7 +87,11 @@ def _embedded(ctx: Context, model: PretrainedModel, task):
     """The task's dataset and its window embeddings (see :func:`embed`)."""
     dataset = load_task_dataset(ctx, task)
     store = mixture_store(ctx, task.corpus)
-    return dataset, embed(ctx.cfg, model, task, dataset, store, ctx.progress)
+    audio_paths = None
+    if model.external is not None:  # an external encoder reads the audio files themselves
+        items = corpus_items(ctx, task_registry(ctx).values(), task.corpus)
+        audio_paths = {item.clip_id: item.path for item in items}
+    return dataset, embed(ctx.cfg, model, task, dataset, store, ctx.progress, audio_paths)
 
 
 def run_tune(ctx: Context, model: PretrainedModel, task) -> dict:
@@ -222,6 +232,8 @@ def run_probe(
                 "epochs_run": result.epochs_run,
                 "valid_primary": result.best_valid_score,
                 "train_s": time.perf_counter() - t0,
+                "num_train_clips": train.num_clips,
+                "num_valid_clips": valid.num_clips,
                 "num_test_clips": len(targets),
             }
         )
@@ -229,9 +241,12 @@ def run_probe(
         h.artifact_dict({k: v for k, v in metrics.items() if k not in task.metrics}, "details.json")
         tmp = cfg.profile_dir / "tmp" / f"{h.run_id}"
         tmp.mkdir(parents=True, exist_ok=True)
+        # groups: each test clip's cluster (song, instrument, artist), so that the report can
+        # resample clusters rather than clips (REFERENCE.md section 10).
         np.savez_compressed(
             tmp / "predictions.npz",
             clip_ids=np.array([c.clip_id for c in emb["test"][1]]),
+            groups=np.array([c.cluster for c in emb["test"][1]]),
             targets=targets,
             scores=scores,
             vocabulary=np.array(dataset.vocabulary),

@@ -152,8 +152,10 @@ class PretrainedModel:
     """A method's encoder after stage ``pretrain``: what evaluation embeds with.
 
     ``key`` is the pre-training run's content key, ``final_path`` its weights (None for a
-    method without pre-training: random_init), ``run_id`` its MLflow run; ``cached`` says it
-    was found finished and nothing was trained."""
+    method without pre-training: random_init, external encoders), ``run_id`` its MLflow run;
+    ``cached`` says it was found finished and nothing was trained. ``external``: for an
+    encoder of the HEAR API, ``(module, model file)``; its ``key`` then identifies the module
+    and weights."""
 
     method: str
     seed: int
@@ -161,6 +163,7 @@ class PretrainedModel:
     final_path: Path | None
     run_id: str | None
     cached: bool = False
+    external: tuple[str, str] | None = None
 
 
 def _save_checkpoint(path: Path, model, opt, sched, step: int, key: str) -> None:
