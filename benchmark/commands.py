@@ -60,10 +60,10 @@ def _checked(fn, *args, **kwargs):
         raise UserError(str(exc)) from None
 
 
-def _data_lines(cfg, task_names=None) -> list[str]:
+def _data_lines(cfg, task_names=None, method_names=None) -> list[str]:
     from benchmark.pipeline.stages import describe_data
 
-    return _checked(describe_data, cfg, task_names)
+    return _checked(describe_data, cfg, task_names, method_names)
 
 
 def cmd_config(args, cfg):
@@ -320,10 +320,12 @@ def cmd_run(args, cfg):
     steps = _checked(build_plan, ctx, _split(args.methods), _split(args.tasks), only)
     if args.dry_run:
         tasks = sorted({s.task for s in steps if s.task}) or None
+        methods = sorted({s.method for s in steps if s.method}) or None
         print("data:")
-        for line in _data_lines(cfg, tasks):
+        for line in _data_lines(cfg, tasks, methods):
             print(f"  {line}")
-        for line in plan_status(steps, ctx.tracker, cfg):
+        identity = {t: stages.get_task(ctx, t).identity for t in tasks or []}
+        for line in plan_status(steps, ctx.tracker, cfg, identity):
             print(line)
         return 0
     t0 = time.perf_counter()

@@ -157,7 +157,7 @@ def build_report(
     paths = {"leaderboard.csv": out_dir / "leaderboard.csv"}
     atomic_write_text(paths["leaderboard.csv"], leaderboard.to_csv(index=False))
 
-    drawn, not_drawn = draw_figures(out_dir, summary, scores, per_tag, extras, baseline)
+    drawn, not_drawn = draw_figures(out_dir, summary, scores, per_tag, extras, baseline, chance)
     paths.update(drawn)
 
     num_seeds = int(summary["n"].max())
@@ -177,7 +177,11 @@ def build_report(
     blocks += [("h", 2, "Notes on item-level intervals"), ("ul", notes)]
     blocks.append(("h", 2, "Figures"))
     for name, path in drawn.items():
-        blocks.append(("img", path, FIGURE_CAPTIONS.get(name, name)))
+        caption = FIGURE_CAPTIONS.get(name) or (
+            f"Test scores on {name[len('scores_') : -len('.png')]}: mean over seeds with its 95% "
+            "t-interval, seeds as grey dots, the baseline dashed, chance dotted red"
+        )
+        blocks.append(("img", path, caption))
         if name == "source_activity.png" and source_warnings:
             blocks += [("p", "Warnings on source activity:"), ("ul", list(source_warnings))]
     blocks += [("p", "Figures not drawn:"), ("ul", [f"{k}: {v}" for k, v in not_drawn.items()])]

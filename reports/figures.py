@@ -85,10 +85,12 @@ def scores_figure(
     task: str,
     path: Path,
     baseline: str | None = None,
+    chance: dict | None = None,
 ) -> Path:
     """Per-task scores: one panel per metric, seed mean with its 95% t-interval, seeds as dots.
 
-    Methods are ordered by their mean on each panel; the baseline's mean is a dashed line.
+    Methods are ordered by their mean on each panel; the baseline's mean is a dashed line, the
+    chance level (``chance``: (task, metric) -> value) a red dotted one.
     Raises :class:`FigureDataError` when the task has no rows.
     """
     _require(summary, ["method", "task", "metric", "mean", "ci_low", "ci_high"], "summary")
@@ -112,7 +114,12 @@ def scores_figure(
             axes.plot(values, np.full(len(values), j + 0.18), ".", color="0.5", markersize=4)
         if baseline is not None and baseline in set(part["method"]):
             base = part.loc[part["method"] == baseline, "mean"].iloc[0]
-            axes.axvline(base, color="0.4", linestyle="--", linewidth=0.8)
+            axes.axvline(base, color="0.4", linestyle="--", linewidth=0.8, label=baseline)
+        level = (chance or {}).get((task, metric))
+        if level is not None and np.isfinite(level):
+            axes.axvline(level, color="C3", linestyle=":", linewidth=1.2, label="chance")
+        if axes.get_legend_handles_labels()[0]:
+            axes.legend(fontsize=7, loc="lower right")
         axes.set_yticks(y, part["method"])
         axes.set_xlabel(metric)
         axes.set_title(f"{task}: {metric}")
@@ -272,6 +279,7 @@ _HATCHES = ("", "//", "..", "xx", "\\\\")
 
 # What each figure shows and where it was measured: the caption under it in the report.
 FIGURE_CAPTIONS: dict[str, str] = {
+    # scores_<task>.png: see draw_figures
     "tagwise_pr_auc.png": "Tag-wise PR-AUC of each source-targeted model minus the baseline "
     "(MTAT test clips, mean over seeds)",
     "loss_curves.png": "Pre-training contrastive loss (training batches)",
@@ -290,7 +298,9 @@ def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", str(text))
 
 
-def draw_figures(out_dir: Path, summary, scores, per_tag, extras, baseline) -> tuple[dict, dict]:
+def draw_figures(
+    out_dir: Path, summary, scores, per_tag, extras, baseline, chance=None
+) -> tuple[dict, dict]:
     """Every figure of the report into ``out_dir``: returns (name -> path of those drawn,
     name -> reason for those not drawn, from their :class:`FigureDataError`)."""
     drawn: dict[str, Path] = {}
@@ -298,7 +308,7 @@ def draw_figures(out_dir: Path, summary, scores, per_tag, extras, baseline) -> t
     jobs = [
         (
             f"scores_{_safe_name(task)}.png",
-            lambda path, task=task: scores_figure(summary, scores, task, path, baseline),
+            lambda path, task=task: scores_figure(summary, scores, task, path, baseline, chance),
         )
         for task in sorted(summary["task"].unique())
     ]

@@ -284,6 +284,8 @@ def cross_task_blocks(summary, comparison, primary, baseline, alpha) -> list:
     ]
     if rows.empty:
         return blocks + [("p", "No primary-metric results: no cross-task summary.")]
+    if rows["task"].nunique() < 2:
+        return blocks + [("p", "One task: nothing to summarise across tasks.")]
     wide = rows.pivot(index="method", columns="task", values="mean")
     ranks = stats.mean_ranks(wide)
     counts = wide.notna().sum(axis=1)

@@ -12,6 +12,7 @@ A task file (all paths relative to the file's folder, or absolute)::
     metrics = ["accuracy", "balanced_accuracy"]  # optional; the first is the primary one
     classes = ["backing", "guitar"]  # optional: fixes the vocabulary and its order
     label_separator = ";"            # optional: between the tags of a multilabel row
+    clip_s = 29.0                    # optional: cut each file into clips of this many seconds
     [columns]                        # optional: other column names, e.g. label = "genre"
     [split]                          # optional: used when the CSV has no split column
     valid_fraction = 0.15            #   splits derived by group: deterministic, group-disjoint
@@ -46,7 +47,7 @@ METRICS = {
 DEFAULT_LR = 5e-4  # the paper's rate for its linear probes (MTAT, FMA)
 _KEYS = {
     "name", "audio_root", "labels", "kind", "probe", "lr", "metrics", "classes",
-    "label_separator", "columns", "split",
+    "label_separator", "columns", "split", "clip_s",
 }  # fmt: skip
 _COLUMN_KEYS = {"path", "label", "labels", "split", "group", "id"}
 _SPLIT_KEYS = {"valid_fraction", "test_fraction", "seed"}
@@ -106,6 +107,9 @@ def load_task_file(path: str | Path) -> Task:
     wrong = [m for m in metrics if m not in METRICS[kind]]
     if wrong or not metrics:
         fail(f"metrics {list(metrics)}: a {kind} task reports {', '.join(METRICS[kind])}")
+    clip_s = spec.get("clip_s", 0.0)
+    if isinstance(clip_s, bool) or not isinstance(clip_s, int | float) or clip_s < 0:
+        fail(f"clip_s must be a number of seconds >= 0, got {clip_s!r}")
     lr = spec.get("lr", DEFAULT_LR)
     if isinstance(lr, bool) or not isinstance(lr, int | float) or not lr > 0:
         fail(f"lr must be a positive number, got {lr!r}")
@@ -139,6 +143,7 @@ def load_task_file(path: str | Path) -> Task:
         valid_fraction=float(split.get("valid_fraction", 0.15)),
         test_fraction=float(split.get("test_fraction", 0.15)),
         split_seed=int(split.get("seed", 0)),
+        clip_s=float(clip_s),
     )
     # What the results depend on besides the audio files (whose identity the feature store
     # keys already hold): the declaration and the labels.

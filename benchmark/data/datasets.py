@@ -85,6 +85,8 @@ class Clip:
     # The cluster of test items this clip belongs to (REFERENCE.md section 10): MTAT song,
     # NSynth instrument, FMA artist, a task file's group column. "" = a cluster of its own.
     group: str = ""
+    # The part of the file the clip is, (start_s, end_s) in seconds; None: the whole file.
+    span: tuple[float, float] | None = None
 
     @property
     def cluster(self) -> str:

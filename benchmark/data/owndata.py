@@ -29,6 +29,8 @@ import posixpath
 from collections.abc import Sequence
 from pathlib import Path
 
+import soundfile as sf
+
 from benchmark.data.datasets import (
     SPLITS,
     Clip,
@@ -245,6 +247,7 @@ def load_labelled_csv(
     valid_fraction: float = 0.15,
     test_fraction: float = 0.15,
     split_seed: int = 0,
+    clip_s: float = 0.0,
 ) -> Dataset:
     """A task's clips from a labels CSV.
 
@@ -257,7 +260,10 @@ def load_labelled_csv(
     (:func:`group_splits`, deterministic, group-disjoint).
 
     ``classes`` fixes the vocabulary and its order (a label outside it is an error); by
-    default it is the sorted set of labels present. Missing and zero-byte audio is skipped
+    default it is the sorted set of labels present. ``clip_s`` > 0 cuts each file into
+    consecutive clips of that many seconds (MTAT's are ~29 s; a last piece shorter than half
+    a clip is dropped), ids ``<id>@<start>s``, all in the row's split and group (the file's,
+    by default: clips of one recording never straddle splits). Missing and zero-byte audio is skipped
     and counted. Raises :class:`DatasetError` naming the file and line for a missing column,
     an unknown split or class, a repeated id, or a split left without clips.
     """
@@ -327,9 +333,30 @@ def load_labelled_csv(
         else:
             target = index[labels[0]]
         split = split if split_of is None else split_of[group or clip_id]
-        add_clip(clips, skips, Clip(clip_id, path, split, target, group))
+        if clip_s <= 0:
+            add_clip(clips, skips, Clip(clip_id, path, split, target, group))
+            continue
+        problem = audio_problem(path)
+        if problem:
+            skips.add(problem, clip_id)
+            continue
+        for start, end in _cuts(path, clip_s, where):
+            piece = f"{clip_id}@{start:g}s"
+            clips.append(Clip(piece, path, split, target, group or clip_id, (start, end)))
     ds = finish_dataset(name, clips, vocabulary, multilabel, skips)
     empty = [s for s, n in ds.counts().items() if n == 0]
     if empty:
         raise DatasetError(f"task {name} ({csv_path}): no clip in split(s) {', '.join(empty)}")
     return ds
+
+
+def _cuts(path: Path, clip_s: float, where: str) -> list[tuple[float, float]]:
+    """``(start, end)`` seconds of the consecutive ``clip_s``-second clips of a file; the last
+    is kept when it holds at least half a clip. Raises :class:`DatasetError` naming ``where``
+    for a file soundfile cannot read."""
+    try:
+        duration = sf.info(str(path)).duration
+    except Exception as exc:  # soundfile raises several types
+        raise DatasetError(f"{where}: cannot read {path} ({exc})") from None
+    count = int(duration // clip_s) + (duration % clip_s >= clip_s / 2)
+    return [(k * clip_s, min((k + 1) * clip_s, duration)) for k in range(max(count, 1))]

@@ -72,7 +72,7 @@ def _embed_store(
     Shared by every task on the same corpus (MTAT and MTAT* embed once). Returns
     ``(embeddings (W, D) float16 memory map, offsets (rows + 1,))``: the windows of store row
     ``r`` are ``embeddings[offsets[r]:offsets[r + 1]]``. An external encoder
-    (``model.external``) embeds the same windows from the audio files ``audio_paths``
+    (``model.external``) embeds the same windows from the audio ``audio_paths``
     (clip id -> path; :mod:`benchmark.evaluation.hear`).
     """
     from tqdm import tqdm
@@ -156,7 +156,7 @@ def embed(
     Training windows every ``probe.train_hop_frames`` frames (crop diversity), validation and
     test windows non-overlapping (REFERENCE.md section 5). The frozen encoder runs once per
     (checkpoint, corpus store, hop); tasks select their clips from that cache. An external
-    encoder needs ``audio_paths`` (clip id -> audio file) for every clip of ``store``.
+    encoder needs ``audio_paths`` (clip id -> ``AudioItem``: file and span) for every clip.
     """
     crop = cfg.frontend.crop_frames
     hops = {"train": cfg.probe.train_hop_frames, "valid": crop, "test": crop}

@@ -152,8 +152,9 @@ def pool_windows(
 class HearEmbedder:
     """Window embeddings of clips through a HEAR module (see the module docstring).
 
-    ``__call__(path, starts)`` decodes the clip at the model's rate and returns ``(W, D)``
-    float32, one row per window start (frames). Raises :class:`StageError` when the module
+    ``__call__(path, starts, span)`` decodes the clip (``span`` of the file in seconds, or
+    all of it) at the model's rate and returns ``(W, D)`` float32, one row per window start
+    (frames). Raises :class:`StageError` when the module
     returns arrays of the wrong shape or non-finite values.
     """
 
@@ -167,8 +168,8 @@ class HearEmbedder:
         self.sample_rate = int(self.model.sample_rate)
         self.dim = int(self.model.timestamp_embedding_size)
 
-    def __call__(self, path: Path, starts: np.ndarray) -> np.ndarray:
-        wave = load_audio(path, self.sample_rate)
+    def __call__(self, path: Path, starts: np.ndarray, span=None) -> np.ndarray:
+        wave = load_audio(path, self.sample_rate, span)
         audio = torch.from_numpy(wave[None]).to(self.device)
         with torch.inference_mode():
             embeddings, timestamps = self.module.get_timestamp_embeddings(audio, self.model)
@@ -197,20 +198,22 @@ def _numpy(value) -> np.ndarray:
 
 
 def embed_clips(
-    embedder: Callable[[Path, np.ndarray], np.ndarray],
+    embedder: Callable[..., np.ndarray],
     clip_ids: list[str],
     starts: list[np.ndarray],
-    audio_paths: Mapping[str, Path],
+    audio: Mapping,
     progress: Callable | None = None,
 ) -> np.ndarray:
-    """Concatenated window embeddings of every clip ``(sum W, D)`` in the given order.
+    """Concatenated window embeddings of every clip ``(sum W, D)`` in the given order;
+    ``audio``: clip id -> an item with ``path`` and ``span`` (an ``AudioItem``).
 
-    Raises :class:`StageError` when a clip has no audio path."""
+    Raises :class:`StageError` when a clip has no audio."""
     rows = []
     for clip_id, clip_starts in zip(clip_ids, starts, strict=True):
-        if clip_id not in audio_paths:
+        if clip_id not in audio:
             raise StageError(f"no audio file known for clip {clip_id}: cannot embed it externally")
-        rows.append(embedder(Path(audio_paths[clip_id]), clip_starts))
+        item = audio[clip_id]
+        rows.append(embedder(Path(item.path), clip_starts, item.span))
         if progress is not None:
             progress()
     return np.concatenate(rows) if rows else np.zeros((0, 0), dtype=np.float32)

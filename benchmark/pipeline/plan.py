@@ -210,9 +210,12 @@ def merge_status(previous: dict, steps: list[Step], wall: dict, results_hash: st
     }
 
 
-def plan_status(steps: list[Step], tracker: Tracker | None, cfg: Config) -> list[str]:
+def plan_status(
+    steps: list[Step], tracker: Tracker | None, cfg: Config, task_identity: dict | None = None
+) -> list[str]:
     """Lines for ``--dry-run``: every step and whether MLflow already holds its finished run
-    (``tracker`` None: no store exists yet, nothing is done).
+    (``tracker`` None: no store exists yet, nothing is done). ``task_identity``: task ->
+    :attr:`Task.identity`; a run of an edited task file is not done.
 
     Tracked steps (pretrain, tune, probe) are looked up by their tags under this configuration
     (``results_hash``: the methods and tasks listed do not matter);
@@ -228,9 +231,14 @@ def plan_status(steps: list[Step], tracker: Tracker | None, cfg: Config) -> list
         if r.info.status == "FINISHED" and r.data.tags.get("results_hash", wanted) == wanted
     ]
     seen = set()
+    identity = task_identity or {}
     for r in finished:
         t = r.data.tags
         kind = t.get("bench.kind")
+        if kind in ("tune", "probe") and t.get("task_identity", "") != identity.get(
+            t.get("task"), ""
+        ):
+            continue  # the task file changed since: its results are not this plan's
         if kind == "pretrain":
             seen.add(step_name("pretrain", t.get("method"), t.get("seed")))
         elif kind == "tune":

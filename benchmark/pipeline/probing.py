@@ -90,7 +90,7 @@ def _embedded(ctx: Context, model: PretrainedModel, task):
     audio_paths = None
     if model.external is not None:  # an external encoder reads the audio files themselves
         items = corpus_items(ctx, task_registry(ctx).values(), task.corpus)
-        audio_paths = {item.clip_id: item.path for item in items}
+        audio_paths = {item.clip_id: item for item in items}
     return dataset, embed(ctx.cfg, model, task, dataset, store, ctx.progress, audio_paths)
 
 
@@ -115,6 +115,7 @@ def run_tune(ctx: Context, model: PretrainedModel, task) -> dict:
             "task": task.name,
             "study": study,
             "pretrain_seed": model.seed,
+            "task_identity": task.identity,
             "config_hash": cfg.hash(),
             "results_hash": cfg.results_hash(),
         },
@@ -196,6 +197,7 @@ def run_probe(
         "pretrain_seed": model.seed,
         "pretrain_run_id": model.run_id or "",
         "params_mode": mode,
+        "task_identity": task.identity,
         "config_hash": cfg.hash(),
         "results_hash": cfg.results_hash(),
         "git_commit": git_commit(),

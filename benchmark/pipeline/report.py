@@ -111,7 +111,12 @@ def make_report(
             warnings += [f"{separator}: {line}" for line in activity_warnings(table)]
     tasks = all_tasks(cfg.benchmark.task_files)
     measured_tasks = sorted(set(data["scores"]["task"]))
-    data_notes = describe_data(cfg, [t for t in measured_tasks if t in tasks])
+    methods = sorted(set(data["scores"]["method"]))
+    data_notes = describe_data(cfg, [t for t in measured_tasks if t in tasks], methods)
+    data_notes += [
+        f"pre-training data ({', '.join(sorted(set(m)))}): {note}"
+        for note, m in sorted(data["pretrain_data"].items())
+    ]
     data_notes += task_data_notes(data["task_info"])
     columns, why = published_columns(cfg, data["task_info"])
     primary = {name: task.primary for name, task in tasks.items()}

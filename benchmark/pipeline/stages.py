@@ -131,9 +131,12 @@ def prepare_data(cfg: Config, progress: bool = True) -> DataPaths:
     )
 
 
-def describe_data(cfg: Config, task_names=None) -> list[str]:
+def describe_data(cfg: Config, task_names=None, method_names=None) -> list[str]:
     """Which data a run of ``cfg`` uses, one line each (``config`` and ``--dry-run`` print it;
-    the report repeats it). Reads nothing and generates nothing."""
+    the report repeats it): for ``task_names`` and ``method_names`` (default: the
+    configuration's). Reads nothing and generates nothing."""
+    from methods import get_method
+
     d = cfg.data
     lines = []
     synth = f"synthetic corpus ({d.synth_size}, seed {d.synth_seed}) in {synthetic_root(cfg)}"
@@ -166,15 +169,18 @@ def describe_data(cfg: Config, task_names=None) -> list[str]:
         else:
             lines.append(f"task {name}: real {task.corpus} at {roots[task.corpus] or '(unset)'}")
     sep = cfg.separation
+    methods = [get_method(m) for m in method_names or cfg.benchmark.methods]
+    if not any(m.sources for m in methods):
+        return lines  # no method pairs with separated sources
     if sep.separator == "umx" and sep.umx_model == TRAINED_SEPARATOR:
-        lines.append(
-            "separator (for methods pairing with sources): Open-Unmix trained here on the true "
-            f"stems of the {synth}"
-        )
+        configured = f"Open-Unmix trained here on the true stems of the {synth}"
+    elif sep.separator == "umx":
+        configured = f"Open-Unmix {sep.umx_model}"
     else:
-        lines.append(
-            f"separator (for methods pairing with sources): {sep.separator} {sep.umx_model}"
-        )
+        configured = f"separation.separator={sep.separator}"
+    for kind in sorted({m.separator for m in methods if m.sources}):
+        what = "random soft masks of the mixture" if kind == "random_mask" else configured
+        lines.append(f"separated sources ({kind} separator): {what}")
     return lines
 
 
@@ -258,11 +264,12 @@ def corpus_items(ctx: Context, tasks, corpus: str) -> list[AudioItem]:
     if corpus == pretrain_corpus(ctx.cfg):
         clips += pretrain_dataset(ctx).clips
     for clip in clips:
-        item = items.setdefault(clip.clip_id, AudioItem(clip.clip_id, clip.path))
-        if item.path != clip.path:
+        item = items.setdefault(clip.clip_id, AudioItem(clip.clip_id, clip.path, clip.span))
+        if (item.path, item.span) != (clip.path, clip.span):
             raise StageError(
-                f"corpus {corpus}: clip id '{clip.clip_id}' names two files ({item.path} and "
-                f"{clip.path}); give the tasks on this audio the same ids"
+                f"corpus {corpus}: clip id '{clip.clip_id}' names two pieces of audio "
+                f"({item.path} {item.span or ''} and {clip.path} {clip.span or ''}); give the "
+                "tasks on this audio the same ids"
             )
     return list(items.values())
 
@@ -292,13 +299,18 @@ def _mixture_store(ctx: Context, corpus: str) -> FeatureStore:
 def pretrain_corpus(cfg: Config) -> str:
     """The corpus name of the pre-training data: ``mtat`` or one named after the folder or
     manifest (its feature store and separated sources are keyed by it)."""
+    from tasks.files import audio_corpus
+
     d = cfg.data
     if d.pretrain_source == "mtat":
         return "mtat"
-    where = d.pretrain_root if d.pretrain_source == "folder" else d.pretrain_manifest
-    resolved = str(Path(where).expanduser().resolve())
+    if d.pretrain_source == "folder":
+        # The name task files on the same folder get: one feature store serves both (clip
+        # ids are the paths relative to the folder in both).
+        return audio_corpus(Path(d.pretrain_root).expanduser().resolve())
+    resolved = str(Path(d.pretrain_manifest).expanduser().resolve())
     slug = "".join(ch if ch.isalnum() else "_" for ch in Path(resolved).stem)[:24]
-    return f"pretrain-{d.pretrain_source}-{slug}-{stable_hash([resolved, d.pretrain_root], 8)}"
+    return f"pretrain-manifest-{slug}-{stable_hash([resolved, d.pretrain_root], 8)}"
 
 
 def pretrain_dataset(ctx: Context) -> Dataset:
@@ -317,6 +329,17 @@ def _pretrain_dataset(ctx: Context) -> Dataset:
     if d.pretrain_source == "manifest":
         return load_manifest(d.pretrain_manifest, d.pretrain_root or None, d.valid_fraction)
     return load_task_dataset(ctx, TASKS["mtat"])
+
+
+def pretrain_data_note(ctx: Context) -> str:
+    """What the pre-training read, in one line for its MLflow run and the report: clips per
+    split and what was skipped."""
+    ds = pretrain_dataset(ctx)
+    counts = ds.counts()
+    note = f"{pretrain_corpus(ctx.cfg)}: train {counts['train']}, valid {counts['valid']} files"
+    if ds.skipped:
+        note += "; skipped " + ", ".join(f"{n} ({why})" for why, n in sorted(ds.skipped.items()))
+    return note
 
 
 def pretrain_clips(ctx: Context) -> tuple[list, list]:
@@ -617,6 +640,7 @@ def run_pretrain(
         "config_hash": cfg.hash(),
         "results_hash": cfg.results_hash(),
         "git_commit": git_commit(),
+        "pretrain_data": pretrain_data_note(ctx),
     }
     with tracker.run(
         key, "pretrain", f"pretrain-{method_name}-s{seed}", tags=tags, params=params

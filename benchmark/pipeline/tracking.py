@@ -279,7 +279,8 @@ def collect(tracker: Tracker, workdir: Path, run_ids: set[str] | None = None) ->
     ((method, task, seed) -> clip_ids/groups/targets/scores/vocabulary), ``per_tag``,
     ``loss_curves``, ``source_activity`` (separator, corpus, source, active, total),
     ``separation_quality`` (DataFrames or None), ``task_info`` (task -> clips per split,
-    number of labels, tags or classes left out of the scores) and ``num_runs``.
+    number of labels, tags or classes left out of the scores), ``pretrain_data`` (what the
+    pre-training runs read -> their methods) and ``num_runs``.
     """
     import numpy as np
     import pandas as pd
@@ -295,6 +296,7 @@ def collect(tracker: Tracker, workdir: Path, run_ids: set[str] | None = None) ->
         )
     score_rows, tag_rows, loss_rows, activity_rows, quality_rows = [], [], [], [], []
     task_info: dict[str, dict] = {}
+    pretrain_data: dict[str, list[str]] = {}  # what pre-training read -> the methods
     predictions: dict = {}
     for run in runs:
         kind = run.data.tags.get(KIND_TAG)
@@ -340,6 +342,8 @@ def collect(tracker: Tracker, workdir: Path, run_ids: set[str] | None = None) ->
                 },
             )
         elif kind == "pretrain":
+            if tags.get("pretrain_data"):
+                pretrain_data.setdefault(tags["pretrain_data"], []).append(tags.get("method"))
             history = tracker.client.get_metric_history(run.info.run_id, "loss")
             for m in history:
                 loss_rows.append((tags.get("method"), int(tags.get("seed", 0)), m.step, m.value))
@@ -370,5 +374,6 @@ def collect(tracker: Tracker, workdir: Path, run_ids: set[str] | None = None) ->
         "source_activity": activity,
         "separation_quality": frame(quality_rows, ["separator", "source", "si_sdr"]),
         "task_info": task_info,
+        "pretrain_data": pretrain_data,
         "num_runs": len(runs),
     }

@@ -157,5 +157,5 @@ def test_config_says_which_data_is_used(tmp_path):
     text = out.stdout
     assert f"pre-training: every audio file under {tmp_path} (recursive)" in text
     assert "task mtat: mtat of the synthetic corpus (smoke, seed 0)" in text
-    assert "separator (for methods pairing with sources): Open-Unmix trained here" in text
+    assert "separated sources (config separator): Open-Unmix trained here" in text
     assert not (tmp_path / "runs").exists()  # describing the data generates nothing

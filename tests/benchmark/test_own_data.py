@@ -68,6 +68,16 @@ def test_dry_run_says_which_data_and_writes_nothing(walkthrough):
     assert not (walkthrough / "runs").exists()  # no mlflow.db, no folders
 
 
+def test_features_builds_only_the_named_tasks_and_the_pretraining_corpus(walkthrough):
+    out = _cli("features", "--profile", str(walkthrough / "mine.toml"), "--tasks", "my_genres")
+    assert out.returncode == 0, out.stderr
+    # the task's audio root is the pre-training folder: one store serves both
+    (line,) = out.stdout.strip().splitlines()
+    assert line.startswith("own-fma_small-") and "(0 skipped)" in line
+    wrong = _cli("features", "--profile", str(walkthrough / "mine.toml"), "--tasks", "nope")
+    assert wrong.returncode == 2 and "unknown task 'nope'" in wrong.stderr
+
+
 def test_a_plan_without_probes_ends_in_one_line(walkthrough):
     out = _cli("run", "--profile", str(walkthrough / "mine.toml"), "--only", "features")
     assert out.returncode == 0, out.stdout + out.stderr

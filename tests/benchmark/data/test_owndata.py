@@ -172,3 +172,34 @@ def test_labelled_csv_unknown_class_with_fixed_classes(folder, tmp_path):
     csv = _labels(tmp_path, folder, ["album0/disc/track00.wav,x,train"], "path,label,split")
     with pytest.raises(DatasetError, match=r"labels\.csv:2: 'x' is not one of the task's classes"):
         load_labelled_csv("t", csv, folder, multilabel=False, classes=("a", "b"))
+
+
+def test_clip_s_cuts_recordings_into_clips_that_stay_together(tmp_path):
+    from benchmark.config import FrontEndConfig
+    from benchmark.data.audio import load_audio, log_mel
+    from benchmark.data.features import extract_mixture
+
+    t = np.arange(int(3.0 * SR)) / SR
+    for i in range(4):
+        path = tmp_path / "songs" / f"s{i}.flac"
+        path.parent.mkdir(exist_ok=True)
+        sf.write(path, 0.3 * np.sin(2 * np.pi * (150 + 50 * i) * t * (1 + t)), SR)
+    csv = tmp_path / "labels.csv"
+    csv.write_text("path,label\n" + "".join(f"s{i}.flac,{'ab'[i % 2]}\n" for i in range(4)))
+    ds = load_labelled_csv("cut", csv, tmp_path / "songs", multilabel=False, clip_s=1.25,
+                           valid_fraction=0.25, test_fraction=0.25)  # fmt: skip
+    # 3 s = two 1.25-s clips; the 0.5-s rest is under half a clip and dropped
+    assert [c.clip_id for c in ds.clips if c.path.name == "s0.flac"] == [
+        "s0.flac@0s",
+        "s0.flac@1.25s",
+    ]
+    assert ds.clips[1].span == (1.25, 2.5)
+    for c in ds.clips:  # clips of one recording share its group, hence its split
+        assert c.group == c.path.name
+    assert len({(c.group, c.split) for c in ds.clips}) == 4
+    # the feature store reads exactly that span of the file
+    cfg = FrontEndConfig()
+    clip = ds.clips[1]
+    (entry,) = extract_mixture((clip.path, cfg, clip.span))
+    whole = load_audio(clip.path, SR)
+    np.testing.assert_allclose(entry.features, log_mel(whole[20000:40000], cfg), atol=1e-5)
