@@ -64,38 +64,62 @@ def _encoder_for(cfg: Config, model: PretrainedModel, store: FeatureStore, train
     return net.eval()
 
 
+def store_content(store: FeatureStore) -> str:
+    """What identifies a store's rows: its shards' keys (each a hash of its clips' files)."""
+    return stable_hash(store.shard_keys)
+
+
+def _window_counts(store, crop: int, hop: int, selected) -> list[int]:
+    """Windows per store row: every ``hop``-spaced crop, none for rows not ``selected``."""
+    return [
+        len(window_starts(int(n), crop, hop)) if selected is None or r in selected else 0
+        for r, n in enumerate(store.lengths)
+    ]
+
+
 def _embed_store(
-    cfg, model, store, hop, bn_rows, bn_key, progress, audio_paths=None
+    cfg, model, store, hop, bn_rows, bn_key, progress, audio_paths=None, clip_ids=None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Embeddings of every ``hop``-spaced window of every clip of ``store`` (cached on disk).
+    """Embeddings of every ``hop``-spaced window of every clip of ``store`` (cached on disk),
+    or of the clips ``clip_ids`` only (a store that also holds pre-training files no task
+    reads: embedding those would be wasted).
 
     Shared by every task on the same corpus (MTAT and MTAT* embed once). Returns
     ``(embeddings (W, D) float16 memory map, offsets (rows + 1,))``: the windows of store row
-    ``r`` are ``embeddings[offsets[r]:offsets[r + 1]]``. An external encoder
-    (``model.external``) embeds the same windows from the audio ``audio_paths``
-    (clip id -> path; :mod:`benchmark.evaluation.hear`).
+    ``r`` are ``embeddings[offsets[r]:offsets[r + 1]]`` (empty for a row left out). An
+    external encoder (``model.external``) embeds the same windows from the audio
+    ``audio_paths`` (clip id -> ``AudioItem``; :mod:`benchmark.evaluation.hear`).
     """
     from tqdm import tqdm
 
     crop = cfg.frontend.crop_frames
+    selected = None if clip_ids is None else {store.index(c) for c in clip_ids if store.has(c)}
     key = stable_hash(
         {
             "model": weights_key(model),
             "store": store.root.name,
+            # A store's folder is named by its config; its shards by the files in it. A store
+            # that gained or lost clips (a task added on its audio) has other rows.
+            "content": store_content(store),
             "hop": hop,
             "crop": crop,
             "bn": bn_key,
+            # only when rows are chosen: the keys of whole-store caches stay as they were
+            **({"clips": stable_hash(sorted(clip_ids))} if clip_ids is not None else {}),
         }
     )
     name = model.method.replace(":", "-").replace("@", "-").replace("/", "_")[:40]
     out = cfg.cache_dir / "embeddings" / f"{store.root.name[:40]}-{name}-s{model.seed}-h{hop}-{key}"
+    counts = _window_counts(store, crop, hop, selected)
     if not (out / "done.json").is_file() and model.external is not None:
-        _embed_external(cfg, model, store, hop, out, key, audio_paths, progress)
+        _embed_external(cfg, model, store, hop, out, key, audio_paths, progress, counts)
     if not (out / "done.json").is_file():
-        counts = [len(window_starts(int(n), crop, hop)) for n in store.lengths]
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         windows = [
-            (r, st) for r, n in enumerate(store.lengths) for st in window_starts(int(n), crop, hop)
+            (r, st)
+            for r, n in enumerate(store.lengths)
+            if counts[r]
+            for st in window_starts(int(n), crop, hop)
         ]
         device = pick_device()
         net = _encoder_for(cfg, model, store, bn_rows, device)
@@ -121,22 +145,25 @@ def _embed_store(
     return np.load(out / "embeddings.npy", mmap_mode="r"), np.load(out / "offsets.npy")
 
 
-def _embed_external(cfg, model, store, hop, out, key, audio_paths, progress) -> None:
-    """The cache of an external (HEAR) encoder: the same windows, from the audio files."""
+def _embed_external(cfg, model, store, hop, out, key, audio_paths, progress, counts) -> None:
+    """The cache of an external (HEAR) encoder: the same windows, from the audio files
+    (rows with ``counts`` 0 are left out)."""
     from tqdm import tqdm
 
     from benchmark.evaluation.hear import HearEmbedder, embed_clips
 
     crop = cfg.frontend.crop_frames
-    starts = [window_starts(int(n), crop, hop) for n in store.lengths]
-    offsets = np.concatenate([[0], np.cumsum([len(s) for s in starts])]).astype(np.int64)
+    rows = [r for r, count in enumerate(counts) if count]
+    starts = [window_starts(int(store.lengths[r]), crop, hop) for r in rows]
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     module, model_file = model.external
     embedder = HearEmbedder(module, model_file, cfg.frontend)
+    clip_ids = [store.clip_ids[r] for r in rows]
     with tqdm(
-        total=len(starts), desc=f"embed {store.root.name[:24]} ({model.method})",
+        total=len(rows), desc=f"embed {store.root.name[:24]} ({model.method})",
         unit="clip", disable=not progress,
     ) as bar:  # fmt: skip
-        feats = embed_clips(embedder, list(store.clip_ids), starts, audio_paths or {}, bar.update)
+        feats = embed_clips(embedder, clip_ids, starts, audio_paths or {}, bar.update)
     atomic_save_npy(out / "embeddings.npy", feats.astype(np.float16))
     atomic_save_npy(out / "offsets.npy", offsets)
     atomic_write_json(out / "done.json", {"key": key, "windows": int(offsets[-1])})
@@ -150,6 +177,7 @@ def embed(
     store: FeatureStore,
     progress=True,
     audio_paths=None,
+    corpus_clips=None,
 ) -> dict:
     """Window embeddings of the splits of ``dataset``: split -> (WindowSet, clips), plus "key".
 
@@ -157,6 +185,8 @@ def embed(
     test windows non-overlapping (REFERENCE.md section 5). The frozen encoder runs once per
     (checkpoint, corpus store, hop); tasks select their clips from that cache. An external
     encoder needs ``audio_paths`` (clip id -> ``AudioItem``: file and span) for every clip.
+    ``corpus_clips``: the clips of every task on this corpus, when the store holds others
+    (pre-training files): only those are embedded.
     """
     crop = cfg.frontend.crop_frames
     hops = {"train": cfg.probe.train_hop_frames, "valid": crop, "test": crop}
@@ -175,7 +205,7 @@ def embed(
     result: dict = {}
     for split, clips in splits.items():
         emb, offsets = _embed_store(
-            cfg, model, store, hops[split], bn_rows, bn_key, progress, audio_paths
+            cfg, model, store, hops[split], bn_rows, bn_key, progress, audio_paths, corpus_clips
         )
         rows = [store.index(c.clip_id) for c in clips]
         idx = np.concatenate([np.arange(offsets[r], offsets[r + 1]) for r in rows])
@@ -190,6 +220,7 @@ def embed(
         {
             "model": weights_key(model),
             "store": store.root.name,
+            "content": store_content(store),
             "hops": hops,
             "bn": bn_key,
             "task": task.name,

@@ -130,4 +130,6 @@ def export_hear(
     )  # fmt: skip
     atomic_write_text(package / "__init__.py", _INIT.format(**fields))
     atomic_write_text(out_dir / "pyproject.toml", _PYPROJECT.format(**fields))
+    for path in (out_dir / "pyproject.toml", *package.iterdir()):
+        path.chmod(0o644)  # atomic writes make private files; a package is read by others
     return package

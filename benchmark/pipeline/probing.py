@@ -25,6 +25,7 @@ from benchmark.pipeline.stages import (
     corpus_items,
     load_task_dataset,
     mixture_store,
+    pretrain_corpus,
     task_registry,
 )
 from benchmark.pipeline.tracking import git_commit
@@ -87,11 +88,17 @@ def _embedded(ctx: Context, model: PretrainedModel, task):
     """The task's dataset and its window embeddings (see :func:`embed`)."""
     dataset = load_task_dataset(ctx, task)
     store = mixture_store(ctx, task.corpus)
-    audio_paths = None
+    audio_paths = corpus_clips = None
     if model.external is not None:  # an external encoder reads the audio files themselves
         items = corpus_items(ctx, task_registry(ctx).values(), task.corpus)
         audio_paths = {item.clip_id: item for item in items}
-    return dataset, embed(ctx.cfg, model, task, dataset, store, ctx.progress, audio_paths)
+    if task.corpus == pretrain_corpus(ctx.cfg) and ctx.cfg.data.pretrain_source != "mtat":
+        # The store also holds the pre-training folder's files: embed the tasks' clips only.
+        tasks = [t for t in task_registry(ctx).values() if t.corpus == task.corpus]
+        corpus_clips = sorted({c.clip_id for t in tasks for c in load_task_dataset(ctx, t).clips})
+    return dataset, embed(
+        ctx.cfg, model, task, dataset, store, ctx.progress, audio_paths, corpus_clips
+    )
 
 
 def run_tune(ctx: Context, model: PretrainedModel, task) -> dict:

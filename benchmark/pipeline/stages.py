@@ -569,6 +569,10 @@ def pair_corpora(ctx: Context, method) -> tuple[PairCorpus, PairCorpus, str]:
         return PairCorpus(mix, f.excerpt_frames, f.crop_frames, silence_value(cfg), sources, ids)
 
     identity = mix.root.name + ("|" + sources.root.name if sources is not None else "")
+    if cfg.data.pretrain_source != "mtat":
+        # Files come and go in a folder or manifest (MTAT's lists are fixed): which files
+        # were read is part of what the weights depend on.
+        identity += "|" + stable_hash(sorted(c.clip_id for c in train + valid))
     return make(train), make(valid), identity
 
 

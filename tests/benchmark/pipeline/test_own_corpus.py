@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
 import pytest
 
 from benchmark.errors import DatasetError
@@ -104,3 +105,35 @@ def test_report_helpers_say_what_was_planned_and_measured():
     kept, why = published_columns(real, info)
     assert kept == [("mtat", "roc_auc"), ("mtat", "pr_auc")]
     assert why == "mtat_star has 118 test clips where the paper's dataset has 5,329"
+
+
+def test_a_task_on_the_pretraining_folder_embeds_its_own_clips_only(synth_smoke, folder_env):
+    """The folder's feature store serves pre-training and the task; the embeddings cover the
+    task's clips, not every pre-training file."""
+    from benchmark.pipeline import probing
+
+    _, music = folder_env
+    files = sorted(p.relative_to(music).as_posix() for p in music.rglob("*.mp3"))[:12]
+    work = music.parent / f"{music.name}-task"
+    work.mkdir()
+    rows = [f"{f},{'ab'[i % 2]},{i // 2}" for i, f in enumerate(files)]
+    (work / "labels.csv").write_text("path,label,group\n" + "\n".join(rows) + "\n")
+    (work / "few.toml").write_text(
+        f'name = "few"\naudio_root = "{music}"\nlabels = "labels.csv"\nkind = "multiclass"\n'
+        'probe = "linear"\n[split]\nvalid_fraction = 0.2\ntest_fraction = 0.2\n'
+    )
+    ctx = stage_env(
+        synth_smoke[0], work / "runs",
+        ["data.pretrain_source=folder", f"data.pretrain_root={music}",
+         f"benchmark.task_files={work / 'few.toml'}", "probe.train_hop_frames=98"],
+    )  # fmt: skip
+    task = stages.get_task(ctx, "few")
+    assert task.corpus == stages.pretrain_corpus(ctx.cfg)  # one store for both
+    store = stages.mixture_store(ctx, task.corpus)
+    assert len(store) == 40
+    model = stages.run_pretrain(ctx, "random_init", 0)
+    _, emb = probing._embedded(ctx, model, task)
+    (cache,) = (ctx.cfg.cache_dir / "embeddings").iterdir()
+    embedded = int(np.load(cache / "offsets.npy")[-1])
+    in_task = sum(emb[s][0].num_windows for s in ("train", "valid", "test"))
+    assert embedded == in_task  # the 28 pre-training-only files were not embedded
