@@ -119,7 +119,7 @@ def scores_figure(
         if level is not None and np.isfinite(level):
             axes.axvline(level, color="C3", linestyle=":", linewidth=1.2, label="chance")
         if axes.get_legend_handles_labels()[0]:
-            axes.legend(fontsize=7, loc="lower right")
+            axes.legend(fontsize=7, loc="best")
         axes.set_yticks(y, part["method"])
         axes.set_xlabel(metric)
         axes.set_title(f"{task}: {metric}")

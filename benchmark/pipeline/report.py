@@ -142,10 +142,29 @@ def make_report(
         published_note=why,
         method_notes=method_notes(sorted(set(data["scores"]["method"]))),
         source_warnings=warnings,
+        expected_figures=expected_figures(
+            methods, [tasks[t] for t in measured_tasks if t in tasks]
+        ),
     )
     shutil.rmtree(work, ignore_errors=True)
     log.info("report written to %s", out_dir)
     return paths
+
+
+def expected_figures(methods, tasks) -> list[str]:
+    """The figures a run of ``methods`` on ``tasks`` has data for: tag-wise scores with MTAT,
+    loss curves with a pre-trained method, source figures with a source-pairing one."""
+    from methods import get_method
+
+    kinds = [get_method(m) for m in methods]
+    names = [f"scores_{t.name}.png" for t in tasks]
+    if any(t.name == "mtat" for t in tasks):
+        names.append("tagwise_pr_auc.png")
+    if any(m.pretrained for m in kinds):
+        names.append("loss_curves.png")
+    if any(m.sources for m in kinds):
+        names += ["source_activity.png", "separation_quality.png"]
+    return names
 
 
 def planned_pairs(plan_status: dict) -> list[tuple[str, str]] | None:

@@ -257,3 +257,14 @@ def test_report_says_what_it_measured(tmp_path):
     assert csv.loc[("cola", "fma", "accuracy"), "chance"] == fma_counts.max() / NUM_CLIPS
     positives = predictions[("cola", "mtat", 0)]["targets"].mean(axis=0)
     assert csv.loc[("cola", "mtat", "pr_auc"), "chance"] == pytest.approx(positives.mean())
+
+
+def test_figures_a_run_has_no_data_for_by_design_are_not_listed(tmp_path):
+    scores, predictions, _ = _synthetic_benchmark()
+    paths = build_report(
+        tmp_path, scores, predictions, bootstrap_resamples=9, item_metrics=["accuracy"],
+        expected_figures=["scores_mtat.png", "scores_fma.png", "loss_curves.png"],
+    )  # fmt: skip
+    markdown = paths["leaderboard.md"].read_text()
+    assert "loss_curves.png: no loss-curve data" in markdown  # expected, so said
+    assert "separation_quality.png" not in markdown  # no separation ran: nothing to say
