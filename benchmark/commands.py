@@ -60,13 +60,22 @@ def _checked(fn, *args, **kwargs):
         raise UserError(str(exc)) from None
 
 
+def _data_lines(cfg, task_names=None, method_names=None) -> list[str]:
+    from benchmark.pipeline.stages import describe_data
+
+    return _checked(describe_data, cfg, task_names, method_names)
+
+
 def cmd_config(args, cfg):
     print(json.dumps({"hash": cfg.hash(), "config": cfg.to_dict()}, indent=2))
+    print("data this configuration uses:")
+    for line in _data_lines(cfg):
+        print(f"  {line}")
 
 
 def cmd_list(args, cfg):
     from methods import METHODS
-    from tasks import TASKS
+    from tasks import all_tasks
 
     print("methods:")
     for name, m in METHODS.items():
@@ -80,10 +89,13 @@ def cmd_list(args, cfg):
             )
         )
         print(f"  {name:26s} loss={m.loss:8s} {what}")
+    print("  hear:<module>              external encoder: any installed HEAR-API module")
     print("tasks:")
-    for name, t in TASKS.items():
+    for name, t in _checked(all_tasks, cfg.benchmark.task_files).items():
+        where = f" (task file {t.declared_in})" if t.declared_in else ""
         print(
-            f"  {name:26s} corpus={t.corpus:7s} probe={t.probe_kind:6s} metrics={','.join(t.metrics)}"
+            f"  {name:26s} corpus={t.corpus:7s} probe={t.probe_kind:6s} "
+            f"metrics={','.join(t.metrics)}{where}"
         )
 
 
@@ -103,13 +115,27 @@ def cmd_synth(args, cfg):
     print(json.dumps({k: v for k, v in manifest.items() if k != "clips"}, indent=2, default=str))
 
 
+def _split(text: str | None) -> list[str] | None:
+    return [x.strip() for x in text.split(",") if x.strip()] if text else None
+
+
+def _features_args(p):
+    p.add_argument(
+        "--tasks",
+        default=None,
+        help="comma-separated tasks whose corpora to build (default: the profile's tasks and "
+        "task files); the pre-training corpus is always built",
+    )
+
+
 def cmd_features(args, cfg):
     from benchmark.pipeline import stages
     from benchmark.pipeline.context import Context
-    from tasks import TASKS
 
     ctx = Context(cfg)  # nothing here is tracked
-    for corpus in sorted({TASKS[t].corpus for t in cfg.benchmark.tasks} | {"mtat"}):
+    names = _split(args.tasks) or _checked(stages.planned_tasks, ctx)
+    corpora = {_checked(stages.get_task, ctx, t).corpus for t in names}
+    for corpus in sorted(corpora | {stages.pretrain_corpus(cfg)}):
         store = stages.mixture_store(ctx, corpus)
         rep = store.report()
         print(f"{corpus}: {len(store)} clips in {store.root} ({rep['num_bad']} skipped)")
@@ -182,17 +208,17 @@ def cmd_pretrain(args, cfg):
             build_sources=False,
             resume_only=args.resume,
         )
-        print(f"{args.method} seed {seed}: {model.final_path or 'random init (no pre-training)'}")
+        what = "" if model.run_id else " (no pre-training: initial weights, batch-norm statistics)"
+        print(f"{args.method} seed {seed}: {model.final_path}{what}")
 
 
 def _task_and_models(args, cfg):
     """The context, ``--task``, and ``--method``'s model for every pre-training seed (trained
     now if not finished; the sources of a source-pairing method must have been separated)."""
     from benchmark.pipeline import stages
-    from tasks import get_task
 
-    task = _checked(get_task, args.task)
     ctx = _context(cfg)
+    task = _checked(stages.get_task, ctx, args.task)
     # A generator: each seed's model is made when its turn comes (its probes run before the
     # next seed trains).
     models = (
@@ -213,9 +239,11 @@ def cmd_probe(args, cfg):
     from benchmark.pipeline import probing
 
     ctx, task, models = _task_and_models(args, cfg)
+    tuned_from = None
     for pseed, model in models:
+        tuned_from = tuned_from or model  # the first pre-training seed (probing.tuning_model)
         for seed in _seeds(args.seeds, cfg.probe.seeds):
-            out = probing.run_probe(ctx, model, task, seed, force=args.force)
+            out = probing.run_probe(ctx, model, task, seed, force=args.force, tuned_from=tuned_from)
             print(
                 f"{args.method} {task.name} pretrain seed {pseed} probe seed {seed}: "
                 f"{out.status} (MLflow run {out.run_id})"
@@ -231,13 +259,11 @@ def cmd_tune(args, cfg):
     from benchmark.pipeline import probing
 
     ctx, task, models = _task_and_models(args, cfg)
-    for _seed, model in models:
-        out = probing.run_tune(ctx, model, task)
-        print(
-            json.dumps(
-                {"best_params": out["best_params"], "best_value": out["best_value"]}, indent=2
-            )
-        )
+    _seed, model = next(models)  # a method is tuned on its first pre-training seed
+    out = probing.run_tune(ctx, model, task)
+    print(
+        json.dumps({"best_params": out["best_params"], "best_value": out["best_value"]}, indent=2)
+    )
 
 
 def _report_args(p):
@@ -278,6 +304,31 @@ def cmd_report(args, cfg):
         print(f"{name}: {path}")
 
 
+def cmd_calibrate(args, cfg):
+    from dataclasses import replace
+
+    from benchmark.pipeline.report import calibrate_runs
+
+    if args.tracking_uri:
+        cfg = replace(cfg, paths=replace(cfg.paths, tracking_uri=args.tracking_uri))
+    rows = calibrate_runs(cfg, _context(cfg).tracker, select_by_plan=not args.tracking_uri)
+    if not rows:
+        print("nothing to calibrate: no task has two pre-training runs of its baseline")
+        return 0
+    print(f"{'task / metric':28s} {'runs':>4s} {'SD runs':>8s} {'clusters':>8s} "
+          f"{'A/A false pos.':>16s} {'MDD (80%)':>10s} {'runs for 0.01':>14s}")  # fmt: skip
+    for r in rows:
+        fpr = f"{100 * r['false_positive_rate']:.1f}% ± {100 * r['fpr_se']:.1f}"
+        needed = r["runs_for_planted"] or "> 200"
+        print(f"{r['task'] + ' / ' + r['metric']:28s} {r['runs']:4d} {r['sd_run']:8.4f} "
+              f"{r['clusters']:8d} {fpr:>16s} {r['min_detectable']:10.4f} {needed!s:>14s}")  # fmt: skip
+    return 0
+
+
+def _calibrate_args(p):
+    p.add_argument("--tracking-uri", default=None, help="read results from this MLflow store")
+
+
 def _plan_args(p):
     p.add_argument(
         "--only",
@@ -305,23 +356,30 @@ def _run_args(p):
     )
 
 
-def _plan(args, cfg):
+def _plan(args, ctx):
     from benchmark.pipeline.plan import build_plan
 
-    split = lambda s: [x.strip() for x in s.split(",") if x.strip()] if s else None  # noqa: E731
-    return _checked(build_plan, cfg, split(args.methods), split(args.tasks), split(args.only))
+    return _checked(build_plan, ctx, _split(args.methods), _split(args.tasks), _split(args.only))
 
 
-def _print_states(cfg, steps, tracker) -> None:
+def _print_states(ctx, steps) -> None:
+    """What ``status`` and ``run --dry-run`` print: the data, then every step's state."""
     from benchmark.pipeline.plan import status_lines, step_states
 
-    for line in status_lines(step_states(cfg, steps, tracker)):
+    tasks = sorted({s.task for s in steps if s.task}) or None
+    methods = sorted({s.method for s in steps if s.method}) or None
+    print("data:")
+    for line in _data_lines(ctx.cfg, tasks, methods):
+        print(f"  {line}")
+    for line in status_lines(step_states(ctx, steps)):
         print(line)
 
 
 def cmd_status(args, cfg):
-    ctx = _context(cfg)
-    _print_states(cfg, _plan(args, cfg), ctx.tracker)
+    from benchmark.pipeline.context import open_context
+
+    ctx = open_context(cfg, read_only=True)  # writes nothing
+    _print_states(ctx, _plan(args, ctx))
 
 
 def cmd_run(args, cfg):
@@ -329,8 +387,12 @@ def cmd_run(args, cfg):
     import time
     from dataclasses import replace
 
+    from benchmark.errors import StageError
+    from benchmark.pipeline import stages
+    from benchmark.pipeline.context import open_context
     from benchmark.pipeline.executors import make_executor, printable
     from benchmark.pipeline.plan import finish
+    from benchmark.pipeline.report import score_summary
 
     if args.executor or args.workers:
         executor = cfg.executor
@@ -342,11 +404,11 @@ def cmd_run(args, cfg):
                 workers=args.workers or executor.workers,
             ),
         )
-    ctx = _context(cfg)
-    tracker = ctx.tracker
-    steps = _plan(args, cfg)
+    # --dry-run writes nothing: no MLflow store, no folders.
+    ctx = open_context(cfg, read_only=args.dry_run)
+    steps = _plan(args, ctx)
     if args.dry_run:
-        _print_states(cfg, steps, tracker)
+        _print_states(ctx, steps)
         return 0
     executor = make_executor(cfg)
     t0 = time.perf_counter()
@@ -364,16 +426,31 @@ def cmd_run(args, cfg):
         )
         print(f"progress: python -m benchmark status {again}")
         return 0
-    status, paths = finish(cfg, tracker, steps)
     failed = [s for s in steps if s.status in ("failed", "blocked")]
+    # The steps' outcome first: whatever the report does, the user learns what failed.
     print(
         f"finished in {time.perf_counter() - t0:.0f} s: "
-        f"{sum(s.status == 'ran' for s in steps)} steps ran, {sum(s.status == 'done' for s in steps)} were done, "
-        f"{len(failed)} failed or blocked"
+        f"{sum(s.status == 'ran' for s in steps)} steps ran, "
+        f"{sum(s.status == 'done' for s in steps)} were done, {len(failed)} failed or blocked"
     )
     for s in failed:
         print(f"  {s.status}: {s.name}: {s.error}")
-    print(f"report: {paths.get('leaderboard.md', 'none (no probe in this plan)')}")
+    try:
+        _, paths = finish(cfg, ctx.tracker, steps)
+    except StageError as exc:
+        print(f"report: not built: {exc}")
+        return 1
+    if not paths:
+        print(
+            "report: not built, this plan has no probe results"
+            + (f" (--only {args.only})" if args.only else "")
+            + f"; run `python -m benchmark run --profile {cfg.profile}` for the whole pipeline"
+        )
+        return 1 if failed else 0
+    primary = {name: task.primary for name, task in stages.task_registry(ctx).items()}
+    for line in score_summary(paths["leaderboard.csv"], primary):
+        print(line)
+    print(f"report: {paths['leaderboard.md']} (and leaderboard.html)")
     return 1 if failed else 0
 
 
@@ -404,6 +481,32 @@ def cmd_tracking_server(args, cfg):
         print(line)
 
 
+def _export_args(p):
+    _method_arg(p)
+    p.add_argument("--seed", type=int, default=None, help="pre-training seed (default: the first)")
+    p.add_argument("--out", required=True, help="output folder (new or empty)")
+    p.add_argument("--name", default="", help="module name (default mscol_<method>_s<seed>)")
+    p.add_argument(
+        "--hop-frames",
+        type=int,
+        default=None,
+        help="timestamp hop in 10-ms frames (default 98: the harness's ~1-s test windows; "
+        "5 gives HEAR's 50-ms event resolution)",
+    )
+
+
+def cmd_export_hear(args, cfg):
+    from benchmark.pipeline.export import export_hear
+
+    seed = args.seed if args.seed is not None else cfg.pretrain.seeds[0]
+    package = _checked(
+        export_hear, _context(cfg), args.method, seed, Path(args.out), args.name, args.hop_frames
+    )
+    print(f"HEAR module {package.name} written to {package.parent}")
+    print(f"  install: pip install {package.parent}   (needs this harness installed)")
+    print(f"  benchmark it: benchmark.methods=hear:{package.name}")
+
+
 # name -> Command; the order is the order of ``--help``.
 COMMANDS: dict[str, Command] = {
     "config": Command(
@@ -418,10 +521,13 @@ COMMANDS: dict[str, Command] = {
         cmd_synth,
     ),
     "features": Command(
-        "build the log-mel feature stores of every task's corpus", _no_args, cmd_features
+        "build the log-mel feature stores of the tasks' corpora and the pre-training corpus",
+        _features_args,
+        cmd_features,
     ),
     "train-separator": Command(
-        "train Open-Unmix on the synthetic corpus's true stems (local model dir)",
+        "train Open-Unmix on the synthetic corpus's true stems; it then separates any data, "
+        "real included, as separation.umx_model=trained",
         _no_args,
         cmd_train_separator,
     ),
@@ -429,6 +535,12 @@ COMMANDS: dict[str, Command] = {
         "separate the pre-training clips into sources (log-mel + silence flags)",
         _separate_args,
         cmd_separate,
+    ),
+    "calibrate": Command(
+        "simulate the comparisons with the variance measured in the runs: A/A false "
+        "positives, minimum detectable difference, runs needed",
+        _calibrate_args,
+        cmd_calibrate,
     ),
     "pretrain": Command(
         "pre-train one method (resumes an unfinished run of the same config)",
@@ -465,5 +577,10 @@ COMMANDS: dict[str, Command] = {
         "start | stop | status: a local MLflow tracking server on PostgreSQL (data under runs/)",
         _tracking_server_args,
         cmd_tracking_server,
+    ),
+    "export-hear": Command(
+        "write a finished pre-training run as an installable HEAR 2021 API module",
+        _export_args,
+        cmd_export_hear,
     ),
 }

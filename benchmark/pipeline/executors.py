@@ -35,7 +35,7 @@ from benchmark.config import Config, ExecutorConfig, from_dict
 from benchmark.errors import ConfigError
 from benchmark.pipeline import slurm, state
 from benchmark.pipeline.context import Context, open_context
-from benchmark.pipeline.plan import STAGES, TRACKED, Step, execute, finish, run_step
+from benchmark.pipeline.plan import STAGES, TRACKED, Step, execute, finish, parse_step, run_step
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +226,9 @@ def steps_from_records(cfg: Config, plan: list[tuple[str, str, list[str]]]) -> l
     (a step it needs failed, or its job was cancelled) and counts as blocked."""
     steps = []
     for name, stage, deps in plan:
-        step = Step(name, stage, list(deps))
+        fields = parse_step(name)[1]
+        step = Step(name, stage, list(deps), method=fields.get("method", ""))
+        step.task = fields.get("task", "")
         record = state.read_record(cfg, name)
         if record is None:
             step.status = "blocked"
@@ -331,7 +333,9 @@ def submit_plan(cfg: Config, steps: list[Step], tracker) -> Launch:
                 else {}
             ),
         )
-        launch.report_job = executor.submit(ReportJob(), cfg_dict, plan).job_id
+        # The report of the command's configuration (its methods and tasks are the expected
+        # rows), as a local run's report is.
+        launch.report_job = executor.submit(ReportJob(), cfg.to_dict(), plan).job_id
         state.add_jobs(cfg, {**launch.jobs, "report": launch.report_job})
         state.write_submitted_plan(cfg, plan)
     return launch

@@ -11,7 +11,8 @@ what is missing.
 
 Step names: ``data``, ``features:<corpus>``, ``separate:<separator>``,
 ``pretrain:<method>:s<seed>``, ``embed:<method>:s<seed>:<task>``,
-``tune:<method>:s<seed>:<task>``, ``probe:<method>:s<seed>:<task>:p<probe seed>``.
+``tune:<method>:s<seed>:<task>`` (once per method and task, on its first pre-training seed),
+``probe:<method>:s<seed>:<task>:p<probe seed>``. A method name may hold ``:`` (``hear:x``).
 """
 
 from __future__ import annotations
@@ -37,15 +38,34 @@ log = logging.getLogger(__name__)
 STAGES = ("data", "features", "separate", "pretrain", "embed", "tune", "probe")
 TRACKED = ("pretrain", "tune", "probe")  # stages whose steps leave an MLflow run
 
+_METHOD = r"(?P<method>.+)"  # may hold ':' (an external encoder, hear:<module>)
+_TASK = r"(?P<task>[^:]+)"
 _NAMES = {
     "data": r"data",
-    "features": r"features:(?P<corpus>[\w-]+)",
-    "separate": r"separate:(?P<separator>[\w-]+)",
-    "pretrain": r"pretrain:(?P<method>[\w-]+):s(?P<seed>\d+)",
-    "embed": r"embed:(?P<method>[\w-]+):s(?P<seed>\d+):(?P<task>[\w-]+)",
-    "tune": r"tune:(?P<method>[\w-]+):s(?P<seed>\d+):(?P<task>[\w-]+)",
-    "probe": r"probe:(?P<method>[\w-]+):s(?P<seed>\d+):(?P<task>[\w-]+):p(?P<probe_seed>\d+)",
+    "features": r"features:(?P<corpus>[^:]+)",
+    "separate": r"separate:(?P<separator>[^:]+)",
+    "pretrain": rf"pretrain:{_METHOD}:s(?P<seed>\d+)",
+    "embed": rf"embed:{_METHOD}:s(?P<seed>\d+):{_TASK}",
+    "tune": rf"tune:{_METHOD}:s(?P<seed>\d+):{_TASK}",
+    "probe": rf"probe:{_METHOD}:s(?P<seed>\d+):{_TASK}:p(?P<probe_seed>\d+)",
 }
+
+
+def step_name(stage: str, method: str, seed: int, task: str = "", probe_seed=None) -> str:
+    """The name of a model's step: ``pretrain:<method>:s<seed>``, ``embed:...:<task>``,
+    ``tune:...:<task>``, ``probe:...:<task>:p<probe seed>`` (:func:`parse_step` inverts it)."""
+    name = f"{stage}:{method}:s{seed}"
+    if task:
+        name += f":{task}"
+    if probe_seed is not None:
+        name += f":p{probe_seed}"
+    return name
+
+
+def pretrain_seeds(cfg: Config, method) -> tuple[int, ...]:
+    """Pre-training seeds of ``method``: every configured seed, or the first one only for an
+    external encoder (its weights are fixed: other seeds would repeat the same work)."""
+    return cfg.pretrain.seeds[:1] if getattr(method, "external", False) else cfg.pretrain.seeds
 
 
 def parse_step(name: str) -> tuple[str, dict]:
@@ -109,17 +129,25 @@ def _model(ctx: Context, method: str, seed: int) -> PretrainedModel:
     """The finished pre-trained model (the plan runs ``pretrain`` first), once per context."""
     return ctx.once(
         ("model", method, seed),
-        lambda: stages.run_pretrain(ctx, method, seed, build_sources=False, must_exist=True),
+        lambda: stages.run_pretrain(ctx, method, seed, build_sources=False, find_only=True),
     )
 
 
-def _task(name: str):
-    from tasks import get_task
+def _tuning_seed(cfg: Config, method: str) -> int:
+    """The pre-training seed a method is tuned on (:func:`probing.tuning_model`)."""
+    from methods import get_method
 
-    return get_task(name)
+    return min(pretrain_seeds(cfg, get_method(method)))
 
 
 def _run_data(ctx):
+    # The synthetic corpus is generated (or the real roots are checked) only when a task of
+    # the plan (``benchmark.tasks``, narrowed by build_plan) or MTAT pre-training reads it.
+    from methods import get_method
+
+    trains = any(get_method(m).pretrained for m in ctx.cfg.benchmark.methods)
+    if not stages.needs_builtin_data(ctx, list(ctx.cfg.benchmark.tasks), trains):
+        return "done", ""
     stages.data_paths(ctx)
     return "ran", ""
 
@@ -140,17 +168,19 @@ def _run_pretrain(ctx, method, seed):
 
 
 def _run_embed(ctx, method, seed, task):
-    probing.embedded(ctx, _model(ctx, method, seed), _task(task))
+    probing.embedded(ctx, _model(ctx, method, seed), stages.get_task(ctx, task))
     return "ran", ""
 
 
 def _run_tune(ctx, method, seed, task):
-    out = probing.run_tune(ctx, _model(ctx, method, seed), _task(task))
+    out = probing.run_tune(ctx, _model(ctx, method, seed), stages.get_task(ctx, task))
     return ("done" if out.get("cached") else "ran"), ""
 
 
 def _run_probe(ctx, method, seed, task, probe_seed):
-    out = probing.run_probe(ctx, _model(ctx, method, seed), _task(task), probe_seed)
+    first = _model(ctx, method, _tuning_seed(ctx.cfg, method))
+    model = _model(ctx, method, seed)
+    out = probing.run_probe(ctx, model, stages.get_task(ctx, task), probe_seed, tuned_from=first)
     return out.status, out.run_id or ""
 
 
@@ -179,65 +209,80 @@ class Step:
     error: str = ""
     wall_s: float = 0.0
     run_id: str = ""  # the MLflow run of a tracked step (pretrain, probe)
+    method: str = ""  # pretrain, embed, tune, probe: the method (names may hold ':', e.g. hear:x)
+    task: str = ""  # embed, tune, probe: the task
 
 
-def build_plan(cfg: Config, methods=None, tasks=None, only=None) -> list[Step]:
-    """The steps of ``cfg``'s profile (narrowed to ``methods``, ``tasks`` and the stages
+def build_plan(ctx: Context, methods=None, tasks=None, only=None) -> list[Step]:
+    """The steps of ``ctx``'s profile (narrowed to ``methods``, ``tasks`` and the stages
     ``only``), in dependency order. Raises ``ValueError`` for an unknown method, task or stage.
 
-    Each step carries the config with ``benchmark.methods``/``tasks`` narrowed as asked (where
-    the steps run, nothing else is known of the command line).
+    Tasks: ``tasks``, else :func:`stages.planned_tasks` (``benchmark.tasks`` and the task files'
+    tasks). Each step carries the config with ``benchmark.methods``/``tasks`` narrowed to the
+    plan's (where the steps run, nothing else is known of the command line).
     """
     from methods import get_method
-    from tasks import get_task
 
+    cfg = ctx.cfg
     method_names = list(methods or cfg.benchmark.methods)
-    task_names = list(tasks or cfg.benchmark.tasks)
+    task_names = list(tasks or stages.planned_tasks(ctx))
     for m in method_names:
         get_method(m)
     for t in task_names:
-        get_task(t)
+        stages.get_task(ctx, t)
     step_cfg = replace(
         cfg,
         benchmark=replace(cfg.benchmark, methods=tuple(method_names), tasks=tuple(task_names)),
     ).to_dict()
     steps: list[Step] = []
 
-    def add(name: str, deps: list[str]) -> None:
-        steps.append(Step(name, name.partition(":")[0], list(deps), run_step, (step_cfg, name)))
+    def add(name: str, deps: list[str], method: str = "", task: str = "") -> None:
+        stage = name.partition(":")[0]
+        steps.append(
+            Step(name, stage, list(deps), run_step, (step_cfg, name), method=method, task=task)
+        )
 
     # Probes use ``probe.params``: the paper's learning rates ("default") or the best Optuna
     # trial ("tuned", equal budget per method), which needs the tune steps.
     tune = cfg.benchmark.tune or cfg.probe.params == "tuned"
+    trains = any(get_method(m).pretrained for m in method_names)
+    pre_corpus = stages.pretrain_corpus(cfg)
 
     add("data", [])
-    corpora = sorted({get_task(t).corpus for t in task_names} | {"mtat"})
-    for corpus in corpora:
+    corpora = {stages.get_task(ctx, t).corpus for t in task_names}
+    corpora |= {pre_corpus} if trains else set()
+    for corpus in sorted(corpora):
         add(f"features:{corpus}", ["data"])
     separators = sorted({get_method(m).separator for m in method_names if get_method(m).sources})
     for sep in separators:
-        add(f"separate:{sep}", ["features:mtat"])
+        add(f"separate:{sep}", [f"features:{pre_corpus}"])
     for m in method_names:
         method = get_method(m)
-        for seed in cfg.pretrain.seeds:
-            deps = ["features:mtat"] + ([f"separate:{method.separator}"] if method.sources else [])
-            pre = f"pretrain:{m}:s{seed}"
-            add(pre, deps)
+        seeds = pretrain_seeds(cfg, method)
+        first = min(seeds)  # the run it is tuned on (probing.tuning_model)
+        for seed in seeds:
+            deps = [f"features:{pre_corpus}"] if method.pretrained else ["data"]
+            deps += [f"separate:{method.separator}"] if method.sources else []
+            add(step_name("pretrain", m, seed), deps, m)
+        for seed in seeds:
             embedded_corpus: dict[str, str] = {}
             for t in task_names:
-                corpus = get_task(t).corpus
+                corpus = stages.get_task(ctx, t).corpus
                 # Tasks on one corpus share its window embeddings (the second finds the first's
                 # cache): embedding them one after the other runs the encoder once.
                 after = [embedded_corpus[corpus]] if corpus in embedded_corpus else []
-                emb = f"embed:{m}:s{seed}:{t}"
-                add(emb, [pre, f"features:{corpus}", *after])
+                emb = step_name("embed", m, seed, t)
+                add(emb, [step_name("pretrain", m, seed), f"features:{corpus}", *after], m, t)
                 embedded_corpus[corpus] = emb
-                probe_deps = [emb]
+                if tune and seed == first:
+                    add(step_name("tune", m, first, t), [emb], m, t)
+        for t in task_names:
+            for seed in seeds:
+                probe_deps = [step_name("embed", m, seed, t)]
                 if tune:
-                    add(f"tune:{m}:s{seed}:{t}", [emb])
-                    probe_deps.append(f"tune:{m}:s{seed}:{t}")
+                    probe_deps.append(step_name("tune", m, first, t))
                 for ps in cfg.probe.seeds:
-                    add(f"probe:{m}:s{seed}:{t}:p{ps}", probe_deps)
+                    add(step_name("probe", m, seed, t, ps), probe_deps, m, t)
     if only:
         wanted = set(only)
         unknown = wanted - set(STAGES)
@@ -303,6 +348,8 @@ def merge_status(previous: dict, steps: list[Step], wall: dict, results_hash: st
             "wall_s": round(s.wall_s, 2),
             "stage": s.stage,
             "run_id": s.run_id,
+            "method": s.method,
+            "task": s.task,
         }
         for s in steps
     }
@@ -320,8 +367,10 @@ def finish(cfg: Config, tracker: Tracker, steps: list[Step]) -> tuple[dict, dict
     report from exactly its runs. Returns (the status, report file name -> path).
 
     Two finishing plans of one configuration (two report jobs) take turns, so neither loses
-    the other's steps from ``plan_status.json``. A plan without probe steps (``--only
-    pretrain``) has nothing to report: no report, an empty dict of paths.
+    the other's steps from ``plan_status.json``. A plan without probe results (``--only
+    pretrain``, or every probe failed) has nothing to report: no report, an empty dict of
+    paths. Raises :class:`~benchmark.errors.StageError` when the report cannot be built (the
+    status is written first).
     """
     from benchmark.pipeline.report import make_report
 
@@ -330,8 +379,8 @@ def finish(cfg: Config, tracker: Tracker, steps: list[Step]) -> tuple[dict, dict
         previous = read_json(status_file) if status_file.is_file() else {}
         status = merge_status(previous, steps, stage_walls(steps), cfg.results_hash())
         atomic_write_json(status_file, status)
-        if not any(s.stage == "probe" for s in steps):
-            log.info("no probe in this plan: no report")
+        if not any(s.stage == "probe" and s.status in ("ran", "done") for s in steps):
+            log.info("no probe results in this plan: no report")
             return status, {}
         t0 = time.perf_counter()
         paths = make_report(cfg, tracker, plan_status=status)
@@ -350,28 +399,43 @@ class StepState:
     detail: str = ""
 
 
-def step_states(cfg: Config, steps: list[Step], tracker: Tracker) -> list[StepState]:
-    """The state of every step, from what each executor leaves behind.
+def step_states(ctx: Context, steps: list[Step]) -> list[StepState]:
+    """The state of every step, from what each executor leaves behind (writes nothing).
 
     In this order: a Slurm job recorded for the step that is queued or running; the step's
     record (done, or failed with its error); a live holder of its lock (a local or pool run);
     a Slurm job that ended without a record (cancelled: by hand or because a step it needs
     failed; failed: time limit, node failure, ...); for tracked steps without a record, a
-    FINISHED MLflow run with the step's tags under this configuration (earlier plans).
+    FINISHED MLflow run with the step's tags under this configuration (earlier plans). A
+    tracked step's run counts only while it is current: under this configuration, and for a
+    tune or probe, of the task as its task file says now (an edited task is to do again).
+    ``ctx.tracker`` None (no store yet): nothing tracked is done.
     """
     from benchmark.pipeline import slurm
     from benchmark.pipeline.locks import known_dead
+    from methods import get_method
 
+    cfg, tracker = ctx.cfg, ctx.tracker
     submitted = state.read_jobs(cfg)
     live = slurm.job_states([v["job"] for v in submitted.values()]) if submitted else {}
     wanted = cfg.results_hash()
-    runs = [r for r in tracker.runs() if r.info.status == "FINISHED"]
+    identity = {t: stages.get_task(ctx, t).identity for t in {s.task for s in steps if s.task}}
+
+    def current(run) -> bool:
+        tags = run.data.tags
+        if tags.get("results_hash", wanted) != wanted:
+            return False
+        if tags.get("bench.kind") in ("tune", "probe") and tags.get("task") in identity:
+            return tags.get("task_identity", "") == identity[tags["task"]]
+        return True
+
+    runs = [
+        r
+        for r in (tracker.runs() if tracker is not None and tracker.experiment_id else [])
+        if r.info.status == "FINISHED" and current(r)
+    ]
     finished_ids = {r.info.run_id for r in runs}
-    seen = {
-        _tracked_name(r.data.tags)
-        for r in runs
-        if r.data.tags.get("results_hash", wanted) == wanted
-    }
+    seen = {_tracked_name(r.data.tags) for r in runs}
     out = []
     for s in steps:
         record = state.read_record(cfg, s.name)
@@ -401,8 +465,8 @@ def step_states(cfg: Config, steps: list[Step], tracker: Tracker) -> list[StepSt
             found = StepState(s.name, "failed", f"job {job} {job_state}")
         elif s.stage in TRACKED and s.name in seen:
             found = StepState(s.name, "done", "found in MLflow")
-        elif s.stage == "pretrain" and parse_step(s.name)[1]["method"] == "random_init":
-            found = StepState(s.name, "to do", "nothing to train")
+        elif s.stage == "pretrain" and getattr(get_method(s.method), "external", False):
+            found = StepState(s.name, "to do", "an external encoder: nothing to pre-train")
         else:
             found = StepState(s.name, "to do", "" if s.stage in TRACKED else "checked when run")
         out.append(found)
@@ -413,13 +477,12 @@ def _tracked_name(t: dict) -> str:
     """The step name of a tracked MLflow run, from its tags."""
     kind = t.get("bench.kind")
     if kind == "pretrain":
-        return f"pretrain:{t.get('method')}:s{t.get('seed')}"
+        return step_name("pretrain", t.get("method"), t.get("seed"))
     if kind == "tune":
-        return f"tune:{t.get('method')}:s{t.get('pretrain_seed', 0)}:{t.get('task')}"
+        return step_name("tune", t.get("method"), t.get("pretrain_seed", 0), t.get("task"))
     if kind == "probe":
-        return (
-            f"probe:{t.get('method')}:s{t.get('pretrain_seed')}:{t.get('task')}"
-            f":p{t.get('probe_seed')}"
+        return step_name(
+            "probe", t.get("method"), t.get("pretrain_seed"), t.get("task"), t.get("probe_seed")
         )
     return ""
 

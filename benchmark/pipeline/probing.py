@@ -17,11 +17,18 @@ import numpy as np
 
 from benchmark.config import Config, stable_hash, to_dict
 from benchmark.errors import StageError
-from benchmark.evaluation.embed import embed
+from benchmark.evaluation.embed import embed, embedding_key
 from benchmark.io import atomic_write_json, read_json
 from benchmark.pipeline.context import Context
 from benchmark.pipeline.locks import sqlite_lock
-from benchmark.pipeline.stages import Outcome, load_task_dataset, mixture_store
+from benchmark.pipeline.stages import (
+    Outcome,
+    corpus_items,
+    load_task_dataset,
+    mixture_store,
+    pretrain_corpus,
+    task_registry,
+)
 from benchmark.pipeline.tracking import git_commit
 from benchmark.pretrain.loop import PretrainedModel
 
@@ -79,14 +86,55 @@ def tuned_path(cfg, method_name, task_name, emb_key) -> Path:
 
 def embedded(ctx: Context, model: PretrainedModel, task):
     """The task's dataset and its window embeddings (see :func:`embed`; computed and cached
-    on disk the first time: the plan's ``embed`` step, or the first tune or probe)."""
+    on disk the first time: the plan's ``embed`` step, or the first tune or probe).
+
+    Raises :class:`StageError` when the embeddings do not vary across clips: a probe would
+    fit rounding noise, so nothing is tuned or scored on them (issue #11)."""
+    from benchmark.evaluation.health import describe
+
     dataset = load_task_dataset(ctx, task)
     store = mixture_store(ctx, task.corpus)
-    return dataset, embed(ctx.cfg, model, task, dataset, store, ctx.progress)
+    audio_paths = corpus_clips = None
+    if model.external is not None:  # an external encoder reads the audio files themselves
+        items = corpus_items(ctx, task_registry(ctx).values(), task.corpus)
+        audio_paths = {item.clip_id: item for item in items}
+    if task.corpus == pretrain_corpus(ctx.cfg) and ctx.cfg.data.pretrain_source != "mtat":
+        # The store also holds the pre-training folder's files: embed the tasks' clips only.
+        tasks = [t for t in task_registry(ctx).values() if t.corpus == task.corpus]
+        corpus_clips = sorted({c.clip_id for t in tasks for c in load_task_dataset(ctx, t).clips})
+    emb = embed(ctx.cfg, model, task, dataset, store, ctx.progress, audio_paths, corpus_clips)
+    if model.run_id:
+        # The encoder's run records the health of its embeddings of each corpus, also when
+        # they are refused below: the report shows it beside the pre-training diagnostics.
+        ctx.require_tracker().log_once(
+            model.run_id, health_metrics(emb["health"], prefix=f"embedding.{task.corpus}.")
+        )
+    if emb["health"]["collapsed"]:
+        raise StageError(
+            f"{model.method} (pre-training seed {model.seed}) gives {task.corpus} clips "
+            f"embeddings without spread ({describe(emb['health'])}): the encoder is "
+            f"collapsed, so no probe is trained or scored on it; see the report's "
+            f"pre-training diagnostics"
+        )
+    return dataset, emb
+
+
+def health_metrics(health: dict, prefix: str = "embedding_") -> dict[str, float]:
+    """An embedding's health record as MLflow metrics (``collapsed`` as 0/1)."""
+    names = ("relative_spread", "median_sd", "varying_dims", "effective_rank", "collapsed")
+    return {f"{prefix}{name}": float(health[name]) for name in names}
+
+
+def tuning_model(models: dict[int, PretrainedModel]) -> PretrainedModel:
+    """The run a method is tuned on: its first pre-training seed. Every run of the method then
+    probes with those parameters, so the between-run variance is training randomness, not a
+    different search per run, and each method gets one search of the same budget."""
+    return models[min(models)]
 
 
 def run_tune(ctx: Context, model: PretrainedModel, task) -> dict:
-    """Equal-budget Optuna search of the probe's hyper-parameters on the validation split."""
+    """Equal-budget Optuna search of the probe's hyper-parameters on the validation split
+    (of ``model``: the method's tuning run, :func:`tuning_model`)."""
     from benchmark.evaluation.tuning import init_storage, tune_probe
 
     cfg, tracker = ctx.cfg, ctx.require_tracker()
@@ -108,6 +156,7 @@ def run_tune(ctx: Context, model: PretrainedModel, task) -> dict:
             "task": task.name,
             "study": study,
             "pretrain_seed": model.seed,
+            "task_identity": task.identity,
             "config_hash": cfg.hash(),
             "results_hash": cfg.results_hash(),
         },
@@ -153,18 +202,24 @@ def run_probe(
     *,
     force: bool = False,
     params_mode: str | None = None,
+    tuned_from: PretrainedModel | None = None,
 ) -> Outcome:
     """Train and test one probe seed; status 'done' (already there) or 'ran', and its run.
 
     ``force`` reruns a finished probe (the new run supersedes it); ``params_mode`` overrides
-    ``probe.params``. Raises :class:`StageError` when tuned parameters are asked for and
-    missing."""
+    ``probe.params``; ``tuned_from`` is the model whose tuning gives the parameters
+    (:func:`tuning_model`: the method's first pre-training run; default ``model``). Raises
+    :class:`StageError` when tuned parameters are asked for and missing."""
     from benchmark.evaluation.metrics import score
     from benchmark.evaluation.probe import predict_clips, train_probe
 
     cfg, tracker = ctx.cfg, ctx.require_tracker()
     dataset, emb = embedded(ctx, model, task)
-    params = probe_params(cfg, task, model.method, emb["key"], params_mode)
+    tuning_key = emb["key"]
+    if tuned_from is not None and tuned_from is not model:
+        store = mixture_store(ctx, task.corpus)
+        tuning_key = embedding_key(cfg, tuned_from, task, dataset, store)
+    params = probe_params(cfg, task, model.method, tuning_key, params_mode)
     p = cfg.probe
     key = stable_hash(
         {
@@ -182,15 +237,14 @@ def run_probe(
     mode = params_mode or cfg.probe.params
     train, valid, test = emb["train"][0], emb["valid"][0], emb["test"][0]
     spec = task.probe_spec(len(dataset.vocabulary))
-    seed_label = model.seed * 1000 + probe_seed
     tags = {
         "method": model.method,
         "task": task.name,
-        "seed": seed_label,
         "probe_seed": probe_seed,
         "pretrain_seed": model.seed,
         "pretrain_run_id": model.run_id or "",
         "params_mode": mode,
+        "task_identity": task.identity,
         "config_hash": cfg.hash(),
         "results_hash": cfg.results_hash(),
         "git_commit": git_commit(),
@@ -201,7 +255,7 @@ def run_probe(
     with tracker.run(
         key,
         "probe",
-        f"probe-{model.method}-{task.name}-s{seed_label}",
+        f"probe-{model.method}-{task.name}-s{model.seed}-p{probe_seed}",
         tags=tags,
         params={"probe": to_dict(p), "params": params.__dict__, "spec": spec.__dict__},
     ) as h:
@@ -227,16 +281,22 @@ def run_probe(
                 "epochs_run": result.epochs_run,
                 "valid_primary": result.best_valid_score,
                 "train_s": time.perf_counter() - t0,
+                "num_train_clips": train.num_clips,
+                "num_valid_clips": valid.num_clips,
                 "num_test_clips": len(targets),
+                **health_metrics(emb["health"]),
             }
         )
         h.metrics(flat)
         h.artifact_dict({k: v for k, v in metrics.items() if k not in task.metrics}, "details.json")
         tmp = cfg.profile_dir / "tmp" / f"{h.run_id}"
         tmp.mkdir(parents=True, exist_ok=True)
+        # groups: each test clip's cluster (song, instrument, artist), so that the report can
+        # resample clusters rather than clips (REFERENCE.md section 10).
         np.savez_compressed(
             tmp / "predictions.npz",
             clip_ids=np.array([c.clip_id for c in emb["test"][1]]),
+            groups=np.array([c.cluster for c in emb["test"][1]]),
             targets=targets,
             scores=scores,
             vocabulary=np.array(dataset.vocabulary),

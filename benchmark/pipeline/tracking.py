@@ -8,11 +8,14 @@ is resumed rather than duplicated, so reruns never add a second run for the same
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import platform
 import subprocess
 from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import mlflow
 from mlflow.entities import RunStatus
@@ -22,6 +25,19 @@ from mlflow.tracking import MlflowClient
 from benchmark.pipeline.locks import sqlite_lock
 
 log = logging.getLogger(__name__)
+
+# The pre-training metrics the report draws: training and eval-mode validation loss and
+# contrastive accuracy, each with its chance level, and validation with the running batch-norm
+# statistics (what the evaluated encoder would have been without precise BN).
+PRETRAIN_CURVES = (
+    "loss", "contrastive_accuracy", "chance_loss", "chance_accuracy",
+    "val_loss", "val_contrastive_accuracy", "val_chance_loss", "val_chance_accuracy",
+    "val_loss_running_stats", "val_contrastive_accuracy_running_stats",
+)  # fmt: skip
+# What the probe stage logs into an encoder's run per corpus (``embedding.<corpus>.<stat>``).
+HEALTH_STATS = ("relative_spread", "median_sd", "varying_dims", "effective_rank", "collapsed")
+
+_SEEDED = ["method", "task", "pretrain_seed", "probe_seed"]
 
 KEY_TAG = "bench.key"
 KIND_TAG = "bench.kind"
@@ -85,19 +101,31 @@ class Tracker:
     jobs on other nodes could not reach.
     """
 
-    def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path | None = None):
-        if tracking_uri.startswith("sqlite:///"):
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment: str,
+        artifact_root: Path | None = None,
+        *,
+        create: bool = True,
+    ):
+        """Open (``create``: or create) the experiment. ``create=False`` writes nothing: a
+        missing experiment reads as one without runs (``--dry-run``)."""
+        if tracking_uri.startswith("sqlite:///") and create:
             Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.uri = tracking_uri
-        with sqlite_lock(tracking_uri):  # opening the store creates or migrates its schema
-            self.client = MlflowClient(tracking_uri=tracking_uri)
-            exp = self._experiment(experiment, artifact_root)
-        self.experiment_id = exp
         self.experiment = experiment
+        # Opening a SQLite store creates or migrates its schema: one process at a time.
+        with sqlite_lock(tracking_uri) if create else contextlib.nullcontext():
+            self.client = MlflowClient(tracking_uri=tracking_uri)
+            self.experiment_id = self._experiment(experiment, artifact_root, create)
 
-    def _experiment(self, experiment: str, artifact_root: Path | None) -> str:
-        """The id of ``experiment``, created (or restored) when needed."""
+    def _experiment(self, experiment: str, artifact_root: Path | None, create: bool):
+        """The id of ``experiment``, created (or restored) when needed; None when it does not
+        exist and ``create`` is False."""
         exp = self.client.get_experiment_by_name(experiment)
+        if exp is None and not create:
+            return None
         if exp is None:
             location = (
                 (Path(artifact_root) / experiment).resolve().as_uri()
@@ -120,6 +148,8 @@ class Tracker:
 
     # -- lookup -----------------------------------------------------------------------
     def runs(self, filter_string: str = "", max_results: int = 50000) -> list:
+        if self.experiment_id is None:
+            return []
         return self.client.search_runs(
             [self.experiment_id], filter_string=filter_string, max_results=max_results
         )
@@ -165,6 +195,12 @@ class Tracker:
             raise
         self.client.set_terminated(run_id, status="FINISHED")
 
+    def log_once(self, run_id: str, metrics: dict[str, float]) -> None:
+        """Log ``metrics`` into a (possibly finished) run unless it already has all of them."""
+        present = self.client.get_run(run_id).data.metrics
+        if not all(name in present for name in metrics):
+            RunHandle(self, run_id).metrics(metrics)
+
     def log_params(self, run_id: str, params: dict) -> None:
         from mlflow.entities import Param
 
@@ -201,14 +237,51 @@ class RunHandle:
         self.client.log_dict(self.run_id, obj, name)
 
 
+@contextlib.contextmanager
+def _no_progress_bars():
+    """MLflow draws a progress bar per artifact download (96 of them in one report); its only
+    switch is an environment variable, set here for the duration of the call and restored."""
+    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    previous = os.environ.get(name)
+    os.environ[name] = "false"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
+
+
+def _local_artifact(artifact_uri: str, name: str) -> Path | None:
+    """The file of artifact ``name`` when the store keeps artifacts on this machine's disk
+    (read in place: no copy, no progress bar), else None."""
+    parsed = urlparse(artifact_uri)
+    if parsed.scheme not in ("", "file"):
+        return None
+    path = Path(url2pathname(parsed.path)) / name
+    return path if path.is_file() else None
+
+
 def load_artifact_dict(client: MlflowClient, run_id: str, name: str) -> dict:
     """Read a JSON artifact written with :meth:`RunHandle.artifact_dict`."""
-    return mlflow.artifacts.load_dict(f"{client.get_run(run_id).info.artifact_uri}/{name}")
+    uri = client.get_run(run_id).info.artifact_uri
+    local = _local_artifact(uri, name)
+    if local is not None:
+        return json.loads(local.read_text())
+    with _no_progress_bars():
+        return mlflow.artifacts.load_dict(f"{uri}/{name}")
 
 
 def download_artifact(client: MlflowClient, run_id: str, path: str, dst: Path) -> Path:
+    """The artifact ``path`` of a run as a local file (in place for local stores, else copied
+    into ``dst``)."""
+    local = _local_artifact(client.get_run(run_id).info.artifact_uri, path)
+    if local is not None:
+        return local
     dst.mkdir(parents=True, exist_ok=True)
-    return Path(client.download_artifacts(run_id, path, str(dst)))
+    with _no_progress_bars():
+        return Path(client.download_artifacts(run_id, path, str(dst)))
 
 
 # -- reading results back (the report stage) ----------------------------------------------
@@ -237,7 +310,8 @@ def select_results(runs: list, run_ids: set[str] | None = None) -> list:
         t = r.data.tags
         kind = t.get(KIND_TAG)
         if kind == "probe":
-            newest[(kind, t.get("method"), t.get("task"), t.get("seed"))] = r
+            key = (t.get("method"), t.get("task"), t.get("pretrain_seed"), t.get("probe_seed"))
+            newest[(kind, *key)] = r
         elif kind == "pretrain":
             newest[(kind, t.get("method"), t.get("seed"))] = r
         else:
@@ -249,9 +323,15 @@ def collect(tracker: Tracker, workdir: Path, run_ids: set[str] | None = None) ->
     """Everything the report needs, from the MLflow store alone (works for runs made elsewhere).
 
     ``run_ids`` restricts the pretrain/probe runs read (see :func:`select_results`).
-    Returns dict with ``scores`` (method, task, seed, metric, value), ``predictions``
-    ((method, task, seed) -> clip_ids/targets/scores), ``per_tag``, ``loss_curves``,
-    ``source_activity``, ``separation_quality`` (DataFrames or None) and ``runs`` counts.
+    Returns dict with ``scores`` (method, task, pretrain_seed, probe_seed, metric, value),
+    ``predictions`` ((method, task, pretrain_seed, probe_seed) -> clip_ids/targets/scores/
+    vocabulary/groups), ``per_tag``, ``pretrain_curves``
+    (method, seed, step, metric, value: the :data:`PRETRAIN_CURVES` histories),
+    ``pretrain_runs`` (method, seed, trained, collapsed), ``embedding_health`` (method, seed,
+    corpus and :data:`HEALTH_STATS`), ``source_activity`` (separator, corpus, source, active,
+    total), ``separation_quality`` (DataFrames or None), ``task_info`` (task -> clips per
+    split, number of labels, tags or classes left out of the scores), ``pretrain_data`` (what
+    the pre-training runs read -> their methods) and ``num_runs``.
     """
     import numpy as np
     import pandas as pd
@@ -265,25 +345,31 @@ def collect(tracker: Tracker, workdir: Path, run_ids: set[str] | None = None) ->
             len(hashes),
             ", ".join(sorted(h or "?" for h in hashes)),
         )
-    score_rows, tag_rows, loss_rows, activity_rows, quality_rows = [], [], [], [], []
+    score_rows, tag_rows, activity_rows, quality_rows = [], [], [], []
+    curve_rows, pretrain_rows, health_rows = [], [], []
+    task_info: dict[str, dict] = {}
+    pretrain_data: dict[str, list[str]] = {}  # what pre-training read -> the methods
     predictions: dict = {}
     for run in runs:
         kind = run.data.tags.get(KIND_TAG)
         tags = run.data.tags
         if kind == "probe":
-            method, task, seed = tags["method"], tags["task"], int(tags["seed"])
+            method, task = tags["method"], tags["task"]
+            seeds = (int(tags["pretrain_seed"]), int(tags["probe_seed"]))
             for metric in ("roc_auc", "pr_auc", "accuracy", "balanced_accuracy"):
                 if metric in run.data.metrics:
-                    score_rows.append((method, task, seed, metric, run.data.metrics[metric]))
+                    score_rows.append((method, task, *seeds, metric, run.data.metrics[metric]))
             pred = download_artifact(
                 tracker.client, run.info.run_id, "predictions.npz", workdir / run.info.run_id
             )
             with np.load(pred, allow_pickle=False) as z:
-                predictions[(method, task, seed)] = {
+                predictions[(method, task, *seeds)] = {
                     "clip_ids": [str(c) for c in z["clip_ids"]],
                     "targets": z["targets"],
                     "scores": z["scores"],
                     "vocabulary": [str(v) for v in z["vocabulary"]],
+                    # cluster ids of the test clips (song, instrument, artist), when recorded
+                    "groups": [str(g) for g in z["groups"]] if "groups" in z.files else None,
                 }
             try:
                 details = load_artifact_dict(tracker.client, run.info.run_id, "details.json")
@@ -291,16 +377,51 @@ def collect(tracker: Tracker, workdir: Path, run_ids: set[str] | None = None) ->
                 details = {}
             for tag, values in (details.get("per_tag") or {}).items():
                 tag_rows.append(
-                    (method, task, seed, tag, values.get("roc_auc"), values.get("pr_auc"))
+                    (method, task, *seeds, tag, values.get("roc_auc"), values.get("pr_auc"))
                 )
+            # What the data of a task looked like (the same for every run of the task).
+            task_info.setdefault(
+                task,
+                {
+                    "clips": {
+                        split: int(run.data.metrics[f"num_{split}_clips"])
+                        for split in ("train", "valid", "test")
+                        if f"num_{split}_clips" in run.data.metrics
+                    },
+                    "num_labels": len(predictions[(method, task, *seeds)]["vocabulary"]),
+                    "excluded_tags": details.get("excluded_tags") or [],
+                    "absent_classes": details.get("absent_classes") or [],
+                },
+            )
         elif kind == "pretrain":
-            history = tracker.client.get_metric_history(run.info.run_id, "loss")
-            for m in history:
-                loss_rows.append((tags.get("method"), int(tags.get("seed", 0)), m.step, m.value))
+            method, seed = tags.get("method"), int(tags.get("seed", 0))
+            if tags.get("pretrain_data"):
+                pretrain_data.setdefault(tags["pretrain_data"], []).append(method)
+            for name in PRETRAIN_CURVES:
+                if name in run.data.metrics:
+                    for m in tracker.client.get_metric_history(run.info.run_id, name):
+                        curve_rows.append((method, seed, m.step, name, m.value))
+            collapsed = tags.get("collapsed")
+            pretrain_rows.append(
+                (method, seed, tags.get("trained", "true") == "true",
+                 None if collapsed is None else collapsed == "true")
+            )  # fmt: skip
+            health: dict = {}
+            for name, value in run.data.metrics.items():
+                if name.startswith("embedding."):
+                    _, corpus, stat = name.split(".", 2)
+                    health.setdefault(corpus, {})[stat] = value
+            for corpus, values in sorted(health.items()):
+                health_rows.append(
+                    (method, seed, corpus, *(values.get(stat) for stat in HEALTH_STATS))
+                )
         elif kind == "separate":
             d = load_artifact_dict(tracker.client, run.info.run_id, "activity.json")
+            corpus = tags.get("corpus", "mtat")
             for src, row in d["activity"].items():
-                activity_rows.append((tags.get("separator"), src, row["active"], row["total"]))
+                activity_rows.append(
+                    (tags.get("separator"), corpus, src, row["active"], row["total"])
+                )
         elif kind == "train-separator":
             q = load_artifact_dict(tracker.client, run.info.run_id, "quality.json")
             for sep in ("umx", "random_mask"):
@@ -312,13 +433,17 @@ def collect(tracker: Tracker, workdir: Path, run_ids: set[str] | None = None) ->
     def frame(rows, cols):
         return pd.DataFrame(rows, columns=cols) if rows else None
 
-    activity = frame(activity_rows, ["separator", "source", "active", "total"])
+    activity = frame(activity_rows, ["separator", "corpus", "source", "active", "total"])
     return {
-        "scores": pd.DataFrame(score_rows, columns=["method", "task", "seed", "metric", "value"]),
+        "scores": pd.DataFrame(score_rows, columns=[*_SEEDED, "metric", "value"]),
         "predictions": predictions,
-        "per_tag": frame(tag_rows, ["method", "task", "seed", "tag", "roc_auc", "pr_auc"]),
-        "loss_curves": frame(loss_rows, ["method", "seed", "step", "loss"]),
+        "per_tag": frame(tag_rows, [*_SEEDED, "tag", "roc_auc", "pr_auc"]),
+        "pretrain_curves": frame(curve_rows, ["method", "seed", "step", "metric", "value"]),
+        "pretrain_runs": frame(pretrain_rows, ["method", "seed", "trained", "collapsed"]),
+        "embedding_health": frame(health_rows, ["method", "seed", "corpus", *HEALTH_STATS]),
         "source_activity": activity,
         "separation_quality": frame(quality_rows, ["separator", "source", "si_sdr"]),
+        "task_info": task_info,
+        "pretrain_data": pretrain_data,
         "num_runs": len(runs),
     }

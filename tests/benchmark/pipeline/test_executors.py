@@ -15,15 +15,17 @@ from benchmark.data.synth import GENERATOR_VERSION
 from tests.fixtures import TINY_PRETRAIN
 
 ROOT = Path(__file__).resolve().parents[3]
-# A plan small enough for every test run: two methods, one task, two probe seeds, tuning on.
+# A plan small enough for every test run: two methods, one pre-training seed, one task, two
+# probe seeds, tuning on.
 PLAN = ["--methods", "random_init,cola", "--tasks", "fma"]
 OVERRIDES = [
     *TINY_PRETRAIN,
+    "pretrain.seeds=0",
     "probe.seeds=0-1",
     "probe.max_epochs=3",
     "tune.num_trials=2",
     "tune.max_epochs=2",
-    "benchmark.bootstrap_resamples=50",
+    "benchmark.calibration_reps=200",
 ]
 
 

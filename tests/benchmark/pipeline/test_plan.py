@@ -15,6 +15,7 @@ ARGS = [
     "--tasks",
     "fma",
     "probe.params=default",
+    "pretrain.seeds=0",
     "probe.seeds=0-1",
 ]
 
@@ -105,6 +106,11 @@ def test_step_names_parse_and_bad_names_say_what_is_expected():
         "probe",
         {"method": "msa_multi", "seed": 2, "task": "mtat_star", "probe_seed": 4},
     )
+    # An external encoder's name holds ':' (hear:<module>).
+    assert parse_step("embed:hear:mscol_cola_s0:s0:fma") == (
+        "embed",
+        {"method": "hear:mscol_cola_s0", "seed": 0, "task": "fma"},
+    )
     for bad in ("probe:cola:s0:fma", "pretrain:cola:0", "report", "tune:cola:s0:fma:p0"):
         with pytest.raises(ValueError, match=f"not a plan step: '{bad}'"):
             parse_step(bad)
@@ -114,10 +120,12 @@ def test_plan_steps_are_picklable_calls_of_a_config_and_a_name():
     import pickle
 
     from benchmark.config import from_dict, resolve
-    from benchmark.pipeline.plan import build_plan, run_step
+    from benchmark.pipeline.context import Context
+    from benchmark.pipeline.plan import build_plan, run_step, step_name
 
-    cfg = resolve("smoke")
-    steps = build_plan(cfg, ["random_init", "msa_vocals"], ["mtat", "mtat_star", "fma"])
+    cfg = resolve("smoke", ["pretrain.seeds=0-1"])
+    ctx = Context(cfg, None, progress=False)
+    steps = build_plan(ctx, ["random_init", "msa_vocals"], ["mtat", "mtat_star", "fma"])
     for step in steps:
         assert step.fn is run_step and step.args[1] == step.name
         fn, args = pickle.loads(pickle.dumps((step.fn, step.args)))
@@ -134,13 +142,22 @@ def test_plan_steps_are_picklable_calls_of_a_config_and_a_name():
         "features:mtat",
         "embed:msa_vocals:s0:mtat",
     ]
-    assert deps["probe:msa_vocals:s0:fma:p3"] == [
-        "embed:msa_vocals:s0:fma",
+    # A method is tuned once per task, on its first pre-training seed; every run's probes use
+    # those parameters.
+    assert deps["probe:msa_vocals:s1:fma:p1"] == [
+        "embed:msa_vocals:s1:fma",
         "tune:msa_vocals:s0:fma",
     ]
+    assert deps["tune:msa_vocals:s0:fma"] == ["embed:msa_vocals:s0:fma"]
+    assert not [s for s in steps if s.name.startswith("tune:msa_vocals:s1")]
+    assert deps["pretrain:random_init:s1"] == ["data"]  # nothing to train: no features needed
+    assert step_name("probe", "msa_vocals", 1, "fma", 1) == "probe:msa_vocals:s1:fma:p1"
+    assert {(s.method, s.task) for s in steps if s.name == "probe:msa_vocals:s1:fma:p1"} == {
+        ("msa_vocals", "fma")
+    }
     order = [s.name for s in steps]
     assert all(order.index(d) < order.index(s.name) for s in steps for d in s.deps)
-    only = build_plan(cfg, ["cola"], ["fma"], ["probe"])
+    only = build_plan(ctx, ["cola"], ["fma"], ["probe"])
     assert {s.stage for s in only} == {"data", "embed", "probe"}
     with pytest.raises(ValueError, match="unknown stage.*: bogus"):
-        build_plan(cfg, ["cola"], ["fma"], ["bogus"])
+        build_plan(ctx, ["cola"], ["fma"], ["bogus"])
