@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 
 from benchmark.pipeline import services
-from tests.benchmark.conftest import synth_smoke  # noqa: F401 (the plan tests' corpus)
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMINGS: dict[str, float] = {}  # what each engine took to start and stop, for the summary
