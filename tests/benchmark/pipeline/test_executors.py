@@ -128,3 +128,30 @@ def test_an_executor_that_cannot_run_is_a_one_line_error(tmp_path, args, message
     assert proc.returncode == 2, out
     (line,) = out.strip().splitlines()
     assert line.startswith("error: ") and message in line
+
+
+def _visible_devices(_):
+    import time
+
+    time.sleep(1.0)  # long enough that several workers take tasks
+    return os.environ.get("CUDA_VISIBLE_DEVICES"), os.getpid()
+
+
+def test_pool_workers_get_one_gpu_each_round_robin(monkeypatch):
+    """On a multi-GPU node each pool worker sees its own device (CUDA_VISIBLE_DEVICES is set
+    in the worker before anything initialises CUDA); this process' setting is untouched."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from benchmark.pipeline.executors import _worker_init, visible_gpus
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5,7")
+    assert visible_gpus() == ["2", "5", "7"]
+    mp = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(
+        3, mp_context=mp, initializer=_worker_init, initargs=(visible_gpus(), mp.Value("i"))
+    ) as pool:
+        seen = dict((pid, gpu) for gpu, pid in pool.map(_visible_devices, range(6)))
+    # Every worker that ran a task sees one of the GPUs, and no two workers the same one.
+    assert set(seen.values()) <= {"2", "5", "7"} and len(set(seen.values())) == len(seen)
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "2,5,7"
