@@ -35,6 +35,11 @@ class PathsConfig:
     runs_dir: str = "runs"  # root of every generated artefact (ours); git-ignored
     tracking_uri: str = ""  # MLflow tracking URI; "" -> sqlite:///<runs_dir>/mlflow.db (ours)
     optuna_storage: str = ""  # SQLAlchemy URL; "" -> sqlite:///<runs_dir>/optuna.db (ours)
+    # Where pre-training runs, tuned parameters and MLflow runs live: "" = the profile's own
+    # folder and experiment; another profile's name shares that profile's, so that work of the
+    # same config (content-keyed) is found there, not redone (ours; the studies profile uses
+    # the default profile's). The plan's status and the report stay in the profile's folder.
+    workspace: str = ""
 
 
 @dataclass(frozen=True)
@@ -115,6 +120,10 @@ class PretrainConfig:
     checkpoint_every: int = 500  # steps between checkpoints (ours)
     val_every: int = 500  # steps between validation contrastive loss/accuracy (ours)
     val_batches: int = 4  # batches of the validation split per validation (ours)
+    # Fractions of the steps at which the loop keeps the encoder's weights (snapshot-<step>.pt,
+    # beside checkpoint.pt) for the convergence study (ours; not part of the run's content key:
+    # saving costs a fraction of a second, and a finished run of any profile serves the study).
+    snapshot_fractions: tuple[float, ...] = (0.1, 0.25, 0.5)
     # "Precise BN" (ours; the code keeps Keras' running statistics, momentum 0.99): batch-norm
     # statistics of the evaluated encoder are re-estimated from this many batches of the
     # method's own training pairs (random_init: mixture crops), every method alike; 0 keeps
@@ -170,6 +179,9 @@ class BenchmarkConfig:
     # family (methods.FAMILIES: paper, ablations, controls); a method joins one family (ours).
     family_members: tuple[str, ...] = ()
     calibration_reps: int = 4000  # simulated A/A comparisons per task (ours; MC SE ~0.35%)
+    # Methods whose snapshots (pretrain.snapshot_fractions) are probed on every task for the
+    # report's convergence study (ours; the paper's claim is about MSA against MWS).
+    convergence_methods: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -196,6 +208,17 @@ class Config:
         return self.runs_dir / self.profile
 
     @property
+    def workspace_dir(self) -> Path:
+        """Pre-training runs and tuned parameters (``paths.workspace``, default the profile's
+        folder): content-keyed, so profiles of the same config may share one."""
+        return self.runs_dir / (self.paths.workspace or self.profile)
+
+    @property
+    def experiment(self) -> str:
+        """The MLflow experiment of this profile's tracked work (``paths.workspace``'s)."""
+        return f"mscol-{self.paths.workspace or self.profile}"
+
+    @property
     def cache_dir(self) -> Path:
         """Content-keyed caches shared by every profile (features, sources, embeddings)."""
         return self.runs_dir / "cache"
@@ -215,10 +238,12 @@ class Config:
         return stable_hash(self.to_dict())
 
     def results_hash(self) -> str:
-        """Hash of what shapes the results: everything but where outputs go (``paths``) and
-        which methods/tasks to run and how to report them (``benchmark``)."""
+        """Hash of what shapes the results: everything but the profile's name, where outputs
+        go (``paths``) and which methods/tasks to run and how to report them (``benchmark``):
+        profiles of the same settings (default, studies) share it."""
         d = self.to_dict()
-        return stable_hash({k: v for k, v in d.items() if k not in ("paths", "benchmark")})
+        excluded = ("profile", "paths", "benchmark")
+        return stable_hash({k: v for k, v in d.items() if k not in excluded})
 
 
 # -- helpers ---------------------------------------------------------------------------

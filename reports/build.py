@@ -34,6 +34,8 @@ Input contract
     control (the baseline trained again under another name: expected never flagged);
     ``expected_methods`` / ``expected_tasks``: what should be there, so that every absent
     (method, task) cell is listed as missing rather than silently omitted.
+``studies``: the inputs of the paper's study sections (convergence, separator quality,
+    ablations, source specialisation; :mod:`reports.study_sections`); None leaves them out.
 
 Statistics: see :mod:`reports.compare` and :mod:`reports.variance`.
 """
@@ -61,6 +63,7 @@ from reports.sections import (
     task_blocks,
     variance_blocks,
 )
+from reports.study_sections import study_blocks
 from reports.variance import calibrate, components
 
 __all__ = ["PRIMARY", "build_report", "calibration_table"]
@@ -167,6 +170,7 @@ def build_report(
     alpha: float = 0.05,
     seed: int = 0,
     calibration_reps: int = 4000,
+    studies: Mapping | None = None,
 ) -> dict[str, Path]:
     """Write the leaderboard (csv, md, html) and its figures into ``out_dir``.
 
@@ -247,6 +251,14 @@ def build_report(
     blocks += variance_blocks(summary, primary)
     blocks += paper_blocks(summary, comparison, expected_methods or [])
     blocks += cross_task_blocks(summary, aggregate, primary, baseline, alpha)
+    if studies is not None:
+        # The paper's analyses beyond its tables (reports.study_sections documents ``studies``).
+        study, study_drawn, study_skipped = study_blocks(
+            out_dir, studies, scores, predictions, sets, comparison, summary, primary, alpha
+        )
+        blocks += study
+        paths.update(study_drawn)
+        not_drawn.update(study_skipped)
     blocks += [("h", 2, "Notes on the test-set components"), ("ul", notes)]
     blocks.append(("h", 2, "Figures"))
     for name, path in drawn.items():

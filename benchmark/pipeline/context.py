@@ -43,8 +43,7 @@ class Context:
 
 
 def open_context(cfg: Config, progress: bool = True) -> Context:
-    """The context of a command: the profile's MLflow experiment ``mscol-<profile>``."""
-    tracker = Tracker(
-        cfg.tracking_uri, f"mscol-{cfg.profile}", artifact_root=cfg.runs_dir / "mlartifacts"
-    )
+    """The context of a command: the profile's MLflow experiment ``mscol-<profile>`` (or
+    its workspace's, ``paths.workspace``)."""
+    tracker = Tracker(cfg.tracking_uri, cfg.experiment, artifact_root=cfg.runs_dir / "mlartifacts")
     return Context(cfg, tracker, progress)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from benchmark.config import Config
-from benchmark.pipeline import probing, stages
+from benchmark.pipeline import probing, stages, studies
 from benchmark.pipeline.context import Context
 from benchmark.pipeline.tracking import Tracker
 from benchmark.pretrain.loop import PretrainedModel
@@ -49,6 +49,9 @@ def build_plan(ctx: Context, methods=None, tasks=None, only=None) -> list[Step]:
     for t in task_names:
         get_task(t)
     steps: list[Step] = []
+    # The convergence study (benchmark.convergence_methods): snapshots of these methods' runs.
+    converging = [m for m in cfg.benchmark.convergence_methods if m in method_names]
+    snapshot_steps = snapshot_steps_of(cfg) if converging else []
     # Probes use ``probe.params``: the paper's learning rates ("default") or the best Optuna
     # trial ("tuned", equal budget per method), which needs the tune steps.
     tune = cfg.benchmark.tune or cfg.probe.params == "tuned"
@@ -86,6 +89,18 @@ def build_plan(ctx: Context, methods=None, tasks=None, only=None) -> list[Step]:
                 return stages.Outcome("done" if model.cached else "ran", model.run_id)
 
             steps.append(Step(f"pretrain:{m}:s{seed}", "pretrain", _pre, deps))
+            if method.sources:
+                # The separator's measured quality, logged into the run (separator study).
+                steps.append(
+                    Step(
+                        f"quality:{m}:s{seed}",
+                        "separate",
+                        lambda m=m, seed=seed: studies.record_separator_quality(
+                            ctx, models[(m, seed)]
+                        ),
+                        [f"pretrain:{m}:s{seed}"],
+                    )
+                )
         for t in task_names:
             task = get_task(t)
             if tune:
@@ -116,6 +131,8 @@ def build_plan(ctx: Context, methods=None, tasks=None, only=None) -> list[Step]:
                             probe_deps,
                         )
                     )
+    for m in converging:
+        steps += _snapshot_steps(ctx, m, task_names, snapshot_steps, models, first, tune)
     if only:
         wanted = set(only)
         steps = [s for s in steps if s.stage in wanted or s.stage in ("data",)]
@@ -123,6 +140,53 @@ def build_plan(ctx: Context, methods=None, tasks=None, only=None) -> list[Step]:
         for s in steps:
             s.deps = [d for d in s.deps if d in names]
     return steps
+
+
+def snapshot_steps_of(cfg: Config) -> list[int]:
+    from benchmark.pretrain.loop import snapshot_steps
+
+    return snapshot_steps(cfg.pretrain)
+
+
+def _snapshot_steps(ctx, m, task_names, at, models, first, tune) -> list[Step]:
+    """The convergence study's steps for method ``m``: each run's encoder at each snapshot
+    step, probed on every task with the method's tuned parameters (tuned once, on its final
+    encoder: the study varies the encoder only)."""
+    from tasks import get_task
+
+    cfg = ctx.cfg
+    snapshots: dict[tuple[int, int], PretrainedModel] = {}
+    out: list[Step] = []
+    for seed in cfg.pretrain.seeds:
+        for step in at:
+            name = f"snapshot:{m}:s{seed}:@{step}"
+
+            def _snap(seed=seed, step=step):
+                snapshots[(seed, step)] = studies.snapshot_model(ctx, models[(m, seed)], step)
+                return "done"
+
+            out.append(Step(name, "pretrain", _snap, [f"pretrain:{m}:s{seed}"]))
+            for t in task_names:
+                task = get_task(t)
+                deps = [name, f"features:{task.corpus}", f"pretrain:{m}:s{first}"]
+                deps += [f"tune:{m}:{t}"] if tune else []
+                for ps in cfg.probe.seeds:
+                    out.append(
+                        Step(
+                            f"probe@{step}:{m}:s{seed}:{t}:p{ps}",
+                            "probe",
+                            lambda seed=seed, step=step, task=task, ps=ps: probing.run_probe(
+                                ctx,
+                                snapshots[(seed, step)],
+                                task,
+                                ps,
+                                tuned_from=models[(m, first)],
+                                snapshot_step=step,
+                            ),
+                            deps,
+                        )
+                    )
+    return out
 
 
 def execute(steps: list[Step]) -> dict[str, float]:
@@ -205,11 +269,18 @@ def plan_status(steps: list[Step], tracker: Tracker, cfg: Config) -> list[str]:
             seen.add(
                 f"probe:{t.get('method')}:s{t.get('pretrain_seed')}:{t.get('task')}:p{t.get('probe_seed')}"
             )
+        elif kind == "probe-snapshot":
+            seen.add(
+                f"probe@{t.get('pretrain_step')}:{t.get('method')}:s{t.get('pretrain_seed')}:"
+                f"{t.get('task')}:p{t.get('probe_seed')}"
+            )
     lines, left = [], 0
     for s in steps:
         if s.stage in ("pretrain", "tune", "probe"):
             if s.stage == "pretrain" and s.name.split(":")[1] == "random_init":
                 state = "no training: batch-norm statistics only, checked when run"
+            elif s.name.startswith("snapshot:"):
+                state = "a kept snapshot with batch-norm statistics, checked when run"
             else:
                 state = "done" if s.name in seen else "to do"
                 left += state == "to do"

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from benchmark.config import Config, stable_hash, to_dict
+from benchmark.config import Config, SeparationConfig, stable_hash, to_dict
 from benchmark.data.datasets import Dataset
 from benchmark.data.features import AudioItem, build_mixtures
 from benchmark.data.store import FeatureStore
@@ -174,8 +175,32 @@ def _dir_digest(folder: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def trained_separator_dir(cfg: Config, paths: DataPaths) -> Path:
-    s = to_dict(cfg.separation)
+def separation_for(cfg: Config, separator: str) -> SeparationConfig:
+    """The separation settings of a method's ``separator``: "config" (``cfg.separation``),
+    "random_mask", "oracle" (the corpus's true stems) or "trained:<fraction>" (Open-Unmix
+    trained here for that fraction of ``separation.train_steps``: the separator-quality
+    study's lower budgets). Raises :class:`StageError` for anything else."""
+    sep = cfg.separation
+    if separator == "config":
+        return sep
+    if separator in ("random_mask", "oracle"):
+        return replace(sep, separator=separator)
+    if separator.startswith(TRAINED_SEPARATOR + ":"):
+        try:
+            fraction = float(separator.partition(":")[2])
+        except ValueError:
+            fraction = math.nan
+        if not 0.0 < fraction <= 1.0:
+            raise StageError(f"separator {separator!r}: the fraction must lie in (0, 1]")
+        steps = max(1, round(fraction * sep.train_steps))
+        return replace(sep, separator="umx", umx_model=TRAINED_SEPARATOR, train_steps=steps)
+    raise StageError(
+        f"unknown separator {separator!r} (config, random_mask, oracle or trained:<fraction>)"
+    )
+
+
+def trained_separator_dir(cfg: Config, paths: DataPaths, sep: SeparationConfig | None = None):
+    s = to_dict(sep or cfg.separation)
     key = stable_hash(
         {k: v for k, v in s.items() if k.startswith("train_")}
         | {"corpus": paths.corpus_version, "stems": str(paths.stems_root)}
@@ -183,29 +208,32 @@ def trained_separator_dir(cfg: Config, paths: DataPaths) -> Path:
     return cfg.cache_dir / "separators" / f"umx-{key}"
 
 
-def train_separator_stage(ctx: Context) -> Path:
-    """Train Open-Unmix on the corpus's true stems (synthetic corpus), once per config.
+def train_separator_stage(ctx: Context, sep: SeparationConfig | None = None) -> Path:
+    """Train Open-Unmix on the corpus's true stems (synthetic corpus), once per config
+    (``sep``: other training settings than ``ctx.cfg.separation``'s).
 
     Raises :class:`StageError` when the corpus has no true stems."""
     from benchmark.separation import train_separator
 
     cfg, paths, tracker = ctx.cfg, data_paths(ctx), ctx.tracker
+    sep = sep or cfg.separation
     if paths.stems_root is None or not paths.stems_root.is_dir():
         raise StageError("train-separator needs a corpus with true stems (data.source=synthetic)")
-    out = trained_separator_dir(cfg, paths)
+    out = trained_separator_dir(cfg, paths, sep)
     if (out / "quality.json").is_file():
         return out
     train, valid = pretrain_clips(ctx)
     t0 = time.perf_counter()
     key = f"train-separator:{out.name}"
-    run = tracker.run(key, "train-separator", "train-separator") if tracker else nullcontext()
+    tags = {"train_steps": sep.train_steps}
+    run = tracker.run(key, "train-separator", "train-separator", tags) if tracker else nullcontext()
     with run as handle:
         train_separator(
             paths.stems_root,
             [c.clip_id for c in train],
             [c.clip_id for c in valid],
             out,
-            cfg.separation,
+            sep,
             progress=ctx.progress,
         )
         if handle:
@@ -217,26 +245,45 @@ def train_separator_stage(ctx: Context) -> Path:
 
 
 def resolve_separation(ctx: Context, separator: str):
-    """The SeparationConfig actually used and what identifies its weights (trains the
-    ``trained`` separator first when it is not there yet)."""
-    sep = ctx.cfg.separation
-    if separator == "random_mask":
-        return replace(sep, separator="random_mask"), "random_mask"
+    """The SeparationConfig actually used for a method's ``separator`` (:func:`separation_for`)
+    and what identifies its weights (trains a ``trained`` separator first when it is not
+    there yet)."""
+    sep = separation_for(ctx.cfg, separator)
+    if sep.separator == "random_mask":
+        return sep, "random_mask"
     if sep.separator == "umx" and sep.umx_model == TRAINED_SEPARATOR:
-        model_dir = train_separator_stage(ctx)
+        model_dir = train_separator_stage(ctx, sep)
         return replace(sep, umx_model=str(model_dir)), _dir_digest(model_dir)
     if sep.separator == "umx" and Path(sep.umx_model).is_dir():
         return sep, _dir_digest(Path(sep.umx_model))
     return sep, sep.umx_model if sep.separator == "umx" else sep.separator
 
 
+def separator_quality(ctx: Context, separator: str) -> dict | None:
+    """Measured quality of a method's ``separator`` on the validation clips' true stems, from
+    the ``quality.json`` of a separator trained here (which also scores random masks on the
+    same clips): that separator's entry (``mean_si_sdr_db``: source -> dB, ...);
+    ``{"oracle": True}`` for the true stems; None when nothing here measured it (downloaded
+    weights, real data)."""
+    sep = separation_for(ctx.cfg, separator)
+    if sep.separator == "oracle":
+        return {"oracle": True}
+    if sep.separator == "umx" and sep.umx_model == TRAINED_SEPARATOR:
+        return read_json(train_separator_stage(ctx, sep) / "quality.json")["umx"]
+    if sep.separator == "random_mask" and ctx.cfg.separation.umx_model == TRAINED_SEPARATOR:
+        profile_separator = replace(sep, separator="umx")
+        quality = read_json(train_separator_stage(ctx, profile_separator) / "quality.json")
+        return quality["random_mask"]
+    return None
+
+
 def sources_ready(ctx: Context, separator: str) -> bool:
-    """Whether stage ``separate`` has built the sources for ``separator`` ("config" or
-    "random_mask") under this config (without building or training anything)."""
+    """Whether stage ``separate`` has built the sources for ``separator`` (see
+    :func:`separation_for`) under this config (without building or training anything)."""
     cfg, paths = ctx.cfg, data_paths(ctx)
-    sep = cfg.separation
-    if separator != "random_mask" and sep.separator == "umx" and sep.umx_model == TRAINED_SEPARATOR:
-        if not (trained_separator_dir(cfg, paths) / "quality.json").is_file():
+    sep = separation_for(cfg, separator)
+    if sep.separator == "umx" and sep.umx_model == TRAINED_SEPARATOR:
+        if not (trained_separator_dir(cfg, paths, sep) / "quality.json").is_file():
             return False
     sep_cfg, identity = resolve_separation(ctx, separator)
     root = sources_root(
@@ -247,7 +294,7 @@ def sources_ready(ctx: Context, separator: str) -> bool:
 
 def separate_command(cfg: Config, separator: str) -> str:
     """The command that builds the sources a method needs."""
-    extra = " --separator random_mask" if separator == "random_mask" else ""
+    extra = f" --separator {separator}" if separator != "config" else ""
     return f"python -m benchmark separate --profile {cfg.profile}{extra}"
 
 
@@ -281,7 +328,7 @@ def _source_store(ctx: Context, separator: str) -> FeatureStore:
                 key,
                 "separate",
                 f"separate-{sep_cfg.separator}",
-                tags={"separator": sep_cfg.separator},
+                tags={"separator": sep_cfg.separator, "spec": separator},
             ) as h:
                 activity = source_activity(store)
                 h.artifact_dict({"activity": activity, "report": store.report()}, "activity.json")
@@ -352,7 +399,7 @@ def run_pretrain(
         )
     corpus, valid, identity = pair_corpora(ctx, method)
     key = pretrain_key(cfg, method, seed, identity)
-    run_dir = cfg.profile_dir / "pretrain" / f"{method_name}-s{seed}-{key}"
+    run_dir = cfg.workspace_dir / "pretrain" / f"{method_name}-s{seed}-{key}"
     existing = tracker.find(key)
     if is_complete(run_dir, key) and existing is not None and existing.info.status == "FINISHED":
         return PretrainedModel(
