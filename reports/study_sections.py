@@ -312,7 +312,7 @@ def _specialisation(
     for task in ("mtat", "mtat_star"):
         frame, notes = specialisation(predictions, tag_sources, models, "cola", task, alpha)
         if frame.empty:
-            blocks += [("p", f"{task}: " + "; ".join(notes or ["no results"]))]
+            blocks += [("p", "; ".join(notes or [f"{task}: no results"]))]
             continue
         blocks += [("h", 3, f"{task} — PR-AUC"),
                    ("p", f"Tags by source: {inputs.get('tag_mapping', 'as given')}. Per model: the mean PR-AUC "
