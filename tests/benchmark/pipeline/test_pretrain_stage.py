@@ -42,7 +42,7 @@ def env(synth_smoke, tmp_path_factory):
 def sources(env):
     """Builds the separated sources once per separator a registered method needs."""
     separators = sorted({m.separator for m in METHODS.values() if m.sources})
-    assert set(separators) == {"config", "random_mask"}
+    assert set(separators) == {"config", "random_mask", "oracle", "trained:0.25"}
     for separator in separators:
         stages.source_store(env, separator)
 
