@@ -50,7 +50,12 @@ def build_plan(ctx: Context, methods=None, tasks=None, only=None) -> list[Step]:
         get_task(t)
     steps: list[Step] = []
     # The convergence study (benchmark.convergence_methods): snapshots of these methods' runs.
-    converging = [m for m in cfg.benchmark.convergence_methods if m in method_names]
+    # (A method without pre-training has no snapshots: the same encoder at every step.)
+    converging = [
+        m
+        for m in cfg.benchmark.convergence_methods
+        if m in method_names and get_method(m).pretrained
+    ]
     snapshot_steps = snapshot_steps_of(cfg) if converging else []
     # Probes use ``probe.params``: the paper's learning rates ("default") or the best Optuna
     # trial ("tuned", equal budget per method), which needs the tune steps.
