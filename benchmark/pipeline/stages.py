@@ -271,9 +271,9 @@ def separator_quality(ctx: Context, separator: str) -> dict | None:
     if sep.separator == "umx" and sep.umx_model == TRAINED_SEPARATOR:
         return read_json(train_separator_stage(ctx, sep) / "quality.json")["umx"]
     if sep.separator == "random_mask" and ctx.cfg.separation.umx_model == TRAINED_SEPARATOR:
-        profile_separator = replace(sep, separator="umx")
-        quality = read_json(train_separator_stage(ctx, profile_separator) / "quality.json")
-        return quality["random_mask"]
+        # Scored beside the profile's trained separator; never trained for this alone.
+        path = trained_separator_dir(ctx.cfg, data_paths(ctx)) / "quality.json"
+        return read_json(path)["random_mask"] if path.is_file() else None
     return None
 
 
