@@ -338,7 +338,7 @@ def specialisation(
         ]
     subset = {k: predictions[k] for k in keys if k[0] in models or k[0] == baseline}
     order, targets, groups, _ = aligned_items(subset, task)
-    vocabulary = list(subset[keys[0]]["vocabulary"])
+    vocabulary = list(next(iter(subset.values()))["vocabulary"])
     scorable = scorable_tags(targets)
     per_run: dict[str, dict[int, list]] = {}
     columns: dict[str, tuple[np.ndarray, np.ndarray]] = {}

@@ -42,7 +42,8 @@ def snapshot_model(ctx: Context, model: PretrainedModel, step: int) -> Pretraine
 def record_separator_quality(ctx: Context, model: PretrainedModel) -> str:
     """Log the measured quality of ``model``'s separator into its pre-training run (once):
     :data:`SI_SDR_METRIC` per source, or :data:`EXACT_METRIC` for the true stems. Returns
-    "ran", or "done" when nothing measured this separator (downloaded weights, real data)."""
+    "ran", or "done" when they are there already or nothing measured this separator
+    (downloaded weights, real data)."""
     from methods import get_method
 
     method = get_method(model.method)
@@ -57,6 +58,8 @@ def record_separator_quality(ctx: Context, model: PretrainedModel) -> str:
             for source, value in quality["mean_si_sdr_db"].items()
             if value is not None and math.isfinite(value)
         }
-    if metrics:
-        ctx.require_tracker().log_once(model.run_id, metrics)
+    tracker = ctx.require_tracker()
+    if not metrics or all(k in tracker.client.get_run(model.run_id).data.metrics for k in metrics):
+        return "done"
+    tracker.log_once(model.run_id, metrics)
     return "ran"
