@@ -252,6 +252,8 @@ class Config:
         profiles of the same settings (default, studies) share it."""
         d = self.to_dict()
         excluded = ("profile", "paths", "benchmark")
+        # Which snapshots a run keeps (the convergence study) changes none of its results.
+        d["pretrain"].pop("snapshot_fractions")
         return stable_hash({k: v for k, v in d.items() if k not in excluded})
 
 

@@ -100,6 +100,8 @@ def test_results_hash_ignores_where_outputs_go_and_what_is_listed():
     same = resolve("smoke", ["paths.runs_dir=/elsewhere", "benchmark.methods=cola"])
     assert same.results_hash() == base.results_hash() and same.hash() != base.hash()
     assert resolve("smoke", ["pretrain.steps=7"]).results_hash() != base.results_hash()
+    kept = resolve("smoke", ["pretrain.snapshot_fractions=0.5"])
+    assert kept.results_hash() == base.results_hash()  # snapshots change no result
     assert resolve("smoke", ["probe.standardize=false"]).results_hash() != base.results_hash()
 
 
