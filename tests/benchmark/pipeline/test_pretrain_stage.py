@@ -85,8 +85,10 @@ def test_pretrain_every_method(env, sources, method_name):
     assert tags["git_commit"]
     assert tags["checkpoint"] == str(model.final_path.resolve())
     assert tags["collapsed"] in ("true", "false")
-    # batches of 4 pairs: 4 candidates, or fewer with the centroid loss (at least 2)
-    assert math.log(2) - 1e-9 <= metrics["val_chance_loss"] <= math.log(4) + 1e-9
+    # batches of 4 pairs: 4 candidates, or fewer with the centroid loss (at least 2, or 1 when
+    # every positive of the batch is silent, frequent with the true stems of msa_multi_oracle)
+    least = 1 if method.loss == "centroid" else 4
+    assert math.log(least) - 1e-9 <= metrics["val_chance_loss"] <= math.log(4) + 1e-9
     assert params["config.pretrain.steps"] == "2"
     assert params["config.pretrain.batch_size"] == "4"
     assert params["seed"] == "0"
