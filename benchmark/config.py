@@ -415,29 +415,33 @@ def profile_name(profile: str) -> str:
     return Path(profile).stem if profile.endswith(".toml") else profile
 
 
-def load_profile(name: str) -> dict:
+def load_profile(name: str, _seen: tuple[str, ...] = ()) -> dict:
     """A shipped profile (``benchmark/profiles/<name>.toml``) or a profile file of your own
-    (a path ending in ``.toml``), which may start from a shipped one with ``base = "<name>"``.
+    (a path ending in ``.toml``); either may start from a shipped one with ``base = "<name>"``
+    (its keys override the base's, section by section).
 
-    Raises :class:`ConfigError` for an unknown profile, a missing file or invalid TOML."""
+    Raises :class:`ConfigError` for an unknown profile, a missing file, invalid TOML or a
+    cycle of bases."""
     if name.endswith(".toml"):
         path = Path(name).expanduser()
         if not path.is_file():
             raise ConfigError(f"profile file {path} not found")
-        data = _read_toml(path)
-        base = data.pop("base", None)
-        if base is not None:
-            if not isinstance(base, str) or base.endswith(".toml"):
-                raise ConfigError(f"{path}: base must name a shipped profile, got {base!r}")
-            data = _merge(load_profile(base), data)
-        return data
-    path = PROFILE_DIR / f"{name}.toml"
-    if not path.is_file():
-        raise ConfigError(
-            f"unknown profile '{name}' (available: {', '.join(available_profiles())}, or a "
-            "profile file of your own: --profile path/to/mine.toml)"
-        )
-    return _read_toml(path)
+    else:
+        path = PROFILE_DIR / f"{name}.toml"
+        if not path.is_file():
+            raise ConfigError(
+                f"unknown profile '{name}' (available: {', '.join(available_profiles())}, or a "
+                "profile file of your own: --profile path/to/mine.toml)"
+            )
+    data = _read_toml(path)
+    base = data.pop("base", None)
+    if base is not None:
+        if not isinstance(base, str) or base.endswith(".toml"):
+            raise ConfigError(f"{path}: base must name a shipped profile, got {base!r}")
+        if base in (*_seen, name):
+            raise ConfigError(f"{path}: base {base!r} makes a cycle of profiles")
+        data = _merge(load_profile(base, (*_seen, name)), data)
+    return data
 
 
 def resolve(profile: str = "default", overrides: list[str] | dict | None = None) -> Config:
