@@ -155,6 +155,15 @@ class BenchmarkConfig:
 
 
 @dataclass(frozen=True)
+class ComputeConfig:
+    # torch intra-op CPU threads of pre-training, separator training and embedding (ours: the
+    # 2-core reference machine). Results on the CPU depend on it: the same value gives the same
+    # numbers, another value slightly different ones. Feature extraction and probes use one
+    # thread each, whatever this says.
+    torch_threads: int = 2
+
+
+@dataclass(frozen=True)
 class Config:
     profile: str = "paper"  # name of the profile this config was resolved from
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -166,6 +175,7 @@ class Config:
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
 
     # -- derived locations -------------------------------------------------------------
     @property

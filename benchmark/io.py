@@ -1,11 +1,15 @@
-"""Small I/O helpers shared by every stage: atomic writes, safe JSON, device choice, seeding."""
+"""Small helpers shared by every stage: atomic writes, safe JSON, device choice, and torch
+threads and seeding that restore what they change.
+
+Library code never leaves process-wide state changed behind its caller's back: the thread
+count and the random generators are set inside context managers that restore them.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
-import random
 import tempfile
 from pathlib import Path
 
@@ -61,10 +65,37 @@ def pick_device(prefer: str = "auto"):
     return torch.device(prefer)
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (CPU and CUDA)."""
+@contextlib.contextmanager
+def torch_threads(num_threads: int | None):
+    """Run the block with ``num_threads`` torch intra-op CPU threads, then restore the caller's
+    count (None: leave it). Results on the CPU depend on the thread count (reductions are split
+    differently), so every computing stage pins it."""
     import torch
 
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    if num_threads is None:
+        yield
+        return
+    if num_threads < 1:
+        raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@contextlib.contextmanager
+def seeded_torch(seed: int):
+    """Run the block with torch's global generators (CPU and every CUDA device) seeded with
+    ``seed``; the caller's generator states are restored afterwards.
+
+    For code that draws from torch's global generator (module initialisation, drop connect):
+    the draws are those of ``torch.manual_seed(seed)`` and the caller sees no change.
+    """
+    import torch
+
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield

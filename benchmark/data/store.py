@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from benchmark.config import stable_hash
 from benchmark.errors import StoreBuildError, StoreReadError
-from benchmark.io import atomic_path, atomic_write_json, read_json
+from benchmark.io import atomic_path, atomic_write_json, read_json, torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -124,14 +124,17 @@ def shard_is_valid(root: Path, key: str, verify_checksum: bool = True) -> bool:
     return not verify_checksum or _crc32_file(npy) == info.get("crc32")
 
 
-def _build_shard(root: Path, key: str, jobs: Sequence[Job], extract: Extractor) -> dict:
-    """Extract every job of one shard and write it; runs in a worker process."""
-    try:  # one torch thread per worker process: the pool already fills the cores
-        import torch
+def _build_shard(
+    root: Path, key: str, jobs: Sequence[Job], extract: Extractor, num_threads: int
+) -> dict:
+    """Extract every job of one shard and write it (in a worker process or in this one)."""
+    # The same thread count wherever the shard is built (features depend on it), restored
+    # afterwards: the caller's thread count is not ours to change.
+    with torch_threads(num_threads):
+        return _extract_and_write(root, key, jobs, extract)
 
-        torch.set_num_threads(1)
-    except ImportError:
-        pass
+
+def _extract_and_write(root: Path, key: str, jobs: Sequence[Job], extract: Extractor) -> dict:
     entries, blocks, bad = [], [], []
     offset = 0
     for job in jobs:
@@ -181,12 +184,15 @@ def build(
     max_bad_fraction: float = 0.01,
     desc: str = "features",
     progress: bool = True,
+    num_threads: int = 1,
 ) -> BuildReport:
     """Build (or resume) the store at ``root`` from ``jobs``; finished shards are reused.
 
     ``extract`` must be a picklable top-level function (or ``functools.partial`` of one) when
-    ``workers > 1``. Raises :class:`StoreBuildError` when more than ``max_bad_fraction`` of
-    the jobs are bad.
+    ``workers > 1``. It runs on ``num_threads`` torch threads whether a shard is built in a
+    worker process or in this one (this process's count is restored afterwards); with
+    ``workers > 1`` keep the default 1: the pool already fills the cores.
+    Raises :class:`StoreBuildError` when more than ``max_bad_fraction`` of the jobs are bad.
     """
     root = Path(root)
     (root / "shards").mkdir(parents=True, exist_ok=True)
@@ -205,13 +211,13 @@ def build(
     bar = tqdm(total=len(todo), desc=desc, unit="shard", disable=not progress or not todo)
     if workers > 1 and len(todo) > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(_build_shard, root, k, c, extract) for k, c in todo]
+            futures = [pool.submit(_build_shard, root, k, c, extract, num_threads) for k, c in todo]
             for fut in futures:
                 fut.result()
                 bar.update()
     else:
         for k, c in todo:
-            _build_shard(root, k, c, extract)
+            _build_shard(root, k, c, extract, num_threads)
             bar.update()
     bar.close()
     report.shards_built = len(todo)

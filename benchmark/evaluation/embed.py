@@ -19,7 +19,7 @@ from benchmark.config import Config, stable_hash
 from benchmark.data.datasets import Dataset
 from benchmark.data.store import FeatureStore
 from benchmark.evaluation.probe import WindowSet
-from benchmark.io import atomic_save_npy, atomic_write_json, pick_device
+from benchmark.io import atomic_save_npy, atomic_write_json, pick_device, torch_threads
 from benchmark.pretrain.loop import PretrainedModel
 
 log = logging.getLogger(__name__)
@@ -86,8 +86,6 @@ def _embed_store(
     ``(embeddings (W, D) float16 memory map, offsets (rows + 1,))``: the windows of store row
     ``r`` are ``embeddings[offsets[r]:offsets[r + 1]]``.
     """
-    from tqdm import tqdm
-
     crop = cfg.frontend.crop_frames
     key = stable_hash(
         {
@@ -110,27 +108,38 @@ def _embed_store(
             (r, st) for r, n in enumerate(store.lengths) for st in window_starts(int(n), crop, hop)
         ]
         device = pick_device()
-        net = _encoder_for(cfg, model, store, bn_rows, device)
-        feats = np.empty((len(windows), net.feature_dim), dtype=np.float16)
-        bs = cfg.probe.embed_batch_size
-        with torch.inference_mode():
-            for i in tqdm(
-                range(0, len(windows), bs),
-                desc=f"embed {store.root.name[:24]} ({model.method})",
-                disable=not progress,
-            ):
-                chunk = windows[i : i + bs]
-                x = store.crops(
-                    np.array([r for r, _ in chunk]), np.array([st for _, st in chunk]), crop
-                )
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                    feats[i : i + len(chunk)] = (
-                        net.features(torch.from_numpy(x).to(device)).float().cpu().numpy()
-                    )
+        # Pinned threads: the embeddings must not depend on the caller's thread count.
+        with torch_threads(cfg.compute.torch_threads):
+            feats = _run_encoder(cfg, model, store, bn_rows, windows, device, progress)
         atomic_save_npy(out / "embeddings.npy", feats)
         atomic_save_npy(out / "offsets.npy", offsets)
         atomic_write_json(out / "done.json", {"key": key, "windows": len(windows)})
     return np.load(out / "embeddings.npy", mmap_mode="r"), np.load(out / "offsets.npy")
+
+
+def _run_encoder(cfg, model, store, bn_rows, windows, device, progress) -> np.ndarray:
+    """``(len(windows), feature_dim)`` float16 features of ``windows`` = [(row, start)]."""
+    from tqdm import tqdm
+
+    crop = cfg.frontend.crop_frames
+    net = _encoder_for(cfg, model, store, bn_rows, device)
+    feats = np.empty((len(windows), net.feature_dim), dtype=np.float16)
+    bs = cfg.probe.embed_batch_size
+    with torch.inference_mode():
+        for i in tqdm(
+            range(0, len(windows), bs),
+            desc=f"embed {store.root.name[:24]} ({model.method})",
+            disable=not progress,
+        ):
+            chunk = windows[i : i + bs]
+            x = store.crops(
+                np.array([r for r, _ in chunk]), np.array([st for _, st in chunk]), crop
+            )
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                feats[i : i + len(chunk)] = (
+                    net.features(torch.from_numpy(x).to(device)).float().cpu().numpy()
+                )
+    return feats
 
 
 def embed(

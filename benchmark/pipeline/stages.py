@@ -209,6 +209,7 @@ def train_separator_stage(ctx: Context) -> Path:
             out,
             cfg.separation,
             progress=ctx.progress,
+            num_threads=cfg.compute.torch_threads,
         )
         if handle:
             handle.tag("model_dir", out)
@@ -275,6 +276,7 @@ def _source_store(ctx: Context, separator: str) -> FeatureStore:
         corpus_version=paths.corpus_version,
         max_bad_fraction=cfg.data.max_bad_fraction,
         progress=ctx.progress,
+        num_threads=cfg.compute.torch_threads,
     )
     if tracker is not None:
         key = f"separate:{store.root.name}"

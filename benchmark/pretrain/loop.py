@@ -26,7 +26,14 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
 from benchmark.config import Config, EncoderConfig, PretrainConfig, stable_hash
-from benchmark.io import atomic_path, atomic_write_json, pick_device, read_json, seed_everything
+from benchmark.io import (
+    atomic_path,
+    atomic_write_json,
+    pick_device,
+    read_json,
+    seeded_torch,
+    torch_threads,
+)
 from benchmark.pretrain.encoder import ContrastiveModel
 from benchmark.pretrain.losses import centroid_contrastive_loss, contrastive_loss
 from benchmark.pretrain.pairs import PairBatch, PairCorpus
@@ -75,7 +82,11 @@ class _Batches(IterableDataset):
     def __iter__(self) -> Iterator[tuple[int, PairBatch]]:
         info = get_worker_info()
         wid, num = (info.id, info.num_workers) if info else (0, 1)
-        torch.set_num_threads(1)
+        if info is not None:
+            # A worker process is ours: one thread each, the workers already share the cores.
+            # Inline (no workers) this is the caller's process, whose threads we leave alone;
+            # batches are NumPy-made, so they do not depend on the thread count either way.
+            torch.set_num_threads(1)
         for step in range(self.start + wid, self.stop, num):
             rng = step_rng(self.seed, step, self.stream)
             yield step, self.method.sample(self.corpus, self.batch_size, rng)
@@ -112,7 +123,14 @@ def loss_fn(method) -> Callable:
 
 
 def build_model(enc: EncoderConfig, seed: int, device) -> ContrastiveModel:
-    seed_everything(seed)
+    """The initial model of ``seed`` on ``device``; the caller's random generators are left
+    as they were (the weights are those drawn after ``torch.manual_seed(seed)``)."""
+    with seeded_torch(seed):
+        return _new_model(enc, device)
+
+
+def _new_model(enc: EncoderConfig, device) -> ContrastiveModel:
+    """A model initialised from torch's global generator (seeded by the caller)."""
     model = ContrastiveModel(enc).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -197,16 +215,33 @@ def pretrain(
     stop_after: int | None = None,
 ) -> PretrainResult:
     """Pre-train ``method`` for ``cfg.pretrain.steps`` steps, resuming ``run_dir`` if it holds
-    a checkpoint of the same ``key``. ``stop_after`` ends early (tests of resumption)."""
+    a checkpoint of the same ``key``. ``stop_after`` ends early (tests of resumption).
+
+    Runs on ``cfg.compute.torch_threads`` CPU threads with torch's generator seeded by ``seed``
+    (initial weights, then drop connect); the caller's thread count and generator states are
+    restored afterwards, so the result does not depend on what ran before in this process.
+    Raises ``RuntimeError`` for a checkpoint of another ``key``.
+    """
+    device = device or pick_device()
+    with torch_threads(cfg.compute.torch_threads), seeded_torch(seed):
+        return _pretrain(
+            cfg, method, corpus, valid, run_dir, key, seed, on_metrics, device, progress, stop_after
+        )
+
+
+def _pretrain(
+    cfg, method, corpus, valid, run_dir, key, seed, on_metrics, device, progress, stop_after
+) -> PretrainResult:
+    """:func:`pretrain` inside its thread and generator context."""
     p: PretrainConfig = cfg.pretrain
     total = num_updates(p)
-    device = device or pick_device()
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(
         run_dir / "config.json",
         {"hash": key, "method": method.params(), "seed": seed, "config": cfg.to_dict()},
     )
-    model = build_model(cfg.encoder, seed, device)
+    # Drawn from the generator seeded above, which training then continues (drop connect).
+    model = _new_model(cfg.encoder, device)
     opt = torch.optim.Adam(model.parameters(), lr=p.lr)
     sched = torch.optim.lr_scheduler.MultiStepLR(
         opt, milestones=[max(1, math.floor(total * p.lr_decay_fraction))], gamma=0.5

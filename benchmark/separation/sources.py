@@ -110,11 +110,14 @@ def build_sources(
     corpus_version: str = "",
     max_bad_fraction: float = 0.01,
     progress: bool = True,
+    num_threads: int = 1,
 ) -> FeatureStore:
     """Stage ``separate``: per-source log-mel excerpts aligned with the mixtures, plus flags.
 
     ``separator_identity`` names what the config alone cannot (e.g. the hash of a locally
-    trained model's weights), so new weights invalidate the cache.
+    trained model's weights), so new weights invalidate the cache. The separator runs on
+    ``num_threads`` torch threads (its output depends on the count); the caller's count is
+    restored afterwards.
     Raises :class:`benchmark.errors.StoreBuildError` when too many clips are bad.
     """
     key = _sources_key(cfg, sep_cfg, separator_identity, corpus_version)
@@ -126,7 +129,7 @@ def build_sources(
         silence_threshold=sep_cfg.silence_threshold,
         separator=SeparatorOnFirstUse(sep_cfg, stems_root),
     )
-    # Separation runs in this process: torch already uses every core for one model.
+    # Separation runs in this process, one model on ``num_threads`` threads (not a pool).
     build(
         root,
         jobs,
@@ -136,6 +139,7 @@ def build_sources(
         max_bad_fraction=max_bad_fraction,
         desc=f"separate {dataset} ({sep_cfg.separator})",
         progress=progress,
+        num_threads=num_threads,
     )
     return FeatureStore(root)
 

@@ -33,7 +33,7 @@ from openunmix.utils import bandwidth_to_max_bin
 from tqdm import tqdm
 
 from benchmark.config import SeparationConfig, to_dict
-from benchmark.io import atomic_write_json, pick_device, seed_everything
+from benchmark.io import atomic_write_json, pick_device, seeded_torch, torch_threads
 from benchmark.separation.base import SAMPLE_RATE, SOURCES, SeparationError, load_stems
 from benchmark.separation.metrics import score_separator
 from benchmark.separation.random_mask import RandomMaskSeparator
@@ -154,6 +154,7 @@ def train_separator(
     cfg: SeparationConfig,
     device=None,
     progress: bool = True,
+    num_threads: int | None = None,
 ) -> Path:
     """Train one small Open-Unmix per source on true stems; write a local model directory.
 
@@ -167,11 +168,20 @@ def train_separator(
     ``separation.umx_model=<out_dir>``) and ``quality.json`` (mean SI-SDR per source on
     ``clip_ids_valid`` for this model, with ``cfg.wiener``, and for the random-mask baseline;
     silent references skipped and counted).
+    ``num_threads``: torch CPU threads while training (None: the caller's); the weights depend
+    on it. The caller's thread count and random generators are restored afterwards.
     Returns ``out_dir``. Raises :class:`SeparationError` for missing or unusable stems.
     """
     out_dir = Path(out_dir)
     device = pick_device() if device is None else torch.device(device)
-    seed_everything(cfg.train_seed)
+    with torch_threads(num_threads), seeded_torch(cfg.train_seed):
+        return _train(
+            stems_root, list(clip_ids_train), list(clip_ids_valid), out_dir, cfg, device, progress
+        )
+
+
+def _train(stems_root, clip_ids_train, clip_ids_valid, out_dir, cfg, device, progress) -> Path:
+    """:func:`train_separator` inside its thread and generator context."""
     corpus, mean, scale = _load_corpus(stems_root, list(clip_ids_train), progress)
     max_bin = int(bandwidth_to_max_bin(SAMPLE_RATE, TRAIN_N_FFT, TRAIN_BANDWIDTH_HZ))
     models = {

@@ -8,6 +8,7 @@ import textwrap
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from benchmark.config import FrontEndConfig
 from benchmark.data.features import AudioItem, build_mixtures
@@ -223,3 +224,30 @@ def test_memory_stays_flat_as_the_corpus_grows(tmp_path):
     # Allowance: index metadata. A store loaded into RAM would add ~111 MB.
     assert large[0] - small[0] < 20_000, (small, large)  # peak RSS while building
     assert large[1] - small[1] < 20_000, (small, large)  # anonymous RSS after 6,400 crops
+
+
+def test_a_build_in_this_process_leaves_the_callers_torch_threads(tmp_path):
+    """Issue #13: a store built in the main process (one shard, or one worker) used to leave
+    torch on one thread, so every later step of that process ran on one thread."""
+    items = _write_clips(tmp_path / "audio", 2)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        build_mixtures(items, tmp_path / "cache", "x", CFG, workers=1, progress=False)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _threads_seen(payload):
+    return [Entry("mix", np.full((100, 64), torch.get_num_threads(), dtype=np.float32))]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_extraction_runs_on_the_threads_asked_for_wherever_it_runs(tmp_path, workers):
+    """In a worker or in this process, the extractor sees ``num_threads`` (features depend on
+    the thread count, so where a shard was built must not matter)."""
+    jobs = [Job(f"c{i}", f"k{i}", i) for i in range(4)]
+    build(tmp_path, jobs, _threads_seen, shard_size=2, workers=workers, progress=False)
+    store = FeatureStore(tmp_path)
+    assert {float(store.frames(i)[0, 0]) for i in range(len(store))} == {1.0}

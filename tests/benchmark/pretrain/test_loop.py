@@ -2,12 +2,14 @@
 
 import dataclasses
 import os
+import random
 import signal
 import subprocess
 import sys
 import textwrap
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -222,3 +224,64 @@ def test_batches_are_pinned_for_cuda(corpus):
     for _, batch in loader:
         assert batch.anchors.is_pinned() and batch.positives.is_pinned()
         assert batch.silent.is_pinned()
+
+
+def _generator_states():
+    return torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
+
+
+def _same_generator_states(a, b) -> bool:
+    return torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+
+
+def test_build_model_leaves_the_callers_generators_and_keeps_its_weights():
+    """Issue #13: model initialisation seeded the global generators (Python, NumPy, torch)
+    behind the caller's back. The weights stay those of ``torch.manual_seed(seed)``."""
+    from benchmark.pretrain.encoder import ContrastiveModel
+    from benchmark.pretrain.loop import build_model
+
+    cfg = _cfg(2)
+    torch.manual_seed(7)
+    before = _generator_states()
+    model = build_model(cfg.encoder, 3, torch.device("cpu"))
+    assert _same_generator_states(before, _generator_states())
+    torch.manual_seed(3)
+    reference = ContrastiveModel(cfg.encoder).state_dict()
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, reference[name]), name
+
+
+def test_inline_batches_leave_the_callers_torch_threads(corpus):
+    """Issue #13: with ``num_workers=0`` the batch iterator set one thread in the caller's
+    process."""
+    from benchmark.pretrain.loop import batches
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        for _ in batches(METHODS["cola"], corpus, 4, 0, 0, 2, num_workers=0):
+            pass
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_weights_do_not_depend_on_the_callers_threads_or_generators(tmp_path, corpus):
+    """Issue #13: pre-training on the caller's thread count gave other weights after a step
+    that had changed it; it now runs on ``compute.torch_threads`` and restores the caller's
+    threads and generators."""
+    cfg = _cfg(2, *RESUMABLE, "pretrain.checkpoint_every=2", "pretrain.num_workers=2")
+    previous = torch.get_num_threads()
+    finals = []
+    try:
+        for i, threads in enumerate([1, 3]):
+            torch.set_num_threads(threads)
+            torch.manual_seed(100 + i)
+            before = _generator_states()
+            finals.append(_weights(_cola(cfg, corpus, tmp_path / f"t{threads}").final_path))
+            assert torch.get_num_threads() == threads
+            assert _same_generator_states(before, _generator_states())
+    finally:
+        torch.set_num_threads(previous)
+    for name in finals[0]:
+        torch.testing.assert_close(finals[1][name], finals[0][name], rtol=0, atol=0)

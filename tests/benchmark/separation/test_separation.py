@@ -484,3 +484,28 @@ def test_trained_separator_beats_random_masks(tmp_path):
     quality = json.loads((out / "quality.json").read_text())
     for s in SOURCES:
         assert quality["umx"]["mean_si_sdr_db"][s] > quality["random_mask"]["mean_si_sdr_db"][s]
+
+
+def test_training_pins_threads_and_leaves_the_callers_state(corpus, tmp_path):
+    """Issue #13: the separator's weights depend on the thread count, which the caller's
+    earlier steps used to change; training now runs on ``num_threads`` and leaves the caller's
+    thread count and random generators as they were."""
+    root, ids = corpus
+    previous = torch.get_num_threads()
+    weights = []
+    try:
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            torch.manual_seed(threads)
+            rng_before = torch.get_rng_state()
+            out = train_separator(
+                root, ids[:4], [], tmp_path / f"t{threads}", TINY, device=CPU, progress=False,
+                num_threads=2,
+            )  # fmt: skip
+            assert torch.get_num_threads() == threads
+            assert torch.equal(torch.get_rng_state(), rng_before)
+            weights.append({s: torch.load(out / f"{s}.pth", weights_only=True) for s in SOURCES})
+    finally:
+        torch.set_num_threads(previous)
+    for s in SOURCES:
+        assert all(torch.equal(weights[0][s][k], weights[1][s][k]) for k in weights[0][s])
