@@ -1,5 +1,5 @@
-"""Small helpers shared by every stage: atomic writes, safe JSON, device choice, and torch
-threads and seeding that restore what they change.
+"""Small helpers shared by every stage: atomic writes, safe JSON, safe weights, device choice,
+and torch threads and seeding that restore what they change.
 
 Library code never leaves process-wide state changed behind its caller's back: the thread
 count and the random generators are set inside context managers that restore them.
@@ -10,10 +10,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from benchmark.errors import CheckpointError
 
 
 @contextlib.contextmanager
@@ -63,6 +66,23 @@ def pick_device(prefer: str = "auto"):
     if prefer == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(prefer)
+
+
+def load_weights(path: Path, map_location="cpu"):
+    """``torch.load(path, weights_only=True)``: tensors and plain containers, never code.
+
+    Raises :class:`CheckpointError` naming the file when it holds pickled code (a custom
+    class, a function call): torch's own message would suggest ``weights_only=False``, the
+    unsafe way out.
+    """
+    import torch
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{path}: contains pickled code, not only tensors; it will not be loaded"
+        ) from None
 
 
 @contextlib.contextmanager

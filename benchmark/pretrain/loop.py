@@ -29,6 +29,7 @@ from benchmark.config import Config, EncoderConfig, PretrainConfig, stable_hash
 from benchmark.io import (
     atomic_path,
     atomic_write_json,
+    load_weights,
     pick_device,
     read_json,
     seeded_torch,
@@ -196,8 +197,10 @@ def _save_checkpoint(path: Path, model, opt, sched, step: int, key: str) -> None
 
 
 def load_checkpoint(path: Path, device="cpu") -> dict:
-    """Load a checkpoint without executing pickled code (``weights_only=True``)."""
-    return torch.load(path, map_location=device, weights_only=True)
+    """Load a checkpoint without executing pickled code (``weights_only=True``).
+
+    Raises :class:`benchmark.errors.CheckpointError` naming a file that holds code."""
+    return load_weights(path, map_location=device)
 
 
 def pretrain(
@@ -220,7 +223,8 @@ def pretrain(
     Runs on ``cfg.compute.torch_threads`` CPU threads with torch's generator seeded by ``seed``
     (initial weights, then drop connect); the caller's thread count and generator states are
     restored afterwards, so the result does not depend on what ran before in this process.
-    Raises ``RuntimeError`` for a checkpoint of another ``key``.
+    Raises :class:`benchmark.errors.CheckpointError` for a checkpoint holding code and
+    ``RuntimeError`` for a checkpoint of another ``key``.
     """
     device = device or pick_device()
     with torch_threads(cfg.compute.torch_threads), seeded_torch(seed):
@@ -361,7 +365,7 @@ def load_encoder(cfg_enc: EncoderConfig, final_path: Path, device=None) -> Contr
     """The pre-trained model of a finished run, in eval mode."""
     device = device or pick_device()
     model = ContrastiveModel(cfg_enc).to(device)
-    model.load_state_dict(torch.load(final_path, map_location=device, weights_only=True))
+    model.load_state_dict(load_weights(final_path, map_location=device))
     return model.eval()
 
 

@@ -34,7 +34,8 @@ from openunmix.model import OpenUnmix
 from openunmix.model import Separator as UnmixSeparator
 
 from benchmark.config import SeparationConfig
-from benchmark.io import pick_device
+from benchmark.errors import CheckpointError
+from benchmark.io import load_weights, pick_device
 from benchmark.separation.base import SAMPLE_RATE, SOURCES, SeparationError, Separator, check_wave
 
 PRETRAINED_MODELS = ("umxhq", "umxl", "umx")  # package hub models with the four targets
@@ -94,11 +95,11 @@ def load_pretrained_umx(
                 pretrained=True,
                 wiener_win_len=WIENER_WIN_LEN,
             )
-    except pickle.UnpicklingError as exc:
+    except pickle.UnpicklingError:
+        # torch's message would suggest weights_only=False, the unsafe way out: not repeated.
         raise SeparationError(
-            f"Open-Unmix '{name}': refusing the cached weights, they hold more than tensors "
-            f"(weights_only=True failed: {str(exc).splitlines()[0]}); delete them from "
-            f"{torch.hub.get_dir()}/checkpoints"
+            f"Open-Unmix '{name}': refusing the cached weights, they contain pickled code, not "
+            f"only tensors; delete them from {torch.hub.get_dir()}/checkpoints"
         ) from None
     except Exception as exc:  # urllib, http, ssl and hash errors all mean "no usable weights"
         raise SeparationError(
@@ -155,11 +156,11 @@ def load_state_dict_safely(path: Path, device=None) -> dict[str, torch.Tensor]:
     custom classes) or is not a state dict of tensors.
     """
     try:
-        state = torch.load(path, map_location=device or "cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
+        state = load_weights(path, map_location=device or "cpu")
+    except CheckpointError:
         raise SeparationError(
-            f"Open-Unmix weights {path}: refused, the file holds more than tensors "
-            f"(weights_only=True failed: {str(exc).splitlines()[0]})"
+            f"Open-Unmix weights {path}: refused, it contains pickled code, not only tensors; "
+            "it will not be loaded"
         ) from None
     except Exception as exc:  # torch raises RuntimeError/EOFError/... for damaged files
         raise SeparationError(f"Open-Unmix weights {path}: unreadable ({exc})") from None

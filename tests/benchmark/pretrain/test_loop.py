@@ -285,3 +285,32 @@ def test_weights_do_not_depend_on_the_callers_threads_or_generators(tmp_path, co
         torch.set_num_threads(previous)
     for name in finals[0]:
         torch.testing.assert_close(finals[1][name], finals[0][name], rtol=0, atol=0)
+
+
+class _NotATensor:
+    """A picklable object that is not a tensor: ``weights_only=True`` refuses it."""
+
+
+def test_weights_with_code_are_refused_in_one_line(tmp_path, corpus):
+    """Issue #13: a checkpoint holding pickled code was refused with torch's raw
+    UnpicklingError, whose text suggests ``weights_only=False``, the unsafe choice."""
+    from benchmark.errors import EXPECTED_FAILURES
+    from benchmark.pretrain.loop import load_encoder
+
+    cfg = _cfg(2, "pretrain.checkpoint_every=1")
+    _cola(cfg, corpus, tmp_path, stop_after=1)
+    ckpt = tmp_path / "checkpoint.pt"
+    state = torch.load(ckpt, weights_only=True)
+    torch.save({**state, "extra": _NotATensor()}, ckpt)
+    torch.save({"extra": _NotATensor()}, tmp_path / "final.pt")
+    for load in (
+        lambda: _cola(cfg, corpus, tmp_path),
+        lambda: load_encoder(cfg.encoder, tmp_path / "final.pt"),
+    ):
+        with pytest.raises(Exception) as info:
+            load()
+        message = str(info.value)
+        # the CLI prints expected failures as one line (exit status 1), not a traceback
+        assert isinstance(info.value, EXPECTED_FAILURES), type(info.value)
+        assert "\n" not in message and "pickled code" in message
+        assert "weights_only=False" not in message and str(tmp_path) in message
