@@ -1,5 +1,5 @@
 """Small helpers shared by every stage: atomic writes, safe JSON, safe weights, device choice,
-and torch threads and seeding that restore what they change.
+torch threads and seeding that restore what they change, and the identity of a process.
 
 Library code never leaves process-wide state changed behind its caller's back: the thread
 count and the random generators are set inside context managers that restore them.
@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import pickle
+import socket
 import tempfile
 from pathlib import Path
 
@@ -119,3 +120,52 @@ def seeded_torch(seed: int):
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
+
+
+# -- which process owns a piece of work ------------------------------------------------------
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _start_ticks(pid: int) -> str:
+    """The start time of process ``pid`` in clock ticks since boot ("" where /proc is absent)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    # The command name (field 2) may hold spaces and parentheses: split after its last ")".
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def process_identity() -> str:
+    """``host:pid:start`` of this process, where ``start`` tells a reused pid apart (boot id
+    and start time on Linux; empty elsewhere)."""
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_boot_id()}/{_start_ticks(pid)}"
+
+
+def owner_is_alive(identity: str) -> bool | None:
+    """Whether the process named by :func:`process_identity` ``identity`` still runs: True or
+    False on this host, None (cannot tell) for another host or a malformed identity."""
+    try:
+        host, pid_text, start = identity.rsplit(":", 2)
+        pid = int(pid_text)
+    except ValueError:
+        return None
+    if host != socket.gethostname():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        pass
+    boot, _, ticks = start.partition("/")
+    if boot and boot != _boot_id():
+        return False  # the machine rebooted since
+    return not ticks or _start_ticks(pid) == ticks
