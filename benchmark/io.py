@@ -55,6 +55,16 @@ def read_json(path: Path):
         return json.load(fh)
 
 
+def atomic_torch_save(path: Path, obj) -> None:
+    """``torch.save`` atomically, with the same bytes for the same tensors: saved through a
+    file object, the archive's inner folder is torch's fixed "archive" rather than the name of
+    the temporary file (content digests of weights, e.g. the embedding cache's, stay put)."""
+    import torch
+
+    with atomic_path(path, suffix=".pt") as tmp, open(tmp, "wb") as fh:
+        torch.save(obj, fh)
+
+
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:
     with atomic_path(path, suffix=".npy") as tmp:
         np.save(tmp, array)

@@ -11,7 +11,6 @@ they open for as long as the command runs.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
 import time
@@ -31,6 +30,7 @@ from benchmark.pipeline.context import Context
 from benchmark.pipeline.tracking import git_commit
 from benchmark.pretrain.loop import PretrainedModel
 from benchmark.pretrain.pairs import PairCorpus
+from benchmark.separation import model_identity
 from benchmark.separation.sources import build_sources, source_activity, sources_root
 
 log = logging.getLogger(__name__)
@@ -167,15 +167,6 @@ def pretrain_clips(ctx: Context) -> tuple[list, list]:
 # -- separation -------------------------------------------------------------------------
 
 
-def _dir_digest(folder: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(folder.glob("*")):
-        if p.is_file():
-            h.update(p.name.encode())
-            h.update(p.read_bytes())
-    return h.hexdigest()[:16]
-
-
 def trained_separator_dir(cfg: Config, paths: DataPaths) -> Path:
     s = to_dict(cfg.separation)
     key = stable_hash(
@@ -227,9 +218,9 @@ def resolve_separation(ctx: Context, separator: str):
         return replace(sep, separator="random_mask"), "random_mask"
     if sep.separator == "umx" and sep.umx_model == TRAINED_SEPARATOR:
         model_dir = train_separator_stage(ctx)
-        return replace(sep, umx_model=str(model_dir)), _dir_digest(model_dir)
+        return replace(sep, umx_model=str(model_dir)), model_identity(model_dir)
     if sep.separator == "umx" and Path(sep.umx_model).is_dir():
-        return sep, _dir_digest(Path(sep.umx_model))
+        return sep, model_identity(Path(sep.umx_model))
     return sep, sep.umx_model if sep.separator == "umx" else sep.separator
 
 

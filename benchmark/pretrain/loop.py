@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from benchmark.config import Config, EncoderConfig, PretrainConfig, stable_hash
 from benchmark.io import (
-    atomic_path,
+    atomic_torch_save,
     atomic_write_json,
     load_weights,
     pick_device,
@@ -192,8 +192,7 @@ def _save_checkpoint(path: Path, model, opt, sched, step: int, key: str) -> None
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
-    with atomic_path(path, suffix=".pt") as tmp:
-        torch.save(state, tmp)
+    atomic_torch_save(path, state)
 
 
 def load_checkpoint(path: Path, device="cpu") -> dict:
@@ -329,8 +328,7 @@ def _pretrain(
     steps_done = stop
     final = run_dir / FINAL
     if steps_done == total:
-        with atomic_path(final, suffix=".pt") as tmp:
-            torch.save(model.state_dict(), tmp)
+        atomic_torch_save(final, model.state_dict())
         atomic_write_json(
             run_dir / "final.json",
             {"hash": key, "steps": total, "method": method.name, "seed": seed},

@@ -13,7 +13,10 @@ stopping, and the four targets trained side by side on the same batches.
 
 The output directory is in the package's local-model format (see
 :mod:`benchmark.separation.umx`) plus ``quality.json``: SI-SDR per source on the validation
-clips for the trained model and for the random-mask baseline.
+clips for the trained model and for the random-mask baseline, and ``training_time.json``
+(wall time). Identity (:func:`benchmark.separation.umx.model_identity`) comes from the
+weights and hyper-parameters only, so retraining the same separator keeps every key that
+depends on it; the wall time lives in its own file for that reason.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ TRAIN_BANDWIDTH_HZ = SAMPLE_RATE // 2  # the whole band (package: 16 kHz of 22.0
 TRAIN_WEIGHT_DECAY = 1e-5  # Adam weight decay (package default)
 GAIN_RANGE = (0.25, 1.25)  # random source gain (package's _augment_gain)
 LOSS_LOG_EVERY = 50  # steps per entry of the loss history (ours)
+TRAINING_TIME = "training_time.json"  # {"train_time_s": wall seconds}; not part of identity
 
 
 def _spectrogram_encoder() -> torch.nn.Module:
@@ -116,8 +120,9 @@ def _sample_batch(
     return batch
 
 
-def _target_json(target: str, cfg: SeparationConfig, history: list[float], seconds: float) -> dict:
-    """``<target>.json`` in the package's layout: hyper-parameters under ``args``."""
+def _target_json(target: str, cfg: SeparationConfig, history: list[float]) -> dict:
+    """``<target>.json`` in the package's layout: hyper-parameters under ``args`` (no wall
+    time: the file is part of the model's identity)."""
     args = {
         "target": target,
         "nfft": TRAIN_N_FFT,
@@ -141,7 +146,6 @@ def _target_json(target: str, cfg: SeparationConfig, history: list[float], secon
         "steps_trained": cfg.train_steps,
         "train_loss_history": history,
         "train_loss_every_steps": LOSS_LOG_EVERY,
-        "train_time_s": round(seconds, 1),
         "trainer": "benchmark.separation.train_separator",
     }
 
@@ -165,7 +169,7 @@ def train_separator(
     (deterministic on the CPU). Writes into ``out_dir``, atomically (a temporary sibling
     directory renamed at the end; an existing ``out_dir`` is replaced):
     ``separator.json``, ``<target>.json`` + ``<target>.pth`` per source (loadable with
-    ``separation.umx_model=<out_dir>``) and ``quality.json`` (mean SI-SDR per source on
+    ``separation.umx_model=<out_dir>``), ``training_time.json`` and ``quality.json`` (mean SI-SDR per source on
     ``clip_ids_valid`` for this model, with ``cfg.wiener``, and for the random-mask baseline;
     silent references skipped and counted).
     ``num_threads``: torch CPU threads while training (None: the caller's); the weights depend
@@ -235,9 +239,9 @@ def _train(stems_root, clip_ids_train, clip_ids_valid, out_dir, cfg, device, pro
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
-        _write_model(tmp_dir, models, cfg, history, seconds)
+        _write_model(tmp_dir, models, cfg, history)
+        atomic_write_json(tmp_dir / TRAINING_TIME, {"train_time_s": round(seconds, 1)})
         quality = _quality(tmp_dir, stems_root, list(clip_ids_valid), cfg, device)
-        quality["train_time_s"] = round(seconds, 1)
         atomic_write_json(tmp_dir / "quality.json", quality)
         _replace_dir(tmp_dir, out_dir)
     finally:
@@ -251,7 +255,6 @@ def _write_model(
     models: dict[str, OpenUnmix],
     cfg: SeparationConfig,
     history: dict[str, list[float]],
-    seconds: float,
 ) -> None:
     """The package's local-model layout: separator.json, <target>.json, <target>.pth."""
     separator_conf = {
@@ -265,7 +268,7 @@ def _write_model(
         model.eval()
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         torch.save(state, model_dir / f"{target}.pth")
-        meta = _target_json(target, cfg, history[target], seconds)
+        meta = _target_json(target, cfg, history[target])
         meta["separation_config"] = to_dict(cfg)
         atomic_write_json(model_dir / f"{target}.json", meta)
 

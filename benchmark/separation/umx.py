@@ -21,6 +21,7 @@ Two kinds of model, both run through the package's own ``openunmix.model.Separat
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import pickle
 import threading
@@ -169,6 +170,37 @@ def load_state_dict_safely(path: Path, device=None) -> dict[str, torch.Tensor]:
     ):
         raise SeparationError(f"Open-Unmix weights {path}: not a state dict of tensors")
     return state
+
+
+# Fields of a model's JSON files that record how long training took, not what was trained.
+TIMING_FIELDS = ("train_time_s",)
+
+
+def model_identity(model_dir: Path, targets: tuple[str, ...] = SOURCES) -> str:
+    """What identifies a local model directory's separations (16 hex digits): its STFT
+    settings (``separator.json``), each target's hyper-parameters (``<target>.json`` without
+    :data:`TIMING_FIELDS`) and weights file. Other files (``quality.json``, timings) do not
+    count, so retraining the same model gives the same identity.
+
+    Raises :class:`SeparationError` for a missing or malformed file.
+    """
+    model_dir = Path(model_dir).expanduser()
+    digest = hashlib.sha256()
+
+    def add(name: str, data: bytes) -> None:
+        digest.update(f"{name}:{len(data)}:".encode())
+        digest.update(data)
+
+    add(SEPARATOR_CONF, _canonical(read_separator_conf(model_dir)))
+    for target in targets:
+        meta = _read_json(model_dir / f"{target}.json", f"hyper-parameters of {target}")
+        add(f"{target}.json", _canonical({k: v for k, v in meta.items() if k not in TIMING_FIELDS}))
+        add(f"{target}.pth", _weights_file(model_dir, target).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _canonical(obj: dict) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
 
 def load_local_umx(
