@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import time
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,6 +31,7 @@ from benchmark.pretrain.loop import PretrainedModel
 from benchmark.pretrain.pairs import PairCorpus
 from benchmark.separation import model_identity
 from benchmark.separation.sources import build_sources, source_activity, sources_root
+from benchmark.separation.train_umx import TRAINING_TIME
 
 log = logging.getLogger(__name__)
 
@@ -186,27 +186,32 @@ def train_separator_stage(ctx: Context) -> Path:
     if paths.stems_root is None or not paths.stems_root.is_dir():
         raise StageError("train-separator needs a corpus with true stems (data.source=synthetic)")
     out = trained_separator_dir(cfg, paths)
-    if (out / "quality.json").is_file():
-        return out
-    train, valid = pretrain_clips(ctx)
-    t0 = time.perf_counter()
     key = f"train-separator:{out.name}"
-    run = tracker.run(key, "train-separator", "train-separator") if tracker else nullcontext()
+    trained = (out / "quality.json").is_file()  # the directory appears whole (atomic rename)
+    existing = tracker.find(key) if tracker else None
+    if trained and (tracker is None or (existing and existing.info.status == "FINISHED")):
+        return out
+    run = (
+        tracker.run(key, "train-separator", "train-separator", supersede=True)
+        if tracker
+        else nullcontext()
+    )
     with run as handle:
-        train_separator(
-            paths.stems_root,
-            [c.clip_id for c in train],
-            [c.clip_id for c in valid],
-            out,
-            cfg.separation,
-            progress=ctx.progress,
-            num_threads=cfg.compute.torch_threads,
-        )
+        if not trained:  # else a killed process trained it and did not close its run
+            train, valid = pretrain_clips(ctx)
+            train_separator(
+                paths.stems_root,
+                [c.clip_id for c in train],
+                [c.clip_id for c in valid],
+                out,
+                cfg.separation,
+                progress=ctx.progress,
+                num_threads=cfg.compute.torch_threads,
+            )
         if handle:
             handle.tag("model_dir", out)
-            quality = read_json(out / "quality.json")
-            handle.artifact_dict(quality, "quality.json")
-            handle.metrics({"wall_s": time.perf_counter() - t0})
+            handle.artifact_dict(read_json(out / "quality.json"), "quality.json")
+            handle.metrics({"wall_s": read_json(out / TRAINING_TIME)["train_time_s"]})
     return out
 
 
@@ -352,6 +357,9 @@ def run_pretrain(
         return PretrainedModel(
             method_name, seed, key, run_dir / "final.pt", existing.info.run_id, cached=True
         )
+    # Otherwise the run is resumed (a killed process left it open: training continues from
+    # the checkpoint, zero steps if the weights were complete) or, FINISHED without its
+    # weights, redone under a new run.
     if resume_only and not (run_dir / "checkpoint.pt").is_file():
         raise StageError(
             f"nothing to resume for {method_name} seed {seed}: no checkpoint in {run_dir}"
@@ -365,7 +373,7 @@ def run_pretrain(
         "git_commit": git_commit(),
     }
     with tracker.run(
-        key, "pretrain", f"pretrain-{method_name}-s{seed}", tags=tags, params=params
+        key, "pretrain", f"pretrain-{method_name}-s{seed}", tags=tags, params=params, supersede=True
     ) as h:
         result = pretrain(
             cfg,
