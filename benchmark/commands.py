@@ -295,19 +295,30 @@ def cmd_run(args, cfg):
             print(line)
         return 0
     t0 = time.perf_counter()
-    wall = execute(steps)
+    tracker.fail_orphans()  # runs left open by killed processes; their steps resume them
     status_file = cfg.profile_dir / "plan_status.json"
     previous = read_json(status_file) if status_file.is_file() else {}
-    status = merge_status(previous, steps, wall, cfg.results_hash())
-    atomic_write_json(status_file, status)
+    wall: dict[str, float] = {}
+
+    def record(step=None):
+        # After every step, so that a kill loses at most the step it interrupted.
+        if step is not None:
+            wall[step.stage] = wall.get(step.stage, 0.0) + step.wall_s
+        status = merge_status(previous, steps, wall, cfg.results_hash())
+        atomic_write_json(status_file, status)
+        return status
+
+    execute(steps, on_step=record)
+    status = record()
     t1 = time.perf_counter()
     paths = make_report(cfg, tracker, plan_status=status)
     status["stage_wall_s"]["report"] = round(time.perf_counter() - t1, 1)
-    atomic_write_json(cfg.profile_dir / "plan_status.json", status)
+    atomic_write_json(status_file, status)
     failed = [s for s in steps if s.status in ("failed", "blocked")]
+    counts = {k: sum(s.status == k for s in steps) for k in ("ran", "done", "checked")}
     print(
-        f"finished in {time.perf_counter() - t0:.0f} s: "
-        f"{sum(s.status == 'ran' for s in steps)} steps ran, {sum(s.status == 'done' for s in steps)} were done, "
+        f"finished in {time.perf_counter() - t0:.0f} s: {counts['ran']} steps ran, "
+        f"{counts['done']} were done, {counts['checked']} cache steps checked, "
         f"{len(failed)} failed or blocked"
     )
     for s in failed:
