@@ -112,7 +112,10 @@ def cmd_features(args, cfg):
     for corpus in sorted({TASKS[t].corpus for t in cfg.benchmark.tasks} | {"mtat"}):
         store = stages.mixture_store(ctx, corpus)
         rep = store.report()
-        print(f"{corpus}: {len(store)} clips in {store.root} ({rep['num_bad']} skipped)")
+        print(
+            f"{corpus}: {len(store)} clips in {store.root} ({rep['num_bad']} skipped, of which "
+            f"{rep.get('num_missing', 0)} missing or empty files)"
+        )
 
 
 def cmd_train_separator(args, cfg):

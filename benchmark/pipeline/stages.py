@@ -124,14 +124,18 @@ def _load_task_dataset(task, paths: DataPaths) -> Dataset:
 # -- features ---------------------------------------------------------------------------
 
 
-def corpus_items(ctx: Context, tasks, corpus: str) -> list[AudioItem]:
-    """The union of the clips of every task reading ``corpus`` (one feature store each)."""
+def corpus_items(ctx: Context, tasks, corpus: str) -> tuple[list[AudioItem], list]:
+    """The union of the clips of every task reading ``corpus`` (one feature store each), and
+    ``(clip_id, reason)`` of the listed clips whose audio files are missing or empty."""
     items: dict[str, AudioItem] = {}
+    unreadable: dict[str, str] = {}
     for task in tasks:
         if task.corpus == corpus:
-            for clip in load_task_dataset(ctx, task).clips:
+            dataset = load_task_dataset(ctx, task)
+            for clip in dataset.clips:
                 items.setdefault(clip.clip_id, AudioItem(clip.clip_id, clip.path))
-    return list(items.values())
+            unreadable.update(dataset.unreadable())
+    return list(items.values()), sorted(unreadable.items())
 
 
 def mixture_store(ctx: Context, corpus: str) -> FeatureStore:
@@ -143,7 +147,7 @@ def _mixture_store(ctx: Context, corpus: str) -> FeatureStore:
     from tasks import TASKS
 
     cfg, paths = ctx.cfg, data_paths(ctx)
-    items = corpus_items(ctx, TASKS.values(), corpus)
+    items, unreadable = corpus_items(ctx, TASKS.values(), corpus)
     return build_mixtures(
         items,
         cfg.cache_dir,
@@ -153,6 +157,7 @@ def _mixture_store(ctx: Context, corpus: str) -> FeatureStore:
         workers=cfg.data.num_workers,
         max_bad_fraction=cfg.data.max_bad_fraction,
         progress=ctx.progress,
+        missing=[(clip_id, reason.replace("_", " ")) for clip_id, reason in unreadable],
     )
 
 

@@ -251,3 +251,21 @@ def test_extraction_runs_on_the_threads_asked_for_wherever_it_runs(tmp_path, wor
     build(tmp_path, jobs, _threads_seen, shard_size=2, workers=workers, progress=False)
     store = FeatureStore(tmp_path)
     assert {float(store.frames(i)[0, 0]) for i in range(len(store))} == {1.0}
+
+
+def test_missing_files_count_as_bad_clips(tmp_path):
+    """Issue #13: an MTAT tree with 21,095 of 21,105 listed files missing built with exit
+    status 0 and "(0 skipped)": the loaders skip missing files, and the build never saw them."""
+    items = _write_clips(tmp_path / "audio", 2)
+    missing = [("gone1", "missing audio"), ("gone2", "empty audio")]
+    store = build_mixtures(
+        items, tmp_path / "a", "x", CFG, max_bad_fraction=0.5, progress=False, missing=missing
+    )
+    report = store.report()
+    assert (report["num_bad"], report["num_missing"], report["num_jobs"]) == (2, 2, 2)
+    assert ["gone1", "missing audio"] in report["bad"]
+    with pytest.raises(StoreBuildError, match=r"3 of 5 clips are bad \(3 missing"):
+        build_mixtures(
+            items, tmp_path / "b", "x", CFG, max_bad_fraction=0.5, progress=False,
+            missing=[*missing, ("gone3", "missing audio")],
+        )  # fmt: skip

@@ -211,3 +211,26 @@ def test_embeddings_follow_the_checkpoint_content(env, monkeypatch, tmp_path):
     )
     assert changed["key"] != before["key"]
     assert not np.array_equal(changed["test"][0].embeddings, before["test"][0].embeddings)
+
+
+def test_a_tree_with_most_files_missing_fails_the_feature_build(synth_smoke, tmp_path):
+    """Issue #13: missing audio files did not count toward data.max_bad_fraction (the
+    loaders skip them), so a tree with nearly every listed file missing built with exit
+    status 0 and "(0 skipped)"."""
+    import shutil
+
+    from benchmark.errors import EXPECTED_FAILURES, StoreBuildError
+
+    root = tmp_path / "synth"
+    root.mkdir()
+    for name in ("mtat", "nsynth", "manifest.json"):
+        (root / name).symlink_to(synth_smoke[0] / name)
+    shutil.copytree(synth_smoke[0] / "fma", root / "fma")
+    tracks = sorted((root / "fma").rglob("*.mp3"))
+    for path in tracks[2:]:
+        path.unlink()
+    ctx = stage_env(root, tmp_path / "runs", PROBES)
+    with pytest.raises(StoreBuildError) as info:
+        stages.mixture_store(ctx, "fma")
+    assert isinstance(info.value, EXPECTED_FAILURES)  # one line, exit status 1
+    assert f"{len(tracks) - 2} of {len(tracks)} clips are bad" in str(info.value)
