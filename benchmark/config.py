@@ -156,11 +156,13 @@ class BenchmarkConfig:
 
 @dataclass(frozen=True)
 class ComputeConfig:
-    # torch intra-op CPU threads of pre-training, separator training and embedding (ours: the
-    # 2-core reference machine). Results on the CPU depend on it: the same value gives the same
-    # numbers, another value slightly different ones. Feature extraction and probes use one
-    # thread each, whatever this says.
-    torch_threads: int = 2
+    # torch intra-op CPU threads of pre-training, separator training, separation and
+    # embedding (ours). Results on the CPU depend on it: the same value gives the same numbers,
+    # another value slightly different ones. One, because the DataLoader workers already use
+    # the second core of the 2-core reference machine, and on a machine shared with other jobs
+    # two OpenMP threads spinning against them ran separation ~50x slower (measured, load 12).
+    # Feature extraction and probes use one thread each, whatever this says.
+    torch_threads: int = 1
 
 
 @dataclass(frozen=True)

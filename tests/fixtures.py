@@ -46,10 +46,7 @@ def make_corpus(
 
 
 # A tiny encoder and a two-step pre-training: the stage tests check wiring, not learning.
-# One torch thread: on the shared 2-core test machine, OpenMP threads spinning against other
-# processes made these steps several times slower.
 TINY_PRETRAIN = [
-    "compute.torch_threads=1",
     "encoder.width_coefficient=0.1",
     "encoder.depth_coefficient=0.1",
     "pretrain.steps=2",

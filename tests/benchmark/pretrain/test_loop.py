@@ -270,7 +270,10 @@ def test_weights_do_not_depend_on_the_callers_threads_or_generators(tmp_path, co
     """Issue #13: pre-training on the caller's thread count gave other weights after a step
     that had changed it; it now runs on ``compute.torch_threads`` and restores the caller's
     threads and generators."""
-    cfg = _cfg(2, *RESUMABLE, "pretrain.checkpoint_every=2", "pretrain.num_workers=2")
+    cfg = _cfg(
+        2, *RESUMABLE, "pretrain.checkpoint_every=2", "pretrain.num_workers=2",
+        "compute.torch_threads=2",
+    )  # fmt: skip
     previous = torch.get_num_threads()
     finals = []
     try:
