@@ -17,7 +17,9 @@ Input contract
     ``scores`` an (n, C) array of probabilities; used for item-level intervals. Optional.
 ``per_tag``: DataFrame ``method, task, seed, tag, roc_auc, pr_auc``; optional (tag-wise figure).
 ``provenance``: dict with ``profile``, ``config_hash``, ``git_commit``, ``versions``
-    (package -> version), ``machine``, ``stage_wall_s`` (stage -> seconds), ``skipped``
+    (package -> version), ``machine``, ``stage_compute_s`` (stage -> seconds of compute behind
+    the results, summed over invocations), ``stage_wall_s`` (stage -> seconds of the last
+    invocation), ``skipped``
     (list of str: missing or skipped results known to the caller). Absent keys are reported
     as "not recorded"; other keys are listed as they are.
 ``extras``: dict of optional DataFrames for figures: ``loss_curves`` (method, seed, step,
