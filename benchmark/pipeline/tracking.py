@@ -348,8 +348,11 @@ def collect(tracker: Tracker, workdir: Path, run_ids: set[str] | None = None) ->
                 )
         elif kind == "pretrain":
             history = tracker.client.get_metric_history(run.info.run_id, "loss")
-            for m in history:
-                loss_rows.append((tags.get("method"), int(tags.get("seed", 0)), m.step, m.value))
+            # A resumed run logs again the steps between its last checkpoint and the kill
+            # (the same values): one point per step.
+            by_step = {m.step: m.value for m in sorted(history, key=lambda m: m.timestamp)}
+            for step, value in sorted(by_step.items()):
+                loss_rows.append((tags.get("method"), int(tags.get("seed", 0)), step, value))
         elif kind == "separate":
             d = load_artifact_dict(tracker.client, run.info.run_id, "activity.json")
             for src, row in d["activity"].items():

@@ -182,3 +182,16 @@ def test_a_retrained_separator_keeps_its_identity(env):
     shutil.rmtree(out)  # a real retrain: same config, same weights, same identity
     assert stages.resolve_separation(env, "config")[1] == identity
     assert (out / "quality.json").is_file()
+
+
+def test_a_resumed_pretrain_run_has_one_loss_point_per_step(tmp_path):
+    """A resumed run logs again the steps between its last checkpoint and the kill."""
+    from benchmark.pipeline.tracking import Tracker, collect
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "t", artifact_root=tmp_path / "a")
+    with tracker.run("k", "pretrain", "p", tags={"method": "cola", "seed": 0}) as h:
+        h.metrics({"loss": 3.0}, 10)
+        h.metrics({"loss": 2.5}, 20)
+        h.metrics({"loss": 2.5}, 20)  # the resumed process, same value
+    curves = collect(tracker, tmp_path / "work")["loss_curves"]
+    assert curves[["step", "loss"]].values.tolist() == [[10, 3.0], [20, 2.5]]
