@@ -298,14 +298,22 @@ def tune_probe(
         if on_trial is not None:
             on_trial(info)
 
+    def run_trial(trial: optuna.Trial) -> bool:
+        """Run ``trial`` to its end; True when it failed (diverged). Any other exception,
+        Ctrl-C included, leaves it RUNNING, to be run again under its own number (Optuna's
+        own loop would mark it FAIL, and the next trial would take another number)."""
+        try:
+            finished = study.tell(trial, objective(trial))
+        except ProbeDivergedError as exc:
+            log.warning("%s: trial %d failed: %s", study_name, trial.number, exc)
+            finished = study.tell(trial, state=TrialState.FAIL)
+        report(study, finished)
+        return finished.state == TrialState.FAIL
+
     started = time.perf_counter()
-    failures = _finish_orphans(study, objective, report)
-    while (missing := num_trials - _num_complete(study)) > 0:
-        before = len(study.get_trials(deepcopy=False))
-        study.optimize(objective, n_trials=missing, catch=(ProbeDivergedError,), callbacks=[report])
-        failures += sum(
-            t.state == TrialState.FAIL for t in study.get_trials(deepcopy=False)[before:]
-        )
+    failures = sum(run_trial(trial) for trial in _orphans(study))
+    while _num_complete(study) < num_trials:
+        failures += run_trial(study.ask())
         if failures > num_trials:
             raise RuntimeError(f"study {study_name}: {failures} trials diverged in this run")
     log.info(
@@ -320,38 +328,30 @@ def tune_probe(
     )
 
 
-def _finish_orphans(study: optuna.Study, objective, report) -> int:
-    """Run again, under their own numbers, the RUNNING trials of processes that died; returns
-    how many of them failed (diverged).
+def _orphans(study: optuna.Study) -> list[optuna.Trial]:
+    """The RUNNING trials that no live process is running (their owner died, was this very
+    process, or is unknown), in number order, to be run again under their own numbers.
 
-    Their parameters are stored already, or are drawn now by the sampler exactly as the dead
-    process would have drawn them (a pure function of the trial number and the history), so
-    the study continues as if it had not been interrupted. Trials of live processes, or of
-    another host, are left to their owners.
+    Their parameters are stored already, or are drawn again by the sampler exactly as before
+    (a pure function of the trial number and the history), so the study continues as if it
+    had not been interrupted. Trials of live processes, or of another host, are left to them.
     """
-    failures = 0
+    here = process_identity()
+    orphans = []
     for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner = frozen.user_attrs.get(OWNER_ATTR)
-        if owner is not None and owner_is_alive(owner) is not False:
+        if owner is not None and owner != here and owner_is_alive(owner) is not False:
             continue
-        who = owner or "an unknown process"
         log.info(
             "%s: trial %d was left running by %s; running it again",
             study.study_name,
             frozen.number,
-            who,
+            owner or "an unknown process",
         )
-        # Trial(study, id) is how Study.optimize itself wraps a trial; FrozenTrial keeps the id
-        # private.
-        trial = optuna.trial.Trial(study, frozen._trial_id)
-        try:
-            finished = study.tell(trial, objective(trial))
-        except ProbeDivergedError as exc:
-            log.warning("trial %d failed: %s", frozen.number, exc)
-            finished = study.tell(trial, state=TrialState.FAIL)
-            failures += 1
-        report(study, finished)
-    return failures
+        # Trial(study, id) is how Study.optimize itself wraps a trial; FrozenTrial keeps the
+        # id private.
+        orphans.append(optuna.trial.Trial(study, frozen._trial_id))
+    return orphans
 
 
 def _best(study: optuna.Study, num_trials: int) -> FrozenTrial | None:

@@ -254,3 +254,24 @@ def test_invalid_budget_raises(storage):
     train, valid, _ = _splits(0)
     with pytest.raises(ValueError, match="num_trials"):
         _tune(storage, "m/t", train, valid, 0)
+
+
+def test_ctrl_c_during_a_trial_leaves_it_to_be_run_again_under_its_number(storage, monkeypatch):
+    """Optuna's own loop marks a trial FAIL on Ctrl-C, and the rerun would then draw the next
+    trial under another number: interrupted by Ctrl-C must equal uninterrupted too."""
+    train, valid, _ = _splits(0)
+    whole = _tune(storage, "whole", train, valid, 3)
+    calls = []
+    train_probe = tuning.train_probe
+
+    def interrupted_in_the_second_trial(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return train_probe(*args, **kwargs)
+
+    monkeypatch.setattr(tuning, "train_probe", interrupted_in_the_second_trial)
+    with pytest.raises(KeyboardInterrupt):
+        _tune(storage, "cut", train, valid, 3)
+    resumed = _tune(storage, "cut", train, valid, 3)
+    assert _without_durations(resumed.trials) == _without_durations(whole.trials)
