@@ -90,8 +90,13 @@ def sources_root(
 
 def _sources_key(cfg, sep_cfg, separator_identity: str, corpus_version: str) -> str:
     """Content key of separated sources (training settings of the separator excluded: its
-    weights enter through ``separator_identity``)."""
-    sep_key_cfg = {k: v for k, v in to_dict(sep_cfg).items() if not k.startswith("train_")}
+    weights enter through ``separator_identity``, which then also replaces ``umx_model``, the
+    model's name or folder: the same weights in another folder give the same sources)."""
+    sep_key_cfg = {
+        k: v
+        for k, v in to_dict(sep_cfg).items()
+        if not k.startswith("train_") and not (k == "umx_model" and separator_identity)
+    }
     return section_hash(
         cfg,
         extra={"sep": sep_key_cfg, "identity": separator_identity, "corpus": corpus_version},
