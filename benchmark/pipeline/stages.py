@@ -216,7 +216,8 @@ def train_separator_stage(ctx: Context) -> Path:
         if handle:
             handle.tag("model_dir", out)
             handle.artifact_dict(read_json(out / "quality.json"), "quality.json")
-            handle.metrics({"wall_s": read_json(out / TRAINING_TIME)["train_time_s"]})
+            if (out / TRAINING_TIME).is_file():  # the training's time, also when resumed
+                handle.metrics({"wall_s": read_json(out / TRAINING_TIME)["train_time_s"]})
     return out
 
 
