@@ -118,9 +118,17 @@ class Tracker:
         )
 
     def find(self, key: str):
-        """The run holding ``key`` (finished ones first, superseded ones never), or None."""
+        """The run holding ``key`` (finished ones first, superseded ones never), or None.
+
+        A run is superseded once another run of its key names it in ``bench.supersedes``,
+        even before it carries ``bench.superseded_by`` (a process killed between creating
+        the new run and tagging the old one): the rerun then resumes the new run.
+        """
         runs = self.runs(f"tags.`{KEY_TAG}` = '{key}'")
-        runs = [r for r in runs if SUPERSEDED_TAG not in r.data.tags]
+        replaced = {r.data.tags[SUPERSEDES_TAG] for r in runs if SUPERSEDES_TAG in r.data.tags}
+        runs = [
+            r for r in runs if SUPERSEDED_TAG not in r.data.tags and r.info.run_id not in replaced
+        ]
         runs.sort(key=lambda r: (r.info.status != "FINISHED", r.info.start_time))
         return runs[0] if runs else None
 
@@ -163,6 +171,9 @@ class Tracker:
             self.client.set_tag(run_id, OWNER_TAG, process_identity())
             self.client.update_run(run_id, status="RUNNING")
             log.info("resuming MLflow run %s (%s %s)", run_id, kind, name)
+            supersedes = existing.data.tags.get(SUPERSEDES_TAG)
+            if supersedes:  # the killed process may not have tagged the old run yet
+                self.client.set_tag(supersedes, SUPERSEDED_TAG, run_id)
         else:
             all_tags = {
                 KEY_TAG: key,
@@ -175,11 +186,11 @@ class Tracker:
             run_id = self.client.create_run(
                 self.experiment_id, tags=all_tags, run_name=name
             ).info.run_id
-            if params:
-                self.log_params(run_id, params)
             if supersedes:
                 self.client.set_tag(supersedes, SUPERSEDED_TAG, run_id)
                 log.info("run %s of %s %s is redone as run %s", supersedes, kind, name, run_id)
+            if params:
+                self.log_params(run_id, params)
         if tags:
             for k, v in tags.items():
                 self.client.set_tag(run_id, k, str(v))

@@ -195,3 +195,23 @@ def test_a_resumed_pretrain_run_has_one_loss_point_per_step(tmp_path):
         h.metrics({"loss": 2.5}, 20)  # the resumed process, same value
     curves = collect(tracker, tmp_path / "work")["loss_curves"]
     assert curves[["step", "loss"]].values.tolist() == [[10, 3.0], [20, 2.5]]
+
+
+def test_a_kill_while_superseding_leaves_no_third_run(env):
+    """Killed after creating the new run and before tagging the old one superseded: the
+    rerun resumes the new run instead of superseding the old one again."""
+    tracker = env.tracker
+    model = stages.run_pretrain(env, "random_init", 0)
+    task = TASKS["nsynth"]
+    old = probing.run_probe(env, model, task, 0, params_mode="default").run_id
+    key = tracker.client.get_run(old).data.tags["bench.key"]
+    new = tracker.client.create_run(
+        tracker.experiment_id,
+        tags={"bench.key": key, "bench.kind": "probe", "bench.supersedes": old,
+              OWNER: _ended_process(), "method": "random_init", "task": "nsynth", "seed": "0"},
+    ).info.run_id  # fmt: skip
+    again = probing.run_probe(env, model, task, 0, force=True, params_mode="default")
+    assert again.run_id == new and _status(tracker, new) == "FINISHED"
+    assert tracker.client.get_run(old).data.tags["bench.superseded_by"] == new
+    keys = [r for r in _runs(tracker, "probe") if r.data.tags["bench.key"] == key]
+    assert len(keys) == 2
