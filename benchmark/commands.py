@@ -185,7 +185,8 @@ def cmd_pretrain(args, cfg):
             build_sources=False,
             resume_only=args.resume,
         )
-        print(f"{args.method} seed {seed}: {model.final_path or 'random init (no pre-training)'}")
+        what = "" if model.run_id else " (no pre-training: initial weights, batch-norm statistics)"
+        print(f"{args.method} seed {seed}: {model.final_path}{what}")
 
 
 def _task_and_models(args, cfg):
@@ -216,9 +217,11 @@ def cmd_probe(args, cfg):
     from benchmark.pipeline import probing
 
     ctx, task, models = _task_and_models(args, cfg)
+    tuned_from = None
     for pseed, model in models:
+        tuned_from = tuned_from or model  # the first pre-training seed (probing.tuning_model)
         for seed in _seeds(args.seeds, cfg.probe.seeds):
-            out = probing.run_probe(ctx, model, task, seed, force=args.force)
+            out = probing.run_probe(ctx, model, task, seed, force=args.force, tuned_from=tuned_from)
             print(
                 f"{args.method} {task.name} pretrain seed {pseed} probe seed {seed}: "
                 f"{out.status} (MLflow run {out.run_id})"
@@ -234,13 +237,11 @@ def cmd_tune(args, cfg):
     from benchmark.pipeline import probing
 
     ctx, task, models = _task_and_models(args, cfg)
-    for _seed, model in models:
-        out = probing.run_tune(ctx, model, task)
-        print(
-            json.dumps(
-                {"best_params": out["best_params"], "best_value": out["best_value"]}, indent=2
-            )
-        )
+    _seed, model = next(models)  # a method is tuned on its first pre-training seed
+    out = probing.run_tune(ctx, model, task)
+    print(
+        json.dumps({"best_params": out["best_params"], "best_value": out["best_value"]}, indent=2)
+    )
 
 
 def _report_args(p):
@@ -269,6 +270,31 @@ def cmd_report(args, cfg):
     )
     for name, path in sorted(paths.items()):
         print(f"{name}: {path}")
+
+
+def cmd_calibrate(args, cfg):
+    from dataclasses import replace
+
+    from benchmark.pipeline.report import calibrate_runs
+
+    if args.tracking_uri:
+        cfg = replace(cfg, paths=replace(cfg.paths, tracking_uri=args.tracking_uri))
+    rows = calibrate_runs(cfg, _context(cfg).tracker, select_by_plan=not args.tracking_uri)
+    if not rows:
+        print("nothing to calibrate: no task has two pre-training runs of its baseline")
+        return 0
+    print(f"{'task / metric':28s} {'runs':>4s} {'SD runs':>8s} {'clusters':>8s} "
+          f"{'A/A false pos.':>16s} {'MDD (80%)':>10s} {'runs for 0.01':>14s}")  # fmt: skip
+    for r in rows:
+        fpr = f"{100 * r['false_positive_rate']:.1f}% ± {100 * r['fpr_se']:.1f}"
+        needed = r["runs_for_planted"] or "> 200"
+        print(f"{r['task'] + ' / ' + r['metric']:28s} {r['runs']:4d} {r['sd_run']:8.4f} "
+              f"{r['clusters']:8d} {fpr:>16s} {r['min_detectable']:10.4f} {needed!s:>14s}")  # fmt: skip
+    return 0
+
+
+def _calibrate_args(p):
+    p.add_argument("--tracking-uri", default=None, help="read results from this MLflow store")
 
 
 def _run_args(p):
@@ -355,6 +381,12 @@ COMMANDS: dict[str, Command] = {
         "separate the pre-training clips into sources (log-mel + silence flags)",
         _separate_args,
         cmd_separate,
+    ),
+    "calibrate": Command(
+        "simulate the comparisons with the variance measured in the runs: A/A false "
+        "positives, minimum detectable difference, runs needed",
+        _calibrate_args,
+        cmd_calibrate,
     ),
     "pretrain": Command(
         "pre-train one method (resumes an unfinished run of the same config)",

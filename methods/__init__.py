@@ -5,6 +5,8 @@ module with a frozen dataclass implementing :class:`methods.base.Method`, add on
 and one test file (see README, "Adding a method").
 """
 
+from dataclasses import dataclass
+
 from methods.cola import COLA
 from methods.msa import MSA
 from methods.random_init import RandomInit
@@ -19,6 +21,8 @@ METHODS = {
     "msa_vocals": MSA("msa_vocals", sources=("vocals",)),
     "msa_other": MSA("msa_other", sources=("other",)),
     "msa_multi": MSA("msa_multi"),
+    # The negative control: COLA again, on disjoint pre-training seeds (FAMILIES "controls").
+    "cola_twin": COLA("cola_twin", seed_offset=1000),
     # Ablations of msa_multi named in the paper.
     "msa_multi_no_silence": MSA("msa_multi_no_silence", silence=False),
     "msa_multi_mixed_batches": MSA("msa_multi_mixed_batches", homogeneous=False),
@@ -27,6 +31,38 @@ METHODS = {
 }
 
 ABLATIONS = tuple(name for name in METHODS if name.startswith("msa_multi_"))
+
+
+@dataclass(frozen=True)
+class Family:
+    """A comparison family: its members are each tested against ``baseline``, with Holm's
+    correction within the family (per task and metric); a method joins at most one."""
+
+    baseline: str
+    members: tuple[str, ...]
+
+
+FAMILIES = {
+    # The paper's two tables: every method against COLA.
+    "paper": Family(
+        "cola",
+        (
+            "cola_mws",
+            "cola_random_mask",
+            "msa_bass",
+            "msa_drums",
+            "msa_vocals",
+            "msa_other",
+            "msa_multi",
+        ),
+    ),  # fmt: skip
+    # The paper's ablations against the model they ablate.
+    "ablations": Family("msa_multi", ABLATIONS),
+    # Controls of the statistics: the untrained floor must come out below COLA (positive
+    # control), COLA trained again under another name must never differ from it (negative).
+    "controls": Family("cola", ("random_init", "cola_twin")),
+}
+CONTROLS = {"positive": "random_init", "negative": "cola_twin"}
 
 
 def get_method(name: str):

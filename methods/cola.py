@@ -20,6 +20,9 @@ from methods.mws import mws_augment
 class COLA:
     name: str = "cola"
     augment: bool = False  # COLA + MWS: mask, warp, shift each crop independently
+    # Added to every pre-training seed: a copy of a method under another name (the negative
+    # control) trains on disjoint seeds, i.e. independent runs of the same method.
+    seed_offset: int = 0
     pretrained: bool = True
     loss: str = "plain"
     sources: tuple[str, ...] = ()

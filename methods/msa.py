@@ -63,7 +63,9 @@ class MSA:
                 rng.integers(len(self.sources), size=batch_size)
             ]
             excerpts = np.empty(batch_size, dtype=np.int64)
-            for name in set(names):
+            # In a fixed order: iterating a set of strings follows PYTHONHASHSEED, which would
+            # make the batch of a (seed, step) differ between processes.
+            for name in sorted(set(names)):
                 idx = np.flatnonzero(names == name)
                 excerpts[idx] = self._excerpts(corpus, name, allow_silent, len(idx), rng)
         anchor_starts = corpus.random_starts(rng, batch_size)

@@ -9,27 +9,35 @@ the document's sections and the paper tables (:mod:`reports.sections`), renderin
 
 Input contract
 --------------
-``scores``: DataFrame with columns ``method, task, seed, metric, value``, one row per probe
-    run and metric. Metric names: ``roc_auc``, ``pr_auc`` (mtat, mtat_star); ``accuracy``,
-    ``balanced_accuracy`` (nsynth, fma). All metrics are higher-is-better.
-``predictions``: dict ``(method, task, seed) -> dict(clip_ids, targets, scores)`` with
-    ``clip_ids`` a list of str (n), ``targets`` an (n, C) multi-hot or (n,) int array, and
-    ``scores`` an (n, C) array of probabilities; used for item-level intervals. Optional.
-``per_tag``: DataFrame ``method, task, seed, tag, roc_auc, pr_auc``; optional (tag-wise figure).
+``scores``: DataFrame with columns ``method, task, pretrain_seed, probe_seed, metric,
+    value``, one row per probe run and metric. Metric names: ``roc_auc``, ``pr_auc`` (mtat,
+    mtat_star); ``accuracy``, ``balanced_accuracy`` (nsynth, fma). All higher-is-better.
+``predictions``: dict ``(method, task, pretrain_seed, probe_seed) -> dict(clip_ids, targets,
+    scores, groups)`` with ``clip_ids`` a list of str (n), ``targets`` an (n, C) multi-hot or
+    (n,) int array, ``scores`` an (n, C) array of probabilities and ``groups`` (n,) cluster
+    ids (optional: each clip its own cluster); used for the test-set components. Optional.
+``per_tag``: DataFrame ``method, task, tag, roc_auc, pr_auc`` (+ seed columns); optional.
 ``provenance``: dict with ``profile``, ``config_hash``, ``git_commit``, ``versions``
     (package -> version), ``machine``, ``stage_compute_s`` (stage -> seconds of compute behind
     the results, summed over invocations), ``stage_wall_s`` (stage -> seconds of the last
     invocation), ``skipped``
     (list of str: missing or skipped results known to the caller). Absent keys are reported
     as "not recorded"; other keys are listed as they are.
-``extras``: dict of optional DataFrames for figures: ``loss_curves`` (method, seed, step,
-    loss), ``source_activity`` (source, active, total), ``separation_quality`` (separator,
-    source, si_sdr); see :mod:`reports.figures`.
-``primary``: task -> primary metric (default :data:`PRIMARY`), ``baseline``: method name
-    (default ``"cola"``), ``expected_methods`` / ``expected_tasks``: what should be there, so
-    that every absent (method, task) cell is listed as missing rather than silently omitted.
+``extras``: dict of optional DataFrames: ``pretrain_curves`` (method, seed, step, metric,
+    value), ``pretrain_runs`` (method, seed, trained, collapsed), ``embedding_health``
+    (method, seed, corpus, relative_spread, median_sd, varying_dims, effective_rank,
+    collapsed) for the diagnostics sections (:mod:`reports.diagnostics`);
+    ``source_activity`` (source, active, total), ``separation_quality`` (separator, source,
+    si_sdr); see :mod:`reports.figures`.
+``primary``: task -> primary metric (default :data:`PRIMARY`); ``families``: name ->
+    (baseline, members), the declared comparison families; ``baseline``: the reference of the
+    cross-task summaries and figures; ``controls``: the positive control (a method expected
+    significantly below its baseline on the first task's primary metric) and the negative
+    control (the baseline trained again under another name: expected never flagged);
+    ``expected_methods`` / ``expected_tasks``: what should be there, so that every absent
+    (method, task) cell is listed as missing rather than silently omitted.
 
-Statistics: see :mod:`reports.compare`.
+Statistics: see :mod:`reports.compare` and :mod:`reports.variance`.
 """
 
 from __future__ import annotations
@@ -41,18 +49,23 @@ import numpy as np
 import pandas as pd
 
 from benchmark.io import atomic_write_text
-from reports.compare import check_scores, compare_to_baseline, missing_results, summarise
+from reports.aggregate import aggregates, chance_level, normalise, task_matrices
+from reports.compare import check_scores, compare, missing_results, run_sets, summarise
+from reports.diagnostics import collapsed_methods, embedding_blocks, pretraining_blocks
 from reports.figures import draw_figures
 from reports.render import render_html, render_markdown
 from reports.sections import (
+    calibration_blocks,
     cross_task_blocks,
     how_to_read,
     paper_blocks,
     provenance_blocks,
     task_blocks,
+    variance_blocks,
 )
+from reports.variance import calibrate, components
 
-__all__ = ["PRIMARY", "build_report"]
+__all__ = ["PRIMARY", "build_report", "calibration_table"]
 
 PRIMARY: dict[str, str] = {
     "mtat": "roc_auc",
@@ -60,6 +73,84 @@ PRIMARY: dict[str, str] = {
     "nsynth": "accuracy",
     "fma": "accuracy",
 }
+
+
+def calibration_table(
+    sets,
+    clusters: Mapping[str, int],
+    primary: Mapping[str, str],
+    baseline: str,
+    alpha: float,
+    reps: int = 4000,
+) -> list[dict]:
+    """:func:`reports.variance.calibrate` per task (primary metric) with the baseline's measured
+    components: between-run SD, run x item variance, the task's clusters and runs."""
+    out = []
+    for (task, metric), methods in sorted(sets.items()):
+        if primary.get(task) != metric or baseline not in methods:
+            continue
+        parts = components(methods[baseline])
+        if parts["runs"] < 2:
+            continue
+        result = calibrate(
+            parts["sd_between"],
+            parts["u"] if np.isfinite(parts["u"]) else 0.0,
+            max(clusters.get(task, 0), 2),
+            parts["runs"],
+            alpha=alpha,
+            reps=reps,
+        )
+        out.append(dict(task=task, metric=metric, baseline=baseline, sd_run=parts["sd_between"],
+                        clusters=clusters.get(task, 0), **result))  # fmt: skip
+    return out
+
+
+def _controls(comparison: pd.DataFrame, controls: Mapping[str, str], primary, tasks) -> list[dict]:
+    """The positive and negative controls' outcomes, with what was expected."""
+    rows = []
+    first = next((t for t in tasks if t in primary), None)
+    positive, negative = controls.get("positive"), controls.get("negative")
+    for _, r in comparison.iterrows():
+        if r["method"] == positive and r["task"] == first and r["metric"] == primary[first]:
+            holds = r["status"] == "tested" and r["direction"] == "worse"
+            rows.append(
+                {
+                    "control": f"positive: {positive} vs {r['baseline']}",
+                    "where": f"{r['task']} / {r['metric']}",
+                    "expected": "significantly worse",
+                    "measured": _outcome(r),
+                    "holds": "yes" if holds else "NO",
+                }
+            )
+    flagged = comparison[
+        (comparison["method"] == negative) & comparison["significant"].fillna(False)
+    ]
+    tested = comparison[(comparison["method"] == negative) & (comparison["status"] == "tested")]
+    if len(tested):
+        rows.append(
+            {
+                "control": f"negative: {negative} vs {tested['baseline'].iloc[0]}",
+                "where": f"every task and metric ({len(tested)} tests)",
+                "expected": "never flagged",
+                "measured": "flagged on "
+                + ", ".join(
+                    f"{a} / {b}" for a, b in zip(flagged["task"], flagged["metric"], strict=True)
+                )
+                if len(flagged)
+                else "not flagged",
+                "holds": "yes" if flagged.empty else "NO",
+            }
+        )
+    return rows
+
+
+def _outcome(row) -> str:
+    if row["status"] != "tested":
+        return row["status"]
+    return (
+        f"Δ {row['diff']:.4f} [{row['ci_low']:.4f}, {row['ci_high']:.4f}], "
+        f"Holm p {row['p_holm']:.2g}"
+    )
 
 
 def build_report(
@@ -70,82 +161,95 @@ def build_report(
     provenance: Mapping | None = None,
     extras: Mapping[str, pd.DataFrame] | None = None,
     primary: Mapping[str, str] | None = None,
+    families: Mapping[str, tuple[str, Sequence[str]]] | None = None,
     baseline: str = "cola",
+    controls: Mapping[str, str] | None = None,
     expected_methods: Sequence[str] | None = None,
     expected_tasks: Sequence[str] | None = None,
-    bootstrap_resamples: int = 2000,
     alpha: float = 0.05,
     seed: int = 0,
-    *,
-    item_metrics: Sequence[str] | None = None,
-    bootstrap_method: str = "BCa",
+    calibration_reps: int = 4000,
 ) -> dict[str, Path]:
     """Write the leaderboard (csv, md, html) and its figures into ``out_dir``.
 
-    See the module docstring for the input contract and the statistics. The CSV holds
-    measured rows only (published numbers appear only in the Markdown/HTML, labelled).
-    ``item_metrics`` and ``bootstrap_method`` are passed to :func:`compare_to_baseline`.
-    Item-level cost per task and metric: ``bootstrap_resamples + num_clips`` evaluations (the
-    clips term is BCa's jackknife), each computing the metric for every run; on real MTAT
-    (4,332 test clips, 50 tags) with scikit-learn metrics this takes hours, so restrict
-    ``item_metrics`` or use ``bootstrap_method="percentile"`` there.
-
-    Returns file name -> path for every file written.
-    Raises ``ValueError`` on malformed ``scores`` or inconsistent prediction targets.
+    See the module docstring for the input contract. The CSV holds measured rows only (the
+    published numbers appear only in the Markdown/HTML, labelled). Returns file name -> path
+    for every file written. Raises ``ValueError`` on malformed ``scores`` or predictions whose
+    targets disagree.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     primary = dict(PRIMARY if primary is None else primary)
+    families = dict(families or {})
+    controls = dict(controls or {})
     provenance = dict(provenance or {})
+    extras = dict(extras or {})
     scores = check_scores(scores)
     # A failed probe may log nan: leave the run out and say so rather than fail the report.
     finite = np.isfinite(scores["value"].astype(float))
     dropped = [
-        f"{r.method} × {r.task}: seed {r.seed} {r.metric} is {r.value}, left out"
+        f"{r.method} × {r.task}: pre-training seed {r.pretrain_seed}, probe seed "
+        f"{r.probe_seed}: {r.metric} is {r.value}, left out"
         for r in scores[~finite].itertuples()
     ]
     scores = scores[finite]
-    summary = summarise(scores)
-    comparison, notes = compare_to_baseline(
-        scores,
-        predictions,
-        baseline,
-        bootstrap_resamples,
-        alpha,
-        seed,
-        item_metrics=item_metrics,
-        bootstrap_method=bootstrap_method,
-    )
+    sets, clusters, notes = run_sets(scores, predictions)
+    summary = summarise(sets)
+    comparison = compare(sets, families, alpha)
     absent = [f"skipped: {line}" for line in [*(provenance.get("skipped") or []), *dropped]]
     absent += [
         f"missing: {line}"
         for line in missing_results(scores, expected_methods, expected_tasks, primary)
     ]
+    calibration = calibration_table(sets, clusters, primary, baseline, alpha, calibration_reps)
+    tasks = list(expected_tasks or sorted(summary["task"].unique()))
+    control_rows = _controls(comparison, controls, primary, tasks)
+
+    # Cross-task aggregates over runs: normalised primary scores, runs x tasks per method.
+    by_method: dict[str, dict[str, np.ndarray]] = {}
+    primary_tasks = [t for t in sorted(summary["task"].unique()) if (t, primary.get(t)) in sets]
+    for task in list(primary_tasks):
+        chance = _chance(predictions, task, primary[task])
+        if chance is None:
+            notes.append(f"{task}: no predictions to tell its chance level: not in the aggregates")
+            primary_tasks.remove(task)
+            continue
+        for method, run_set in sets[(task, primary[task])].items():
+            by_method.setdefault(method, {})[task] = normalise(run_set.run_scores, chance)
+    matrices = task_matrices(by_method, primary_tasks)
+    aggregate = aggregates(matrices, baseline, seed=seed) if matrices else None
 
     leaderboard = summary.merge(comparison, on=["method", "task", "metric"], how="left")
-    leaderboard["is_baseline"] = leaderboard["method"] == baseline
-    leaderboard = leaderboard[
-        ["method", "task", "metric", "mean", "std", "n", "ci_low", "ci_high", "rank",
-         "is_baseline", "diff", "item_diff", "item_ci_low", "item_ci_high", "item_excludes_zero",
-         "seed_test", "seed_p", "seed_p_holm", "significant", "direction"]
-    ].sort_values(["task", "metric", "rank", "method"])  # fmt: skip
+    leaderboard = leaderboard.sort_values(["task", "metric", "rank", "method"])
     paths = {"leaderboard.csv": out_dir / "leaderboard.csv"}
     atomic_write_text(paths["leaderboard.csv"], leaderboard.to_csv(index=False))
 
-    drawn, not_drawn = draw_figures(out_dir, summary, scores, per_tag, extras, baseline)
+    run_scores = pd.DataFrame(
+        [
+            dict(method=m, task=t, metric=k, pretrain_seed=int(seed_), value=float(v))
+            for (t, k), methods in sets.items()
+            for m, rs in methods.items()
+            for seed_, v in zip(rs.seeds, rs.run_scores, strict=True)
+        ]
+    )
+    baselines = sorted({b for b, _ in families.values()})
+    drawn, not_drawn = draw_figures(
+        out_dir, summary, run_scores, per_tag, extras, baseline, primary, baselines
+    )
     paths.update(drawn)
 
-    num_seeds = int(summary["n"].max())
     blocks: list[tuple] = [("h", 1, "Leaderboard")]
     blocks += provenance_blocks(provenance, absent)
-    blocks += [
-        ("h", 2, "How to read this report"),
-        ("p", how_to_read(baseline, num_seeds, bootstrap_resamples, bootstrap_method, alpha)),
-    ]
-    blocks += task_blocks(summary, comparison, primary, baseline)
+    blocks += how_to_read(alpha, families)
+    blocks += pretraining_blocks(extras.get("pretrain_curves"), extras.get("pretrain_runs"))
+    blocks += embedding_blocks(extras.get("embedding_health"))
+    flags = dict.fromkeys(collapsed_methods(extras.get("pretrain_runs")), "collapsed")
+    blocks += task_blocks(summary, comparison, primary, flags)
+    blocks += calibration_blocks(calibration, control_rows)
+    blocks += variance_blocks(summary, primary)
     blocks += paper_blocks(summary, comparison, expected_methods or [])
-    blocks += cross_task_blocks(summary, comparison, primary, baseline, alpha)
-    blocks += [("h", 2, "Notes on item-level intervals"), ("ul", notes)]
+    blocks += cross_task_blocks(summary, aggregate, primary, baseline, alpha)
+    blocks += [("h", 2, "Notes on the test-set components"), ("ul", notes)]
     blocks.append(("h", 2, "Figures"))
     for name, path in drawn.items():
         blocks.append(("img", path, name))
@@ -156,3 +260,14 @@ def build_report(
     paths["leaderboard.html"] = out_dir / "leaderboard.html"
     atomic_write_text(paths["leaderboard.html"], render_html(blocks, "Leaderboard"))
     return paths
+
+
+def _chance(predictions: Mapping | None, task: str, metric: str) -> float | None:
+    """The metric's chance level from a prediction set of the task (0.5 for ROC-AUC without;
+    None for the others without predictions)."""
+    for key, item in (predictions or {}).items():
+        if key[1] == task:
+            if metric in ("accuracy", "balanced_accuracy"):
+                return 1.0 / np.asarray(item["scores"]).shape[1]
+            return chance_level(metric, np.asarray(item["targets"]))
+    return 0.5 if metric == "roc_auc" else None

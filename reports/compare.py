@@ -1,62 +1,177 @@
-"""Comparison statistics of the leaderboard: seed summaries, every method versus the baseline
-(seed level and item level), and the results that are missing.
+"""Comparison statistics of the leaderboard: runs, variance components, family comparisons.
 
-Pure functions of plain DataFrames and dicts (see :mod:`reports.build` for the input contract);
-the tests and intervals themselves are :mod:`reports.stats`, the metrics
-:mod:`benchmark.evaluation.metrics`.
+The unit of replication is a pre-training run (method, pre-training seed); its probe seeds are
+averaged (they measure probe noise only). Per task and metric, :func:`run_sets` gathers each
+method's runs with their probe-seed scores and their test items' influences (clustered:
+MTAT clips by song, NSynth notes by instrument, FMA tracks by artist, when the predictions
+carry group ids); :func:`summarise` gives the mean over runs and its three sources of
+variance; :func:`compare` tests every family member against its family's baseline with the
+one combined test of :mod:`reports.variance`, Holm-corrected within (family, task, metric).
 
-Family for multiple comparisons: all methods versus the baseline within one task and one
-metric; Holm's correction is applied to the seed-level p-values of that family. A method is
-marked significant (▲ better, ▼ worse) when its Holm-adjusted seed-level p is below ``alpha``
-*and*, where predictions exist, the item-level BCa interval of the difference excludes zero
-in the same direction. Requiring the second condition can only remove rejections, so the
-family-wise error rate stays controlled by Holm at ``alpha``; it guards against claims that
-the test clips alone could explain. Cross-task summaries are descriptive.
+Families are declared (``benchmark.pipeline.report`` passes them from the method registry
+and the config): adding a method to one family never changes another family's p-values.
+
+Pure functions of plain DataFrames and dicts (see :mod:`reports.build` for the contract).
 """
 
 from __future__ import annotations
 
 import math
-import zlib
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from benchmark.evaluation.metrics import ITEM_METRICS
-from reports import stats
+from benchmark.evaluation.metrics import influence
+from reports.stats import holm
+from reports.variance import RunSet, cluster_sums, combined_test, components
 
-__all__ = ["SCORE_COLUMNS", "check_scores", "compare_to_baseline", "missing_results", "summarise"]
+__all__ = [
+    "NOT_TESTABLE",
+    "SCORE_COLUMNS",
+    "check_scores",
+    "compare",
+    "missing_results",
+    "run_sets",
+    "summarise",
+]
 
-SCORE_COLUMNS = ["method", "task", "seed", "metric", "value"]
+SCORE_COLUMNS = ["method", "task", "pretrain_seed", "probe_seed", "metric", "value"]
+NOT_TESTABLE = "not testable (one pre-training run)"
+_KEY = ["method", "task", "pretrain_seed", "probe_seed", "metric"]
 
 
 def check_scores(scores: pd.DataFrame) -> pd.DataFrame:
+    """The score rows (one per probe run and metric), checked: columns, no duplicates.
+
+    Raises ``ValueError`` naming what is wrong."""
     missing = [c for c in SCORE_COLUMNS if c not in scores.columns]
     if missing:
         raise ValueError(f"scores lacks columns {missing}; expected {SCORE_COLUMNS}")
     if scores.empty:
         raise ValueError("scores is empty: there is nothing to report")
-    duplicated = scores.duplicated(["method", "task", "seed", "metric"])
+    duplicated = scores.duplicated(_KEY)
     if duplicated.any():
-        first = scores.loc[duplicated, ["method", "task", "seed", "metric"]].iloc[0].tolist()
-        raise ValueError(f"scores has duplicate rows for (method, task, seed, metric) = {first}")
+        first = scores.loc[duplicated, _KEY].iloc[0].tolist()
+        raise ValueError(f"scores has duplicate rows for {tuple(_KEY)} = {first}")
     return scores[SCORE_COLUMNS].copy()
 
 
-def summarise(scores: pd.DataFrame) -> pd.DataFrame:
-    """Seed summary and rank per (method, task, metric).
+def _aligned(predictions: Mapping, task: str) -> tuple[list[str], np.ndarray, np.ndarray, list]:
+    """The test clips common to every prediction set of ``task``, their targets and clusters.
 
-    Columns: method, task, metric, mean, std, n, ci_low, ci_high (95% t-interval over seeds),
-    rank (1 = highest mean within task and metric; ties share the best rank).
-    Raises ``ValueError`` on missing columns, duplicate rows or non-finite values.
+    Returns ``(clip ids, targets, cluster labels, notes)``; cluster labels are the
+    predictions' ``groups`` where recorded, else each clip is its own cluster (said in notes).
+    Raises ``ValueError`` when two runs disagree on a clip's target or group.
+    """
+    sets = [predictions[key] for key in sorted(k for k in predictions if k[1] == task)]
+    common = set(sets[0]["clip_ids"])
+    for item in sets[1:]:
+        common &= set(item["clip_ids"])
+    order = [c for c in sets[0]["clip_ids"] if c in common]
+    notes = []
+    largest = max(len(item["clip_ids"]) for item in sets)
+    if len(order) < largest:
+        notes.append(
+            f"{task}: the test-set components use the {len(order)} clips common to every run "
+            f"(largest run: {largest})"
+        )
+    targets = groups = None
+    for item in sets:
+        position = {clip: i for i, clip in enumerate(item["clip_ids"])}
+        index = np.array([position[c] for c in order], dtype=int)
+        run_targets = np.asarray(item["targets"])[index]
+        run_groups = np.asarray(item["groups"])[index] if item.get("groups") is not None else None
+        if targets is None:
+            targets, groups = run_targets, run_groups
+        elif not np.array_equal(run_targets, targets):
+            raise ValueError(f"{task}: two runs' predictions disagree on the targets of a clip")
+        elif (
+            run_groups is not None and groups is not None and not np.array_equal(run_groups, groups)
+        ):
+            raise ValueError(f"{task}: two runs' predictions disagree on the group of a clip")
+    if groups is None:
+        groups = np.asarray(order)
+        notes.append(f"{task}: no group ids were recorded; every test clip is its own cluster")
+    return order, targets, groups, notes
+
+
+def run_sets(
+    scores: pd.DataFrame, predictions: Mapping | None
+) -> tuple[dict[tuple[str, str], dict[str, RunSet]], dict[str, int], list[str]]:
+    """Every method's runs per (task, metric).
+
+    ``predictions``: ``(method, task, pretrain_seed, probe_seed) -> dict(clip_ids, targets,
+    scores, groups?)``. A run's probe values are the logged scores; its cluster influences
+    (:func:`benchmark.evaluation.metrics.influence`, summed per cluster on the clips common
+    to every run of the task) are averaged over its probe seeds. Without predictions a task
+    gets zero influences and a note (no test-set component).
+
+    Returns ``({(task, metric): {method: RunSet}}, {task: number of clusters}, notes)``.
     """
     scores = check_scores(scores)
-    rows = []
-    for (method, task, metric), part in scores.groupby(["method", "task", "metric"], sort=True):
-        rows.append(
-            dict(method=method, task=task, metric=metric, **stats.seed_summary(part["value"]))
-        )
+    predictions = predictions or {}
+    out: dict[tuple[str, str], dict[str, RunSet]] = {}
+    clusters: dict[str, int] = {}
+    notes: list[str] = []
+    for task, task_scores in scores.groupby("task", sort=True):
+        psi: dict = {}
+        if any(key[1] == task for key in predictions):
+            order, targets, groups, task_notes = _aligned(predictions, task)
+            notes += task_notes
+            for key, item in predictions.items():
+                if key[1] != task:
+                    continue
+                position = {clip: i for i, clip in enumerate(item["clip_ids"])}
+                index = np.array([position[c] for c in order], dtype=int)
+                for metric, (_value, items) in influence(
+                    targets, np.asarray(item["scores"])[index]
+                ).items():
+                    psi[(metric, *key[:1], *key[2:])] = items
+            labels = np.unique(groups)
+            clusters[task] = len(labels)
+        else:
+            groups = None
+            clusters[task] = 0
+            notes.append(f"{task}: no predictions; comparisons use training randomness only")
+        for (metric, method), part in task_scores.groupby(["metric", "method"], sort=True):
+            seeds = np.array(sorted(part["pretrain_seed"].unique()))
+            probe_seeds = sorted(part["probe_seed"].unique())
+            values = np.full((len(seeds), len(probe_seeds)), np.nan)
+            run_psi = []
+            for i, seed in enumerate(seeds):
+                rows = part[part["pretrain_seed"] == seed]
+                for _, row in rows.iterrows():
+                    values[i, probe_seeds.index(row["probe_seed"])] = row["value"]
+                items = [
+                    psi[(metric, method, seed, p)]
+                    for p in rows["probe_seed"]
+                    if (metric, method, seed, p) in psi
+                ]
+                if items and groups is not None:
+                    run_psi.append(cluster_sums(np.mean(items, axis=0), groups)[0])
+                else:
+                    if groups is not None:
+                        notes.append(
+                            f"{task} / {metric}: {method} pre-training seed {seed} has no saved "
+                            "predictions: its test-set influence counts as zero"
+                        )
+                    run_psi.append(np.zeros(max(clusters[task], 1)))
+            out.setdefault((task, metric), {})[method] = RunSet(
+                method, seeds, values, np.stack(run_psi)
+            )
+    return out, clusters, notes
+
+
+def summarise(sets: Mapping[tuple[str, str], Mapping[str, RunSet]]) -> pd.DataFrame:
+    """Mean over runs, its variance components (:func:`reports.variance.components`) and the
+    rank (1 = highest mean within task and metric; ties share the best rank), per (method,
+    task, metric)."""
+    rows = [
+        dict(method=method, task=task, metric=metric, **components(run_set))
+        for (task, metric), methods in sorted(sets.items())
+        for method, run_set in sorted(methods.items())
+    ]
     summary = pd.DataFrame(rows)
     summary["rank"] = (
         summary.groupby(["task", "metric"])["mean"].rank(ascending=False, method="min").astype(int)
@@ -64,179 +179,56 @@ def summarise(scores: pd.DataFrame) -> pd.DataFrame:
     return summary
 
 
-def _stable_seed(seed: int, *keys: str) -> list[int]:
-    # Same clips resampled for every method of a (task, metric), whatever else is in the run.
-    return [int(seed), *(zlib.crc32(key.encode()) for key in keys)]
+COMPARISON_COLUMNS = [
+    "family", "baseline", "method", "task", "metric", "status", "diff", "ci_low", "ci_high",
+    "df", "var_training", "var_test", "p", "p_holm", "significant", "direction",
+]  # fmt: skip
 
 
-def _aligned_runs(
-    predictions: Mapping, task: str, methods: Sequence[str], baseline: str
-) -> tuple[np.ndarray | None, dict[str, list[np.ndarray]], list[str]]:
-    """Targets and per-method lists of seed scores on the clips common to every run."""
-    notes: list[str] = []
-    runs = {
-        method: [
-            predictions[key]
-            for key in sorted(k for k in predictions if k[0] == method and k[1] == task)
-        ]
-        for method in methods
-    }
-    runs = {method: items for method, items in runs.items() if items}
-    if baseline not in runs:
-        return None, {}, [f"no predictions for the baseline {baseline!r}"]
-    common = set(runs[baseline][0]["clip_ids"])
-    for items in runs.values():
-        for item in items:
-            common &= set(item["clip_ids"])
-    order = [c for c in runs[baseline][0]["clip_ids"] if c in common]
-    largest = max(len(item["clip_ids"]) for items in runs.values() for item in items)
-    if len(order) < largest:
-        notes.append(
-            f"{task}: item-level intervals use the {len(order)} clips common to every run "
-            f"(largest run: {largest})"
-        )
-    targets = None
-    aligned: dict[str, list[np.ndarray]] = {}
-    for method, items in runs.items():
-        aligned[method] = []
-        for item in items:
-            position = {clip: i for i, clip in enumerate(item["clip_ids"])}
-            index = np.array([position[c] for c in order], dtype=int)
-            run_targets = np.asarray(item["targets"])[index]
-            if targets is None:
-                targets = run_targets
-            elif not np.array_equal(run_targets, targets):
-                raise ValueError(f"{task}: targets of {method} disagree with the baseline's")
-            aligned[method].append(np.asarray(item["scores"], dtype=float)[index])
-    return targets, aligned, notes
-
-
-def compare_to_baseline(
-    scores: pd.DataFrame,
-    predictions: Mapping | None,
-    baseline: str = "cola",
-    bootstrap_resamples: int = 2000,
+def compare(
+    sets: Mapping[tuple[str, str], Mapping[str, RunSet]],
+    families: Mapping[str, tuple[str, Sequence[str]]],
     alpha: float = 0.05,
-    seed: int = 0,
-    *,
-    item_metrics: Sequence[str] | None = None,
-    bootstrap_method: str = "BCa",
-) -> tuple[pd.DataFrame, list[str]]:
-    """Every method versus the baseline, per task and metric, at seed and item level.
+) -> pd.DataFrame:
+    """Every family member versus its family's baseline, per task and metric.
 
-    Columns: method, task, metric, diff (seed mean minus baseline's), seed_test, seed_p,
-    seed_p_holm, item_diff, item_ci_low, item_ci_high, item_excludes_zero, significant,
-    direction (``"better"``, ``"worse"`` or ``""``). Holm family: all methods versus the
-    baseline within a task and metric. Item-level columns are nan where predictions are
-    missing, the metric has no item-level function in
-    :data:`benchmark.evaluation.metrics.ITEM_METRICS`, or it is
-    not in ``item_metrics`` (None = every metric that has one). ``bootstrap_method`` is passed
-    to ``scipy.stats.bootstrap`` ("BCa", or "percentile" to skip BCa's jackknife over clips).
-
-    Returns the table and a list of notes (what could not be computed and why).
-    Raises ``ValueError`` when predictions of one task disagree on the targets of a clip.
+    ``families``: name -> (baseline, members). Rows: ``COMPARISON_COLUMNS``; ``status`` is
+    "tested", :data:`NOT_TESTABLE` (fewer than 2 runs on a side: no marker, ever), or "no
+    baseline results". Holm's correction runs within (family, task, metric) over the tested
+    members; ``significant`` = Holm-adjusted p below ``alpha``; ``direction`` "better",
+    "worse" or "".
     """
-    scores = check_scores(scores)
-    predictions = predictions or {}
     rows: list[dict] = []
-    notes: list[str] = []
-    for (task, metric), part in scores.groupby(["task", "metric"], sort=True):
-        values = {
-            method: dict(zip(group["seed"], group["value"], strict=True))
-            for method, group in part.groupby("method", sort=True)
-        }
-        if baseline not in values:
-            notes.append(f"{task} / {metric}: no baseline ({baseline}) results, no comparisons")
-            continue
-        others = [m for m in values if m != baseline]
-        if not others:
-            continue
-        base_mean = float(np.mean(list(values[baseline].values())))
-        family = []
-        for method in others:
-            test = stats.seed_test(values[method], values[baseline])
-            family.append(
-                dict(
-                    method=method,
-                    task=task,
-                    metric=metric,
-                    diff=float(np.mean(list(values[method].values()))) - base_mean,
-                    seed_test=test["test"],
-                    seed_p=test["p"],
+    for (task, metric), methods in sorted(sets.items()):
+        for family, (baseline, members) in families.items():
+            present = [m for m in members if m in methods and m != baseline]
+            if not present:
+                continue
+            base = methods.get(baseline)
+            block = []
+            for method in present:
+                row = dict(
+                    family=family, baseline=baseline, method=method, task=task, metric=metric
                 )
-            )
-        adjusted = stats.holm([row["seed_p"] for row in family], alpha)
-        for row, p_holm, reject in zip(
-            family, adjusted["p_adjusted"], adjusted["reject"], strict=True
-        ):
-            row.update(seed_p_holm=float(p_holm), holm_reject=bool(reject))
-        if item_metrics is None or metric in item_metrics:
-            item, item_notes = _item_level(
-                predictions,
-                task,
-                metric,
-                [baseline, *others],
-                baseline,
-                dict(n_resamples=bootstrap_resamples, method=bootstrap_method),
-                seed,
-            )
-            notes += item_notes
-        else:
-            item = {}
-            notes.append(f"{task} / {metric}: item-level interval not requested")
-        for row in family:
-            result = item.get(row["method"])
-            row.update(
-                item_diff=result["diff"] if result else math.nan,
-                item_ci_low=result["ci_low"] if result else math.nan,
-                item_ci_high=result["ci_high"] if result else math.nan,
-                item_excludes_zero=result["excludes_zero"] if result else None,
-            )
-            agrees = (
-                result is None
-                or (row["diff"] > 0 and result["ci_low"] > 0)
-                or (row["diff"] < 0 and result["ci_high"] < 0)
-            )
-            row["significant"] = bool(row.pop("holm_reject") and agrees)
-            row["direction"] = (
-                ("better" if row["diff"] > 0 else "worse") if row["significant"] else ""
-            )
-            rows.append(row)
-    columns = [
-        "method", "task", "metric", "diff", "seed_test", "seed_p", "seed_p_holm", "item_diff",
-        "item_ci_low", "item_ci_high", "item_excludes_zero", "significant", "direction",
-    ]  # fmt: skip
-    return pd.DataFrame(rows, columns=columns), notes
-
-
-def _item_level(
-    predictions, task, metric, methods, baseline, bootstrap_options, seed
-) -> tuple[dict[str, dict], list[str]]:
-    """Bootstrap results per method, and notes saying what could not be computed and why."""
-    metric_fn = ITEM_METRICS.get(metric)
-    if metric_fn is None:
-        return {}, [f"{task} / {metric}: no item-level metric function, no item-level interval"]
-    if not any(key[1] == task for key in predictions):
-        return {}, [f"{task} / {metric}: no predictions, no item-level interval"]
-    targets, aligned, notes = _aligned_runs(predictions, task, methods, baseline)
-    if targets is None:
-        return {}, [f"{task} / {metric}: {note}" for note in notes]
-    multilabel = metric in ("roc_auc", "pr_auc")
-    if multilabel != (targets.ndim == 2):
-        return {}, [f"{task} / {metric}: targets of shape {targets.shape} do not suit {metric}"]
-    without = [m for m in methods if m not in aligned]
-    if without:
-        # Not fatal: the other methods still get intervals; the report says who has none.
-        notes.append(f"{task} / {metric}: no predictions for {', '.join(without)}")
-    result = stats.paired_bootstrap_many(
-        metric_fn,
-        targets,
-        aligned,
-        baseline,
-        seed=_stable_seed(seed, task, metric),
-        **bootstrap_options,
-    )
-    return result, notes
+                run_set = methods[method]
+                if base is None:
+                    row["status"] = "no baseline results"
+                elif run_set.num_runs < 2 or base.num_runs < 2:
+                    row["status"] = NOT_TESTABLE
+                    row["diff"] = float(run_set.run_scores.mean() - base.run_scores.mean())
+                else:
+                    test = combined_test(run_set.run_scores, base.run_scores, run_set.psi, base.psi)
+                    row.update(status="tested", **{k: float(test[k]) for k in (
+                        "diff", "ci_low", "ci_high", "df", "var_training", "var_test", "p")})  # fmt: skip
+                block.append(row)
+            corrected = holm([r.get("p", math.nan) for r in block], alpha)
+            adjusted, reject = corrected["p_adjusted"], corrected["reject"]
+            for row, p_holm, rejected in zip(block, adjusted, reject, strict=True):
+                row["p_holm"] = float(p_holm)
+                row["significant"] = bool(rejected)
+                row["direction"] = ("better" if row["diff"] > 0 else "worse") if rejected else ""
+                rows.append(row)
+    return pd.DataFrame(rows).reindex(columns=COMPARISON_COLUMNS)
 
 
 def missing_results(
@@ -249,7 +241,7 @@ def missing_results(
 
     The grid is expected methods x expected tasks, extended by whatever ``scores`` holds.
     Reports (method, task) cells with no rows, cells without the task's primary metric, and
-    cells with fewer seeds than the most complete method of that task.
+    cells with fewer pre-training runs than the most complete method of that task.
     """
     scores = check_scores(scores)
     present_methods = sorted(scores["method"].unique())
@@ -260,18 +252,20 @@ def missing_results(
     tasks = list(expected_tasks or []) + [
         t for t in present_tasks if t not in (expected_tasks or [])
     ]
-    seeds = scores.groupby(["task", "method"])["seed"].nunique()
+    runs = scores.groupby(["task", "method"])["pretrain_seed"].nunique()
     metrics = scores.groupby(["task", "method"])["metric"].agg(set)
     lines = []
     for task in tasks:
-        most = int(seeds[task].max()) if task in present_tasks else 0
+        most = int(runs[task].max()) if task in present_tasks else 0
         for method in methods:
-            if (task, method) not in seeds.index:
+            if (task, method) not in runs.index:
                 lines.append(f"{method} × {task}: no results")
                 continue
             metric = primary.get(task)
             if metric is not None and metric not in metrics[(task, method)]:
                 lines.append(f"{method} × {task}: primary metric {metric} missing")
-            if seeds[(task, method)] < most:
-                lines.append(f"{method} × {task}: {seeds[(task, method)]} of {most} seeds")
+            if runs[(task, method)] < most:
+                lines.append(
+                    f"{method} × {task}: {runs[(task, method)]} of {most} pre-training runs"
+                )
     return lines

@@ -8,10 +8,11 @@ that reason.
 
 Input DataFrames (column names are the contract):
 
-* scores: ``method, task, seed, metric, value``; summary: ``method, task, metric, mean,
-  ci_low, ci_high`` (see :mod:`reports.compare`).
-* per_tag: ``method, task, seed, tag, roc_auc, pr_auc``.
-* loss_curves: ``method, seed, step, loss``.
+* run_scores: ``method, task, metric, pretrain_seed, value``; summary: ``method, task, metric,
+  mean, sd_between, ...`` (see :mod:`reports.compare`).
+* per_tag: ``method, task, tag, roc_auc, pr_auc`` (any seed columns are averaged over).
+* pretrain_curves: ``method, seed, step, metric, value`` (loss, contrastive_accuracy and their
+  chance levels; the same with ``val_``).
 * source_activity: ``source, active, total`` (excerpts where the separated source is
   non-silent, out of all excerpts).
 * separation_quality: ``separator, source, si_sdr`` (dB, one row per excerpt or clip).
@@ -35,18 +36,23 @@ __all__ = [
     "SOURCE_MODELS",
     "FigureDataError",
     "draw_figures",
-    "loss_curves_figure",
+    "pretraining_figure",
     "png_data_uri",
     "scores_figure",
     "separation_quality_figure",
     "source_activity_figure",
     "tagwise_figure",
+    "variance_figure",
 ]
 
 # The paper's tag-wise figure: each source-targeted model against COLA.
 SOURCE_MODELS: tuple[str, ...] = ("msa_bass", "msa_drums", "msa_vocals", "msa_other")
 
 _DPI = 110
+# Distinguishable colours for up to 20 series (matplotlib's tab20, dark shades first).
+_COLORS = [f"C{i}" for i in range(10)] + ["#393b79", "#8c6d31", "#843c39", "#7b4173",
+                                          "#3182bd", "#31a354", "#756bb1", "#636363",
+                                          "#e6550d", "#17becf"]  # fmt: skip
 
 
 class FigureDataError(ValueError):
@@ -78,18 +84,19 @@ def png_data_uri(path: Path) -> str:
 
 def scores_figure(
     summary: pd.DataFrame,
-    scores: pd.DataFrame,
+    run_scores: pd.DataFrame,
     task: str,
     path: Path,
-    baseline: str | None = None,
+    baselines: Sequence[str] = (),
 ) -> Path:
-    """Per-task scores: one panel per metric, seed mean with its 95% t-interval, seeds as dots.
+    """Per-task scores: one panel per metric, the mean over pre-training runs ± the SD between
+    them, each run's score (mean of its probe seeds) as a dot; baselines' means dashed.
 
-    Methods are ordered by their mean on each panel; the baseline's mean is a dashed line.
+    ``run_scores``: ``method, task, metric, pretrain_seed, value``.
     Raises :class:`FigureDataError` when the task has no rows.
     """
-    _require(summary, ["method", "task", "metric", "mean", "ci_low", "ci_high"], "summary")
-    _require(scores, ["method", "task", "seed", "metric", "value"], "scores")
+    _require(summary, ["method", "task", "metric", "mean", "sd_between"], "summary")
+    _require(run_scores, ["method", "task", "metric", "value"], "run scores")
     rows = summary[summary["task"] == task]
     if rows.empty:
         raise FigureDataError(f"no scores for task {task!r}")
@@ -99,21 +106,67 @@ def scores_figure(
         axes = figure.add_subplot(1, len(metrics), i + 1)
         part = rows[rows["metric"] == metric].sort_values("mean")
         y = np.arange(len(part))
-        # A single seed has no interval: plot the point without an error bar.
-        low = np.nan_to_num(part["mean"] - part["ci_low"])
-        high = np.nan_to_num(part["ci_high"] - part["mean"])
-        axes.errorbar(part["mean"], y, xerr=[low, high], fmt="o", color="C0", capsize=3)
-        seeds = scores[(scores["task"] == task) & (scores["metric"] == metric)]
+        # One run has no SD: the point without an error bar.
+        axes.errorbar(part["mean"], y, xerr=np.nan_to_num(part["sd_between"]), fmt="o",
+                      color="C0", capsize=3)  # fmt: skip
+        runs = run_scores[(run_scores["task"] == task) & (run_scores["metric"] == metric)]
         for j, method in enumerate(part["method"]):
-            values = seeds.loc[seeds["method"] == method, "value"]
+            values = runs.loc[runs["method"] == method, "value"]
             axes.plot(values, np.full(len(values), j + 0.18), ".", color="0.5", markersize=4)
-        if baseline is not None and baseline in set(part["method"]):
-            base = part.loc[part["method"] == baseline, "mean"].iloc[0]
-            axes.axvline(base, color="0.4", linestyle="--", linewidth=0.8)
+        for base in baselines:
+            if base in set(part["method"]):
+                mean = part.loc[part["method"] == base, "mean"].iloc[0]
+                axes.axvline(mean, color="0.4", linestyle="--", linewidth=0.8)
         axes.set_yticks(y, part["method"])
-        axes.set_xlabel(metric)
+        axes.set_xlabel(f"{metric} (mean over runs ± SD; dots: runs)")
         axes.set_title(f"{task}: {metric}")
         axes.grid(axis="x", alpha=0.3)
+    return _save(figure, path)
+
+
+def variance_figure(summary: pd.DataFrame, primary: dict, path: Path) -> Path:
+    """Shares of one run's score variance per method and task (primary metric): training
+    randomness, probe noise (per run: probe variance / probe seeds) and test-set sampling.
+
+    Raises :class:`FigureDataError` without primary-metric rows with the components.
+    """
+    _require(summary, ["method", "task", "metric", "sd_training", "sd_probe", "probe_seeds",
+                       "sd_test_run"], "summary")  # fmt: skip
+    rows = summary[
+        [primary.get(t) == m for t, m in zip(summary["task"], summary["metric"], strict=True)]
+    ]
+    if rows.empty:
+        raise FigureDataError("no primary-metric rows")
+    tasks = sorted(rows["task"].unique())
+    figure = Figure(figsize=(4.0 * len(tasks), 0.4 * rows["method"].nunique() + 1.8))
+    labels = ("training", "probe", "test set")
+    colors = ("C0", "C1", "C2")
+    for i, task in enumerate(tasks):
+        axes = figure.add_subplot(1, len(tasks), i + 1)
+        part = rows[rows["task"] == task].sort_values("method")
+        parts = np.stack(
+            [
+                np.nan_to_num(part["sd_training"].to_numpy(float) ** 2),
+                np.nan_to_num(
+                    part["sd_probe"].to_numpy(float) ** 2 / part["probe_seeds"].clip(lower=1)
+                ),
+                np.nan_to_num(part["sd_test_run"].to_numpy(float) ** 2),
+            ]
+        )
+        total = parts.sum(axis=0)
+        shares = np.divide(parts, total, out=np.zeros_like(parts), where=total > 0)
+        left = np.zeros(len(part))
+        y = np.arange(len(part))
+        for share, label, color in zip(shares, labels, colors, strict=True):
+            axes.barh(y, share, left=left, color=color, label=label)
+            left += share
+        axes.set_yticks(y, part["method"])
+        axes.set_xlim(0, 1)
+        axes.set_xlabel("share of one run's score variance")
+        axes.set_title(task)
+        if i == 0:
+            axes.legend(fontsize=7, loc="lower left")
+    figure.suptitle("Variance decomposition (primary metric)")
     return _save(figure, path)
 
 
@@ -127,12 +180,12 @@ def tagwise_figure(
 ) -> Path:
     """Tag-wise ``metric`` of each source-targeted model minus the baseline (the paper's figure).
 
-    Each model's per-tag value is averaged over its seeds, then the baseline's seed average is
+    Each model's per-tag value is averaged over its runs and probe seeds, then the baseline's average is
     subtracted. Tags keep the order of their first appearance in ``per_tag`` (the harness
     writes them in the pinned MTAT order). Models absent from the data are left out.
     Raises :class:`FigureDataError` when the task, the baseline, or every model is missing.
     """
-    _require(per_tag, ["method", "task", "seed", "tag", metric], "per-tag")
+    _require(per_tag, ["method", "task", "tag", metric], "per-tag")
     rows = per_tag[per_tag["task"] == task]
     if rows.empty:
         raise FigureDataError(f"no per-tag rows for task {task!r}")
@@ -159,29 +212,58 @@ def tagwise_figure(
         axes.set_ylabel(f"{method}\n- {baseline}", fontsize=8)
         axes.set_xticks(x, tags if i == len(present) - 1 else [], rotation=90, fontsize=7)
         axes.grid(axis="y", alpha=0.3)
-    figure.suptitle(f"{task}: tag-wise {metric} relative to {baseline} (mean over seeds)")
+    figure.suptitle(f"{task}: tag-wise {metric} relative to {baseline} (mean over runs)")
     return _save(figure, path)
 
 
-def loss_curves_figure(loss_curves: pd.DataFrame | None, path: Path) -> Path:
-    """Pre-training loss against step: per method the mean over seeds and the min-max band.
+def pretraining_figure(curves: pd.DataFrame | None, path: Path) -> Path:
+    """Pre-training curves against their chance lines, per method (mean over seeds).
 
-    Raises :class:`FigureDataError` when there are no rows.
+    Four panels: training and eval-mode validation loss divided by the chance loss ``ln M``,
+    and training and validation contrastive accuracy divided by the chance accuracy ``1 / M``
+    (``M`` candidates per anchor, which the centroid loss varies per batch): on every panel
+    the chance line is 1, so methods with different losses share one scale. Loss below 1 and
+    accuracy above 1 mean learning.
+
+    Raises :class:`FigureDataError` when there are no curves with their chance levels.
     """
-    _require(loss_curves, ["method", "seed", "step", "loss"], "loss-curve")
-    figure = Figure(figsize=(7.0, 4.0))
-    axes = figure.add_subplot(1, 1, 1)
-    for i, (method, part) in enumerate(loss_curves.groupby("method", sort=True)):
-        by_step = part.groupby("step")["loss"].agg(["mean", "min", "max"])
-        axes.plot(by_step.index, by_step["mean"], color=f"C{i % 10}", label=str(method))
-        axes.fill_between(
-            by_step.index, by_step["min"], by_step["max"], color=f"C{i % 10}", alpha=0.15
-        )
-    axes.set_xlabel("step")
-    axes.set_ylabel("contrastive loss")
-    axes.set_title("Pre-training loss (mean over seeds, band: min to max)")
-    axes.legend(fontsize=8)
-    axes.grid(alpha=0.3)
+    _require(curves, ["method", "seed", "step", "metric", "value"], "pre-training curve")
+    wide = curves.pivot_table(
+        index=["method", "seed", "step"], columns="metric", values="value", aggfunc="last"
+    ).reset_index()
+    panels = [
+        ("loss", "chance_loss", "training loss / chance"),
+        ("val_loss", "val_chance_loss", "eval-mode validation loss / chance"),
+        ("contrastive_accuracy", "chance_accuracy", "training accuracy / chance"),
+        (
+            "val_contrastive_accuracy",
+            "val_chance_accuracy",
+            "eval-mode validation accuracy / chance",
+        ),
+    ]
+    if not any(a in wide and b in wide for a, b, _ in panels):
+        raise FigureDataError("no pre-training curve with its chance level")
+    figure = Figure(figsize=(10.0, 7.0))
+    methods = sorted(wide["method"].unique())
+    for i, (metric, chance, title) in enumerate(panels):
+        axes = figure.add_subplot(2, 2, i + 1)
+        if metric in wide and chance in wide:
+            part = wide.dropna(subset=[metric, chance])
+            for j, method in enumerate(methods):
+                rows = part[part["method"] == method]
+                if rows.empty:
+                    continue
+                ratio = (rows[metric] / rows[chance]).groupby(rows["step"]).mean()
+                marker = "o" if "val" in metric else None  # validations are a few points
+                axes.plot(ratio.index, ratio.values, "-", marker=marker, markersize=3,
+                          color=_COLORS[j % len(_COLORS)], label=str(method))  # fmt: skip
+        axes.axhline(1.0, color="black", linestyle="--", linewidth=1.0, label="chance")
+        axes.set_title(title, fontsize=10)
+        axes.set_xlabel("step")
+        axes.grid(alpha=0.3)
+        if i == 3:
+            axes.legend(fontsize=7, ncol=2)
+    figure.suptitle("Pre-training against chance (mean over seeds; 1 = chance)")
     return _save(figure, path)
 
 
@@ -253,7 +335,9 @@ def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", str(text))
 
 
-def draw_figures(out_dir: Path, summary, scores, per_tag, extras, baseline) -> tuple[dict, dict]:
+def draw_figures(
+    out_dir: Path, summary, run_scores, per_tag, extras, baseline, primary, baselines=()
+) -> tuple[dict, dict]:
     """Every figure of the report into ``out_dir``: returns (name -> path of those drawn,
     name -> reason for those not drawn, from their :class:`FigureDataError`)."""
     drawn: dict[str, Path] = {}
@@ -261,19 +345,20 @@ def draw_figures(out_dir: Path, summary, scores, per_tag, extras, baseline) -> t
     jobs = [
         (
             f"scores_{_safe_name(task)}.png",
-            lambda path, task=task: scores_figure(summary, scores, task, path, baseline),
+            lambda path, task=task: scores_figure(summary, run_scores, task, path, baselines),
         )
         for task in sorted(summary["task"].unique())
     ]
     extras = extras or {}
     jobs += [
+        ("variance.png", lambda path: variance_figure(summary, primary, path)),
         (
             "tagwise_pr_auc.png",
             lambda path: tagwise_figure(per_tag, path, baseline=baseline),
         ),
         (
-            "loss_curves.png",
-            lambda path: loss_curves_figure(extras.get("loss_curves"), path),
+            "pretraining.png",
+            lambda path: pretraining_figure(extras.get("pretrain_curves"), path),
         ),
         (
             "source_activity.png",

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 import pandas as pd
 
 from reports import stats
+from reports.compare import NOT_TESTABLE
 from reports.published import (
     COLUMN_LABELS,
     METHOD_LABELS,
@@ -48,13 +49,16 @@ def _fmt_p(p) -> str:
     return f"{p:.4f}" if p >= 1e-4 else f"{p:.1e}"
 
 
-def _mean_pm(row) -> str:
-    if row["n"] < 2:
-        return f"{row['mean']:.3f} (1 seed, no interval)"
-    return f"{row['mean']:.3f} ± {(row['ci_high'] - row['ci_low']) / 2:.3f}"
+def _mean_sd(row) -> str:
+    """A method's mean over runs and, with two runs or more, the SD between them."""
+    if not row["runs"] >= 2:
+        return f"{row['mean']:.3f} (1 run)"
+    return f"{row['mean']:.3f} ± {row['sd_between']:.3f}"
 
 
 def _marker(row) -> str:
+    if row.get("status") == NOT_TESTABLE:
+        return "n.t."
     if row.get("direction") == "better":
         return BETTER
     if row.get("direction") == "worse":
@@ -123,65 +127,191 @@ def provenance_blocks(provenance: Mapping, absent: list[str]) -> list[tuple]:
     return blocks
 
 
-def how_to_read(
-    baseline: str, num_seeds: int, resamples: int, bootstrap_method: str, alpha: float
-) -> str:
-    return (
-        "Each cell is the mean over seeds of a probe's test metric "
-        f"± the half-width of its 95% t-interval over seeds (here up to {num_seeds} seeds; "
-        "t quantile with n-1 degrees of freedom; no interval with one seed). Rank 1 is the "
-        f"highest mean on that task and metric. Δ is a method's mean minus the baseline's "
-        f"({_label(baseline)}). Two uncertainties are shown. The seed-level test (paired t "
-        "over seeds when both methods ran the same seeds, Welch otherwise) reflects training "
-        f"randomness. The item-level 95% {bootstrap_method} bootstrap interval ({resamples} resamples of test "
-        "clips, the same clips for both methods, metric averaged over seeds, tags without a "
-        "positive or without a negative clip in a resample dropped) reflects which clips happen "
-        "to be in the test set. "
-        f"{BETTER}/{WORSE} mark a method significantly better/worse than the baseline: its "
-        f"seed-level p survives Holm's correction at α = {alpha} within the family of all "
-        "methods versus the baseline on that task and metric, and its item-level interval "
-        "(where predictions exist) excludes zero in the same direction. No Wilcoxon test "
-        "is used across seeds: with 5 seeds its smallest two-sided p is 0.0625. Numbers "
-        f"labelled '{PUBLISHED_LABEL}' are the paper's, shown for reference in separate "
-        "tables; they come from another setting and never enter ranks or tests. The "
-        "cross-task summary is descriptive."
-    )
+def how_to_read(alpha: float, families: Mapping[str, tuple[str, Sequence[str]]]) -> list[tuple]:
+    """What the numbers are, what a marker means, and what a reader may conclude."""
+    family_lines = [
+        f"{name}: {', '.join(members)} versus {baseline}"
+        for name, (baseline, members) in families.items()
+    ]
+    return [
+        ("h", 2, "How to read this report"),
+        (
+            "p",
+            "The unit of replication is a pre-training run (method, pre-training seed). A "
+            "run's score is the mean of its probe seeds' test scores; a cell is the mean over "
+            "runs ± the SD between runs. Three sources of uncertainty are shown per cell: the "
+            "between-run SD (training randomness as observed), the within-run SD of probe "
+            "seeds (probe noise only; the probe seeds of one encoder are never treated as "
+            "replicates), and the test-set sampling SE of the mean (from the test items' "
+            "influence on the score, summed per cluster of items: MTAT clips of one song, "
+            "NSynth notes of one instrument, FMA tracks of one artist).",
+        ),
+        (
+            "p",
+            "Each method is compared with the baseline of its declared family by one test "
+            "for every metric: Δ = difference of the means over runs, with variance = the "
+            "pooled between-run variance × (1/R_A + 1/R_B) + the test-set variance of the "
+            "difference beyond what the runs' own noise explains, Satterthwaite degrees of "
+            "freedom, a 95% t interval and a two-sided p (README, 'Statistics'). Holm's "
+            f"correction runs within (family, task, metric); {BETTER}/{WORSE} mark an "
+            f"adjusted p below α = {alpha}; n.t. = not testable (one pre-training run on a "
+            "side): no marker is ever given without two runs a side. Families:",
+        ),
+        ("ul", family_lines),
+        (
+            "p",
+            "What a reader may conclude: a marker says the difference is unlikely under "
+            "equal methods given this many runs and this test set (the calibration section "
+            "shows the false-positive rate of this machinery on simulated equal methods and "
+            "the smallest difference it detects). No marker is not evidence of equality: "
+            "read the interval and the minimum detectable difference. Numbers labelled "
+            f"'{PUBLISHED_LABEL}' are the paper's, from another setting, and never enter a "
+            "test. Cross-task summaries are descriptive.",
+        ),
+    ]
 
 
-def task_blocks(summary: pd.DataFrame, comparison: pd.DataFrame, primary, baseline) -> list:
+def task_blocks(
+    summary: pd.DataFrame,
+    comparison: pd.DataFrame,
+    primary,
+    flags: Mapping[str, str] | None = None,
+) -> list:
+    """Per task and metric, the ranked table with each method's test against its family's
+    baseline; ``flags`` (method -> word, e.g. "collapsed") are shown beside the name."""
+    flags = flags or {}
     blocks: list[tuple] = [("h", 2, "Results per task")]
+    baselines = {b for b in comparison.get("baseline", pd.Series(dtype=str)).dropna()}
     merged = summary.merge(comparison, on=["method", "task", "metric"], how="left")
     for task in sorted(merged["task"].unique()):
         part = merged[merged["task"] == task]
         metrics = sorted(part["metric"].unique(), key=lambda m: (m != primary.get(task), m))
         for metric in metrics:
             rows = part[part["metric"] == metric].sort_values(["rank", "method"])
-            seeds = rows["n"].max()
             table = pd.DataFrame(
                 {
                     "rank": rows["rank"],
                     "method": [
-                        m + (" (baseline)" if m == baseline else "") for m in rows["method"]
+                        m
+                        + (" (baseline)" if m in baselines else "")
+                        + (f" ⚠ {flags[m]}" if m in flags else "")
+                        for m in rows["method"]
                     ],
-                    f"mean ± 95% t-interval over {seeds} seeds": [
-                        _mean_pm(r) for _, r in rows.iterrows()
+                    "mean ± SD between runs": [_mean_sd(r) for _, r in rows.iterrows()],
+                    "runs × probes": [
+                        f"{r['runs']} × {r['probe_seeds']}" for _, r in rows.iterrows()
                     ],
-                    "n": rows["n"],
-                    f"Δ vs {baseline}": [_fmt(v, 4) for v in rows["diff"]],
-                    "item-level 95% CI of Δ": [
-                        f"[{_fmt(lo, 4)}, {_fmt(hi, 4)}]" if math.isfinite(lo) else "–"
-                        for lo, hi in zip(rows["item_ci_low"], rows["item_ci_high"], strict=True)
+                    "probe SD": [_fmt(v, 4) for v in rows["sd_probe"]],
+                    "test SE": [_fmt(v, 4) for v in rows["se_test"]],
+                    "vs": [b if isinstance(b, str) else "–" for b in rows["baseline"]],
+                    "Δ [95% CI]": [
+                        (
+                            f"{_fmt(r['diff'], 4)} [{_fmt(r['ci_low'], 4)}, {_fmt(r['ci_high'], 4)}]"
+                            if r.get("status") == "tested"
+                            else (_fmt(r["diff"], 4) if isinstance(r.get("status"), str) else "–")
+                        )
+                        for _, r in rows.iterrows()
                     ],
-                    "seed-level p (test)": [
-                        f"{_fmt_p(p)} ({t})" if isinstance(t, str) else "–"
-                        for p, t in zip(rows["seed_p"], rows["seed_test"], strict=True)
-                    ],
-                    "Holm p": [_fmt_p(p) for p in rows["seed_p_holm"]],
+                    "p": [_fmt_p(v) for v in rows["p"]],
+                    "Holm p": [_fmt_p(v) for v in rows["p_holm"]],
                     "sig.": [_marker(r) for _, r in rows.iterrows()],
                 }
             )
             kind = " (primary)" if primary.get(task) == metric else ""
             blocks += [("h", 3, f"{task} — {metric}{kind}"), ("table", table)]
+    return blocks
+
+
+def variance_blocks(summary: pd.DataFrame, primary) -> list:
+    """Which source of variance dominates, per task (primary metric) and method."""
+    rows = summary[
+        [primary.get(t) == m for t, m in zip(summary["task"], summary["metric"], strict=True)]
+    ]
+    blocks: list[tuple] = [("h", 2, "Variance decomposition")]
+    if rows.empty:
+        return blocks + [("p", "No primary-metric results.")]
+    blocks.append(
+        (
+            "p",
+            "Variance of one run's score on the primary metric, split into training "
+            "randomness (between-run variance minus its probe part), probe noise (probe "
+            "variance / probe seeds per run) and test-set sampling (one run's test-set "
+            "variance), as SDs and as shares of their sum. Figure variance.png draws the "
+            "shares.",
+        )
+    )
+    out = []
+    for _, r in rows.sort_values(["task", "method"]).iterrows():
+        parts = {
+            "training": r["sd_training"] ** 2,
+            "probe": (r["sd_probe"] ** 2 / r["probe_seeds"]) if r["probe_seeds"] else math.nan,
+            "test set": r["sd_test_run"] ** 2,
+        }
+        total = sum(v for v in parts.values() if math.isfinite(v))
+        dominant = max(
+            (k for k in parts if math.isfinite(parts[k])), key=lambda k: parts[k], default="–"
+        )
+        out.append(
+            {
+                "task": r["task"],
+                "method": r["method"],
+                "training SD": _fmt(r["sd_training"], 4),
+                "probe SD (run mean)": _fmt(math.sqrt(parts["probe"]), 4)
+                if math.isfinite(parts["probe"])
+                else "–",
+                "test-set SD": _fmt(r["sd_test_run"], 4),
+                "shares (training / probe / test)": (
+                    " / ".join(
+                        f"{100 * v / total:.0f}%" if math.isfinite(v) else "–"
+                        for v in parts.values()
+                    )
+                    if total > 0
+                    else "–"
+                ),
+                "dominant": dominant if total > 0 else "–",
+            }
+        )
+    return blocks + [("table", pd.DataFrame(out))]
+
+
+def calibration_blocks(calibration: Sequence[Mapping], controls: Sequence[Mapping]) -> list:
+    """The report's calibration: simulated A/A and power per task, and the controls."""
+    blocks: list[tuple] = [("h", 2, "Calibration")]
+    if not calibration:
+        return blocks + [("p", "Not computed: no task has two pre-training runs of its baseline.")]
+    blocks.append(
+        (
+            "p",
+            "The comparison machinery simulated with the variance components measured in "
+            "this run (the baseline's between-run SD and run × item variance, this test "
+            "set's clusters, this many runs): the false-positive rate of equal methods (A/A) "
+            "at α, which should be close to α; the smallest difference detected with 80% "
+            "power; and the pre-training runs per method a difference of 0.01 would need.",
+        )
+    )
+    table = pd.DataFrame(
+        {
+            "task / metric": [f"{c['task']} / {c['metric']}" for c in calibration],
+            "baseline": [c["baseline"] for c in calibration],
+            "runs": [c["runs"] for c in calibration],
+            "between-run SD": [_fmt(c["sd_run"], 4) for c in calibration],
+            "clusters": [c["clusters"] for c in calibration],
+            "A/A false positives": [
+                f"{100 * c['false_positive_rate']:.1f}% ± {100 * c['fpr_se']:.1f} ({c['reps']} sims)"
+                for c in calibration
+            ],
+            "min. detectable Δ (80%)": [_fmt(c["min_detectable"], 4) for c in calibration],
+            "runs for Δ = 0.01": [
+                c["runs_for_planted"] if c["runs_for_planted"] else "> 200" for c in calibration
+            ],
+        }
+    )
+    blocks.append(("table", table))
+    if controls:
+        blocks += [
+            ("h", 3, "Controls on the real pipeline"),
+            ("table", pd.DataFrame(controls)),
+        ]
     return blocks
 
 
@@ -198,11 +328,7 @@ def _paper_table(cells: Mapping, methods: Sequence[str], labels: Mapping[str, st
 def paper_blocks(summary: pd.DataFrame, comparison: pd.DataFrame, expected: Sequence[str]) -> list:
     merged = summary.merge(comparison, on=["method", "task", "metric"], how="left")
     measured = {
-        (r["method"], r["task"], r["metric"]): (
-            f"{_mean_pm(r)} {_marker(r)}".strip()
-            if r["n"] >= 2
-            else f"{r['mean']:.3f} {_marker(r)}".strip()
-        )
+        (r["method"], r["task"], r["metric"]): f"{_mean_sd(r)} {_marker(r)}".strip()
         for _, r in merged.iterrows()
     }
     published = {
@@ -217,7 +343,7 @@ def paper_blocks(summary: pd.DataFrame, comparison: pd.DataFrame, expected: Sequ
     table1 = [m for m in TABLE1_METHODS if m in present] + extra
     table2 = [m for m in TABLE2_METHODS if m in present]
     note = (
-        "Measured: mean ± 95% t-interval half-width over seeds, marker as in the per-task "
+        "Measured: mean over pre-training runs ± SD between runs, marker as in the per-task "
         "tables; – = not measured (see missing results)."
     )
     return [
@@ -234,67 +360,74 @@ def paper_blocks(summary: pd.DataFrame, comparison: pd.DataFrame, expected: Sequ
     ]
 
 
-def cross_task_blocks(summary, comparison, primary, baseline, alpha) -> list:
-    blocks: list[tuple] = [("h", 2, "Cross-task summary (descriptive)")]
+def cross_task_blocks(summary, aggregate: pd.DataFrame | None, primary, baseline, alpha) -> list:
+    """Aggregates over tasks with intervals over runs (rliable), and the mean ranks with what
+    rank tests could and could not show."""
+    blocks: list[tuple] = [("h", 2, "Across tasks")]
     rows = summary[
         [primary.get(t) == m for t, m in zip(summary["task"], summary["metric"], strict=True)]
     ]
     if rows.empty:
         return blocks + [("p", "No primary-metric results: no cross-task summary.")]
+    if aggregate is not None and len(aggregate):
+        blocks.append(
+            (
+                "p",
+                "Per method, over the tasks' primary metrics normalised so that chance is 0 and "
+                "a perfect score 1 ((score - chance) / (1 - chance); chance 0.5 for ROC-AUC, 1 / "
+                "classes for accuracy): the interquartile mean (IQM) and the mean over runs and "
+                "tasks, and the probability that a run of the method beats a run of "
+                f"{baseline} on a task (averaged over tasks), each with a 95% interval from a "
+                "stratified bootstrap over runs (rliable's estimators, Agarwal et al. 2021).",
+            )
+        )
+        table = pd.DataFrame(
+            {
+                "method": aggregate["method"],
+                "runs": aggregate["runs"],
+                "IQM [95% CI]": [
+                    f"{r.iqm:.3f} [{r.iqm_low:.3f}, {r.iqm_high:.3f}]"
+                    for r in aggregate.itertuples()
+                ],
+                "mean [95% CI]": [
+                    f"{r.mean:.3f} [{r.mean_low:.3f}, {r.mean_high:.3f}]"
+                    for r in aggregate.itertuples()
+                ],
+                f"P(improvement over {baseline}) [95% CI]": [
+                    f"{r.poi:.2f} [{r.poi_low:.2f}, {r.poi_high:.2f}]"
+                    if math.isfinite(r.poi)
+                    else "–"
+                    for r in aggregate.itertuples()
+                ],
+            }
+        ).sort_values("IQM [95% CI]", ascending=False)
+        blocks.append(("table", table))
     wide = rows.pivot(index="method", columns="task", values="mean")
     ranks = stats.mean_ranks(wide)
     counts = wide.notna().sum(axis=1)
-    prim = comparison[
-        [primary.get(t) == m for t, m in zip(comparison["task"], comparison["metric"], strict=True)]
-    ]
-    wtl = stats.win_tie_loss(prim, low="item_ci_low", high="item_ci_high") if len(prim) else None
-    table = pd.DataFrame(
-        {
-            "method": ranks.index,
-            "mean rank": [f"{v:.2f}" for v in ranks],
-            "tasks ranked": [int(counts[m]) for m in ranks.index],
-        }
+    blocks.append(
+        (
+            "table",
+            pd.DataFrame(
+                {
+                    "method": ranks.index,
+                    "mean rank": [f"{v:.2f}" for v in ranks],
+                    "tasks ranked": [int(counts[m]) for m in ranks.index],
+                }
+            ),
+        )
     )
-    for column in ("win", "tie", "loss", "untested"):
-        table[f"{column} vs {baseline}"] = [
-            "–" if m == baseline or wtl is None or m not in wtl.index else int(wtl.loc[m, column])
-            for m in ranks.index
-        ]
-    text = (
-        "Mean rank on each task's primary metric (rank 1 = best) and, against the baseline, "
-        "the tasks where the item-level 95% interval of the difference lies above zero "
-        "(win), below zero (loss) or contains it (tie); untested = no item-level interval."
-    )
-    blocks += [("p", text), ("table", table)]
     complete = wide.dropna(axis=0, how="any")
     k, n = complete.shape
     if k >= 2 and n >= 1:
         cd = stats.nemenyi_cd(k, n, alpha)
-        if cd >= k - 1:
-            reach = (
-                f"larger than the widest possible gap ({k - 1}, first on every task against "
-                "last on every task), so rank tests cannot separate any two methods"
-            )
-        else:
-            reach = (
-                f"while mean ranks lie between 1 and {k}: only a method first on nearly every "
-                "task against one last on nearly every task could differ by that much, so rank "
-                f"tests across {n} tasks cannot separate methods in practice"
-            )
         blocks.append(
             (
                 "p",
-                f"With {k} methods and {n} tasks the Nemenyi critical difference is {cd:.3f} "
-                f"mean ranks (α = {alpha}), {reach}. This summary is descriptive only.",
-            )
-        )
-    if k >= 3 and n >= 2:
-        result = stats.friedman(complete.T.to_numpy())
-        blocks.append(
-            (
-                "p",
-                f"Friedman statistic over the {n} tasks with all {k} methods: "
-                f"χ² = {result['chi2']:.3f}, p = {_fmt_p(result['p'])} (descriptive).",
+                f"Mean rank on each task's primary metric (1 = best). With {k} methods and {n} "
+                f"tasks the Nemenyi critical difference is {cd:.3f} mean ranks (α = {alpha}): "
+                "rank tests across so few tasks cannot separate methods; the ranks are "
+                "descriptive.",
             )
         )
     return blocks

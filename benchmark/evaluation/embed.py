@@ -18,8 +18,16 @@ import torch
 from benchmark.config import Config, stable_hash
 from benchmark.data.datasets import Dataset
 from benchmark.data.store import FeatureStore
+from benchmark.evaluation.health import describe, embedding_health
 from benchmark.evaluation.probe import WindowSet
-from benchmark.io import atomic_save_npy, atomic_write_json, pick_device, torch_threads
+from benchmark.io import (
+    atomic_path,
+    atomic_save_npy,
+    atomic_write_json,
+    pick_device,
+    read_json,
+    torch_threads,
+)
 from benchmark.pretrain.loop import PretrainedModel
 
 log = logging.getLogger(__name__)
@@ -31,11 +39,9 @@ def window_starts(num_frames: int, crop: int, hop: int) -> np.ndarray:
 
 
 def weights_key(model: PretrainedModel) -> str:
-    """What identifies the encoder's weights: the pre-training key and, for a trained model,
-    the digest of its checkpoint file (a retrained checkpoint, e.g. after a non-deterministic
-    GPU run, must not reuse the embeddings of the old one)."""
-    if model.final_path is None:
-        return model.key
+    """What identifies the encoder's weights: the pre-training key and the digest of its
+    ``final.pt`` (a retrained checkpoint, e.g. after a non-deterministic GPU run, must not
+    reuse the embeddings of the old one)."""
     return stable_hash({"key": model.key, "weights": _file_digest(Path(model.final_path))})
 
 
@@ -56,35 +62,36 @@ def _digest_of(path: str, size: int, mtime_ns: int) -> str:
     return h.hexdigest()[:16]
 
 
-def _encoder_for(cfg: Config, model: PretrainedModel, store: FeatureStore, train_rows, device):
-    from benchmark.pretrain.encoder import ContrastiveModel, reestimate_batchnorm
-    from benchmark.pretrain.loop import build_model, load_encoder
-
-    if model.final_path is not None:
-        return load_encoder(cfg.encoder, model.final_path, device)
-    net: ContrastiveModel = build_model(cfg.encoder, model.seed, device)
-    # random_init floor: BatchNorm statistics from the task's training windows (REFERENCE 9).
-    rng = np.random.default_rng(model.seed)
-    crop = cfg.frontend.crop_frames
-
-    def sample_batches(n_batches=20, size=64):
-        for _ in range(n_batches):
-            rows = rng.choice(train_rows, size=size)
-            starts = [int(rng.integers(0, store.lengths[r] - crop + 1)) for r in rows]
-            yield torch.from_numpy(store.crops(rows, np.asarray(starts), crop))
-
-    reestimate_batchnorm(net.encoder, sample_batches(), device)
-    return net.eval()
+# Version of the cache's on-disk format; part of every embedding key. 2: float16 after a
+# per-dimension affine transform (issue #11), with a health record.
+CACHE_FORMAT = 2
+# Windows per block when the cache is written and read: bounds memory to a block of float32
+# features, whatever the corpus size.
+_BLOCK = 16384
 
 
-def _embed_store(
-    cfg, model, store, hop, bn_rows, bn_key, progress
-) -> tuple[np.ndarray, np.ndarray]:
-    """Embeddings of every ``hop``-spaced window of every clip of ``store`` (cached on disk).
+def _encoder_for(cfg: Config, model: PretrainedModel, device):
+    """The frozen encoder of ``final.pt``, in eval mode (its batch-norm statistics are the
+    precise-BN ones the pre-training stage saved)."""
+    from benchmark.pretrain.loop import load_encoder
 
-    Shared by every task on the same corpus (MTAT and MTAT* embed once). Returns
-    ``(embeddings (W, D) float16 memory map, offsets (rows + 1,))``: the windows of store row
-    ``r`` are ``embeddings[offsets[r]:offsets[r + 1]]``.
+    return load_encoder(cfg.encoder, model.final_path, device)
+
+
+def _embed_store(cfg, model: PretrainedModel, store: FeatureStore, hop: int, progress) -> Path:
+    """Embed every ``hop``-spaced window of every clip of ``store`` once; the cache folder.
+
+    Shared by every task on the same corpus (MTAT and MTAT* embed once). The folder holds
+    ``embeddings.npy`` ``(W, D)`` float16 ``z``, ``offset.npy`` and ``scale.npy`` ``(D,)``
+    float32 with ``x = z * scale + offset`` (per-dimension mean and SD over the windows, SD 1
+    for a constant dimension), ``offsets.npy`` ``(rows + 1,)`` (the windows of store row ``r``
+    are ``offsets[r]:offsets[r + 1]``), ``health.json`` (:func:`embedding_health` of the
+    float32 clip means) and ``done.json``, written last.
+
+    Why the affine transform: float16 keeps ~3 significant digits of a value, so features
+    that vary across clips by much less than their magnitude (an encoder near collapse) would
+    be stored as constants; relative to each dimension's own spread the rounding error is
+    ~5e-4 SD whatever the offset, and the cache stays half the size of float32.
     """
     crop = cfg.frontend.crop_frames
     key = stable_hash(
@@ -93,7 +100,7 @@ def _embed_store(
             "store": store.root.name,
             "hop": hop,
             "crop": crop,
-            "bn": bn_key,
+            "format": CACHE_FORMAT,
         }
     )
     out = (
@@ -101,51 +108,99 @@ def _embed_store(
         / "embeddings"
         / f"{store.root.name[:40]}-{model.method}-s{model.seed}-h{hop}-{key}"
     )
-    if not (out / "done.json").is_file():
-        counts = [len(window_starts(int(n), crop, hop)) for n in store.lengths]
-        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        windows = [
-            (r, st) for r, n in enumerate(store.lengths) for st in window_starts(int(n), crop, hop)
-        ]
-        device = pick_device()
-        # Pinned threads: the embeddings must not depend on the caller's thread count.
-        with torch_threads(cfg.compute.torch_threads):
-            feats = _run_encoder(cfg, model, store, bn_rows, windows, device, progress)
-        atomic_save_npy(out / "embeddings.npy", feats)
-        atomic_save_npy(out / "offsets.npy", offsets)
-        atomic_write_json(out / "done.json", {"key": key, "windows": len(windows)})
-    return np.load(out / "embeddings.npy", mmap_mode="r"), np.load(out / "offsets.npy")
-
-
-def _run_encoder(cfg, model, store, bn_rows, windows, device, progress) -> np.ndarray:
-    """``(len(windows), feature_dim)`` float16 features of ``windows`` = [(row, start)]."""
+    if (out / "done.json").is_file():
+        return out
     from tqdm import tqdm
 
-    crop = cfg.frontend.crop_frames
-    net = _encoder_for(cfg, model, store, bn_rows, device)
-    feats = np.empty((len(windows), net.feature_dim), dtype=np.float16)
+    out.mkdir(parents=True, exist_ok=True)
+    counts = [len(window_starts(int(n), crop, hop)) for n in store.lengths]
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    windows = [
+        (r, st) for r, n in enumerate(store.lengths) for st in window_starts(int(n), crop, hop)
+    ]
+    device = pick_device()
+    net = _encoder_for(cfg, model, device)
     bs = cfg.probe.embed_batch_size
-    with torch.inference_mode():
-        for i in tqdm(
-            range(0, len(windows), bs),
-            desc=f"embed {store.root.name[:24]} ({model.method})",
-            disable=not progress,
-        ):
-            chunk = windows[i : i + bs]
-            x = store.crops(
-                np.array([r for r, _ in chunk]), np.array([st for _, st in chunk]), crop
-            )
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                feats[i : i + len(chunk)] = (
-                    net.features(torch.from_numpy(x).to(device)).float().cpu().numpy()
+    with atomic_path(out / "features32.npy", suffix=".npy") as tmp32:
+        # float32 features first (a temporary file: memory stays flat on any corpus).
+        feats = np.lib.format.open_memmap(
+            tmp32, mode="w+", dtype=np.float32, shape=(len(windows), net.feature_dim)
+        )
+        # Pinned threads: the embeddings must not depend on the caller's thread count.
+        with torch_threads(cfg.compute.torch_threads), torch.inference_mode():
+            for i in tqdm(
+                range(0, len(windows), bs),
+                desc=f"embed {store.root.name[:24]} ({model.method})",
+                disable=not progress,
+            ):
+                chunk = windows[i : i + bs]
+                x = store.crops(
+                    np.array([r for r, _ in chunk]), np.array([st for _, st in chunk]), crop
                 )
-    return feats
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                    feats[i : i + len(chunk)] = (
+                        net.features(torch.from_numpy(x).to(device)).float().cpu().numpy()
+                    )
+        offset, scale = _affine(feats)
+        health = embedding_health(_clip_means(feats, offsets))
+        with atomic_path(out / "embeddings.npy", suffix=".npy") as tmp16:
+            z = np.lib.format.open_memmap(tmp16, mode="w+", dtype=np.float16, shape=feats.shape)
+            for i in range(0, len(feats), _BLOCK):
+                z[i : i + _BLOCK] = (feats[i : i + _BLOCK] - offset) / scale
+            z.flush()
+            del z
+        del feats
+    atomic_save_npy(out / "offset.npy", offset)
+    atomic_save_npy(out / "scale.npy", scale)
+    atomic_save_npy(out / "offsets.npy", offsets)
+    atomic_write_json(out / "health.json", health)
+    atomic_write_json(out / "done.json", {"key": key, "windows": len(windows)})
+    if health["collapsed"]:
+        log.warning(
+            "%s s%d: embeddings without spread: %s", model.method, model.seed, describe(health)
+        )
+    return out
+
+
+def _affine(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and SD (1 where constant) of ``(W, D)`` features, float32, two
+    passes in float64 blocks."""
+    total = np.zeros(feats.shape[1])
+    for i in range(0, len(feats), _BLOCK):
+        total += feats[i : i + _BLOCK].sum(axis=0, dtype=np.float64)
+    mean = total / len(feats)
+    squares = np.zeros(feats.shape[1])
+    for i in range(0, len(feats), _BLOCK):
+        squares += ((feats[i : i + _BLOCK] - mean) ** 2).sum(axis=0)
+    sd = np.sqrt(squares / len(feats))
+    sd[sd == 0] = 1.0
+    return mean.astype(np.float32), sd.astype(np.float32)
+
+
+def _clip_means(feats: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """``(rows, D)`` float64: each store row's windows averaged."""
+    out = np.empty((len(offsets) - 1, feats.shape[1]))
+    for r in range(len(offsets) - 1):
+        out[r] = feats[offsets[r] : offsets[r + 1]].mean(axis=0, dtype=np.float64)
+    return out
+
+
+def load_windows(folder: Path, index: np.ndarray) -> np.ndarray:
+    """The float32 embeddings ``x = z * scale + offset`` of the windows ``index`` of a cache
+    folder of :func:`_embed_store`."""
+    z = np.load(folder / "embeddings.npy", mmap_mode="r")
+    scale, offset = np.load(folder / "scale.npy"), np.load(folder / "offset.npy")
+    out = np.empty((len(index), z.shape[1]), dtype=np.float32)
+    for i in range(0, len(index), _BLOCK):
+        out[i : i + _BLOCK] = z[index[i : i + _BLOCK]].astype(np.float32) * scale + offset
+    return out
 
 
 def embed(
     cfg: Config, model: PretrainedModel, task, dataset: Dataset, store: FeatureStore, progress=True
 ) -> dict:
-    """Window embeddings of the splits of ``dataset``: split -> (WindowSet, clips), plus "key".
+    """Window embeddings of the splits of ``dataset``: split -> (WindowSet, clips), plus "key"
+    and "health" (:func:`benchmark.evaluation.health.embedding_health` of the corpus's clips).
 
     Training windows every ``probe.train_hop_frames`` frames (crop diversity), validation and
     test windows non-overlapping (REFERENCE.md section 5). The frozen encoder runs once per
@@ -161,31 +216,41 @@ def embed(
         log.warning(
             "%s: clips without features (skipped at the feature stage): %s", task.name, missing
         )
-    bn_rows = np.array([store.index(c.clip_id) for c in splits["train"]])
-    # random_init re-estimates BatchNorm on this task's training windows (REFERENCE 9).
-    bn_key = (
-        stable_hash(sorted(c.clip_id for c in splits["train"])) if model.final_path is None else ""
-    )
     result: dict = {}
     for split, clips in splits.items():
-        emb, offsets = _embed_store(cfg, model, store, hops[split], bn_rows, bn_key, progress)
+        folder = _embed_store(cfg, model, store, hops[split], progress)
+        offsets = np.load(folder / "offsets.npy")
         rows = [store.index(c.clip_id) for c in clips]
         idx = np.concatenate([np.arange(offsets[r], offsets[r + 1]) for r in rows])
         clip_index = np.concatenate(
             [np.full(offsets[r + 1] - offsets[r], i) for i, r in enumerate(rows)]
         )
         result[split] = (
-            WindowSet(np.asarray(emb[idx]), clip_index.astype(np.int64), dataset.targets(clips)),
+            WindowSet(
+                load_windows(folder, idx), clip_index.astype(np.int64), dataset.targets(clips)
+            ),
             clips,
         )
-    result["key"] = stable_hash(
+        if split == "test":
+            # Non-overlapping windows of every clip of the corpus: the health of the embedding.
+            result["health"] = read_json(folder / "health.json")
+    result["key"] = embedding_key(cfg, model, task, dataset, store)
+    return result
+
+
+def embedding_key(
+    cfg: Config, model: PretrainedModel, task, dataset: Dataset, store: FeatureStore
+) -> str:
+    """What the embeddings :func:`embed` returns depend on (weights, corpus store, hops, the
+    task's clips, the cache format), without loading them."""
+    crop = cfg.frontend.crop_frames
+    return stable_hash(
         {
             "model": weights_key(model),
             "store": store.root.name,
-            "hops": hops,
-            "bn": bn_key,
+            "hops": {"train": cfg.probe.train_hop_frames, "valid": crop, "test": crop},
             "task": task.name,
             "clips": stable_hash(sorted(c.clip_id for c in dataset.clips)),
+            "format": CACHE_FORMAT,
         }
     )
-    return result

@@ -75,6 +75,7 @@ def build_plan(ctx: Context, methods=None, tasks=None, only=None) -> list[Step]:
             )
         )
     models: dict[tuple[str, int], PretrainedModel] = {}
+    first = min(cfg.pretrain.seeds)  # the run each method is tuned on (probing.tuning_model)
     for m in method_names:
         method = get_method(m)
         for seed in cfg.pretrain.seeds:
@@ -85,29 +86,30 @@ def build_plan(ctx: Context, methods=None, tasks=None, only=None) -> list[Step]:
                 return stages.Outcome("done" if model.cached else "ran", model.run_id)
 
             steps.append(Step(f"pretrain:{m}:s{seed}", "pretrain", _pre, deps))
-            for t in task_names:
-                task = get_task(t)
-                pre = [f"pretrain:{m}:s{seed}", f"features:{task.corpus}"]
-                probe_deps = list(pre)
-                if tune:
-                    steps.append(
-                        Step(
-                            f"tune:{m}:s{seed}:{t}",
-                            "tune",
-                            lambda m=m, seed=seed, task=task: _tune_outcome(
-                                probing.run_tune(ctx, models[(m, seed)], task)
-                            ),
-                            pre,
-                        )
+        for t in task_names:
+            task = get_task(t)
+            if tune:
+                steps.append(
+                    Step(
+                        f"tune:{m}:{t}",
+                        "tune",
+                        lambda m=m, task=task: _tune_outcome(
+                            probing.run_tune(ctx, models[(m, first)], task)
+                        ),
+                        [f"pretrain:{m}:s{first}", f"features:{task.corpus}"],
                     )
-                    probe_deps.append(f"tune:{m}:s{seed}:{t}")
+                )
+            for seed in cfg.pretrain.seeds:
+                probe_deps = [f"pretrain:{m}:s{seed}", f"features:{task.corpus}"]
+                if tune:
+                    probe_deps += [f"pretrain:{m}:s{first}", f"tune:{m}:{t}"]
                 for ps in cfg.probe.seeds:
                     steps.append(
                         Step(
                             f"probe:{m}:s{seed}:{t}:p{ps}",
                             "probe",
                             lambda m=m, seed=seed, task=task, ps=ps: probing.run_probe(
-                                ctx, models[(m, seed)], task, ps
+                                ctx, models[(m, seed)], task, ps, tuned_from=models[(m, first)]
                             ),
                             probe_deps,
                         )
@@ -228,7 +230,7 @@ def plan_status(steps: list[Step], tracker: Tracker, cfg: Config) -> list[str]:
         if kind == "pretrain":
             seen.add(f"pretrain:{t.get('method')}:s{t.get('seed')}")
         elif kind == "tune":
-            seen.add(f"tune:{t.get('method')}:s{t.get('pretrain_seed', 0)}:{t.get('task')}")
+            seen.add(f"tune:{t.get('method')}:{t.get('task')}")
         elif kind == "probe":
             seen.add(
                 f"probe:{t.get('method')}:s{t.get('pretrain_seed')}:{t.get('task')}:p{t.get('probe_seed')}"
@@ -237,7 +239,7 @@ def plan_status(steps: list[Step], tracker: Tracker, cfg: Config) -> list[str]:
     for s in steps:
         if s.stage in ("pretrain", "tune", "probe"):
             if s.stage == "pretrain" and s.name.split(":")[1] == "random_init":
-                state = "nothing to do (no pre-training)"
+                state = "no training: batch-norm statistics only, checked when run"
             else:
                 state = "done" if s.name in seen else "to do"
                 left += state == "to do"

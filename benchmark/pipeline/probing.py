@@ -17,7 +17,7 @@ import numpy as np
 
 from benchmark.config import Config, stable_hash, to_dict
 from benchmark.errors import StageError
-from benchmark.evaluation.embed import embed
+from benchmark.evaluation.embed import embed, embedding_key
 from benchmark.io import atomic_write_json, read_json
 from benchmark.pipeline.context import Context
 from benchmark.pipeline.stages import Outcome, load_task_dataset, mixture_store
@@ -78,14 +78,47 @@ def tuned_path(cfg, method_name, task_name, emb_key) -> Path:
 
 
 def _embedded(ctx: Context, model: PretrainedModel, task):
-    """The task's dataset and its window embeddings (see :func:`embed`)."""
+    """The task's dataset and its window embeddings (see :func:`embed`).
+
+    Raises :class:`StageError` when the embeddings do not vary across clips: a probe would
+    fit rounding noise, so nothing is tuned or scored on them (issue #11)."""
+    from benchmark.evaluation.health import describe
+
     dataset = load_task_dataset(ctx, task)
     store = mixture_store(ctx, task.corpus)
-    return dataset, embed(ctx.cfg, model, task, dataset, store, ctx.progress)
+    emb = embed(ctx.cfg, model, task, dataset, store, ctx.progress)
+    if model.run_id:
+        # The encoder's run records the health of its embeddings of each corpus, also when
+        # they are refused below: the report shows it beside the pre-training diagnostics.
+        ctx.require_tracker().log_once(
+            model.run_id, health_metrics(emb["health"], prefix=f"embedding.{task.corpus}.")
+        )
+    if emb["health"]["collapsed"]:
+        raise StageError(
+            f"{model.method} (pre-training seed {model.seed}) gives {task.corpus} clips "
+            f"embeddings without spread ({describe(emb['health'])}): the encoder is "
+            f"collapsed, so no probe is trained or scored on it; see the report's "
+            f"pre-training diagnostics"
+        )
+    return dataset, emb
+
+
+def health_metrics(health: dict, prefix: str = "embedding_") -> dict[str, float]:
+    """An embedding's health record as MLflow metrics (``collapsed`` as 0/1)."""
+    names = ("relative_spread", "median_sd", "varying_dims", "effective_rank", "collapsed")
+    return {f"{prefix}{name}": float(health[name]) for name in names}
+
+
+def tuning_model(models: dict[int, PretrainedModel]) -> PretrainedModel:
+    """The run a method is tuned on: its first pre-training seed. Every run of the method then
+    probes with those parameters, so the between-run variance is training randomness, not a
+    different search per run, and each method gets one search of the same budget."""
+    return models[min(models)]
 
 
 def run_tune(ctx: Context, model: PretrainedModel, task) -> dict:
-    """Equal-budget Optuna search of the probe's hyper-parameters on the validation split.
+    """Equal-budget Optuna search of the probe's hyper-parameters on the validation split
+    (of ``model``: the method's tuning run, :func:`tuning_model`).
 
     Returns the tuned-parameters file's content (``best_params``, ``best_value``, ``trials``,
     ``study``) plus ``cached`` (found done) and ``run_id`` (its MLflow run). Done means: the
@@ -157,20 +190,27 @@ def run_probe(
     *,
     force: bool = False,
     params_mode: str | None = None,
+    tuned_from: PretrainedModel | None = None,
 ) -> Outcome:
     """Train and test one probe seed; status 'done' (already there) or 'ran', and its run.
 
     ``force`` reruns a finished probe (the new run supersedes it, the old one is tagged
-    ``bench.superseded_by``); ``params_mode`` overrides ``probe.params``. The probe's
-    artefacts are its MLflow metrics and predictions, logged before the run closes; an
-    unfinished run (a killed process) is resumed and the probe trained again. Raises :class:`StageError` when tuned parameters are asked for and
-    missing."""
+    ``bench.superseded_by``); ``params_mode`` overrides ``probe.params``; ``tuned_from`` is
+    the model whose tuning gives the parameters (:func:`tuning_model`: the method's first
+    pre-training run; default ``model``). The probe's artefacts are its MLflow metrics and
+    predictions, logged before the run closes; an unfinished run (a killed process) is
+    resumed and the probe trained again. Raises :class:`StageError` when tuned parameters
+    are asked for and missing."""
     from benchmark.evaluation.metrics import score
     from benchmark.evaluation.probe import predict_clips, train_probe
 
     cfg, tracker = ctx.cfg, ctx.require_tracker()
     dataset, emb = _embedded(ctx, model, task)
-    params = probe_params(cfg, task, model.method, emb["key"], params_mode)
+    tuning_key = emb["key"]
+    if tuned_from is not None and tuned_from is not model:
+        store = mixture_store(ctx, task.corpus)
+        tuning_key = embedding_key(cfg, tuned_from, task, dataset, store)
+    params = probe_params(cfg, task, model.method, tuning_key, params_mode)
     p = cfg.probe
     key = stable_hash(
         {
@@ -188,11 +228,9 @@ def run_probe(
     mode = params_mode or cfg.probe.params
     train, valid, test = emb["train"][0], emb["valid"][0], emb["test"][0]
     spec = task.probe_spec(len(dataset.vocabulary))
-    seed_label = model.seed * 1000 + probe_seed
     tags = {
         "method": model.method,
         "task": task.name,
-        "seed": seed_label,
         "probe_seed": probe_seed,
         "pretrain_seed": model.seed,
         "pretrain_run_id": model.run_id or "",
@@ -204,7 +242,7 @@ def run_probe(
     with tracker.run(
         key,
         "probe",
-        f"probe-{model.method}-{task.name}-s{seed_label}",
+        f"probe-{model.method}-{task.name}-s{model.seed}-p{probe_seed}",
         tags=tags,
         params={"probe": to_dict(p), "params": params.__dict__, "spec": spec.__dict__},
         supersede=force,  # the forced run replaces the finished one
@@ -232,6 +270,7 @@ def run_probe(
                 "valid_primary": result.best_valid_score,
                 "train_s": time.perf_counter() - t0,
                 "num_test_clips": len(targets),
+                **health_metrics(emb["health"]),
             }
         )
         h.metrics(flat)

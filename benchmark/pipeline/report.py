@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 from benchmark.config import Config
+from benchmark.errors import UserError
 from benchmark.io import read_json
 from benchmark.pipeline.plan import stage_compute
 from benchmark.pipeline.tracking import Tracker, collect, git_commit, machine
@@ -40,6 +41,35 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def comparison_families(cfg: Config) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """The declared families (``methods.FAMILIES``) with the methods that
+    ``benchmark.family_members`` (``method:family``) adds; only methods of this config.
+
+    Raises :class:`UserError` for a malformed entry, an unknown family, or a method put in two.
+    """
+    from methods import FAMILIES
+
+    members = {name: list(family.members) for name, family in FAMILIES.items()}
+    for entry in cfg.benchmark.family_members:
+        method, _, family = entry.partition(":")
+        if not method or family not in FAMILIES:
+            raise UserError(
+                f"benchmark.family_members: {entry!r} is not method:family with a family of "
+                f"{', '.join(FAMILIES)}"
+            )
+        members[family].append(method)
+    seen: dict[str, str] = {}
+    for family, names in members.items():
+        for method in names:
+            if method in seen and seen[method] != family:
+                raise UserError(f"{method} is in two comparison families: {seen[method]}, {family}")
+            seen[method] = family
+    return {
+        name: (FAMILIES[name].baseline, tuple(m for m in names if m in cfg.benchmark.methods))
+        for name, names in members.items()
+    }
+
+
 def plan_run_ids(plan_status: dict) -> set[str] | None:
     """The MLflow runs of the last plan's tracked steps, or None when no plan recorded them
     (a store filled elsewhere: the report then reads the newest run of each result)."""
@@ -65,6 +95,35 @@ def skipped_lines(plan_status: dict) -> list[str]:
     ]
 
 
+def _gather(cfg: Config, tracker: Tracker, work: Path, plan_status: dict | None, select_by_plan):
+    """The plan's status and everything the report reads from MLflow."""
+    status_file = cfg.profile_dir / "plan_status.json"
+    plan_status = plan_status or (read_json(status_file) if status_file.is_file() else {})
+    data = collect(tracker, work, plan_run_ids(plan_status) if select_by_plan else None)
+    return plan_status, data
+
+
+def calibrate_runs(cfg: Config, tracker: Tracker, select_by_plan: bool = True) -> list[dict]:
+    """``python -m benchmark calibrate``: the report's calibration table
+    (:func:`reports.build.calibration_table`) from the runs in MLflow."""
+    from reports.build import calibration_table
+    from reports.compare import run_sets
+    from tasks import TASKS
+
+    work = cfg.profile_dir / "tmp" / "calibrate-artifacts"
+    shutil.rmtree(work, ignore_errors=True)
+    _status, data = _gather(cfg, tracker, work, None, select_by_plan)
+    shutil.rmtree(work, ignore_errors=True)
+    if data["scores"].empty:
+        raise UserError(
+            f"no probe results in {tracker.uri} ({tracker.experiment}): run the plan first"
+        )
+    sets, clusters, _notes = run_sets(data["scores"], data["predictions"])
+    primary = {name: task.primary for name, task in TASKS.items()}
+    b = cfg.benchmark
+    return calibration_table(sets, clusters, primary, b.baseline, b.alpha, b.calibration_reps)
+
+
 def make_report(
     cfg: Config,
     tracker: Tracker,
@@ -77,15 +136,14 @@ def make_report(
     ``select_by_plan``: read the pretrain/probe runs the profile's last plan recorded in
     ``plan_status.json`` (when there is one); otherwise the newest run of each result.
     """
+    from methods import CONTROLS
     from reports.build import build_report
     from tasks import TASKS
 
     out_dir = Path(out_dir or cfg.profile_dir / "report")
     work = cfg.profile_dir / "tmp" / "report-artifacts"
     shutil.rmtree(work, ignore_errors=True)
-    status_file = cfg.profile_dir / "plan_status.json"
-    plan_status = plan_status or (read_json(status_file) if status_file.is_file() else {})
-    data = collect(tracker, work, plan_run_ids(plan_status) if select_by_plan else None)
+    plan_status, data = _gather(cfg, tracker, work, plan_status, select_by_plan)
     skipped = skipped_lines(plan_status)
     provenance = {
         "profile": cfg.profile,
@@ -98,11 +156,16 @@ def make_report(
         "skipped": skipped,
         "tracking_uri": tracker.uri,
         "experiment": tracker.experiment,
-        "seeds": "seed = 1000 x pre-training seed + probe seed",
     }
     extras = {
         k: data[k]
-        for k in ("loss_curves", "source_activity", "separation_quality")
+        for k in (
+            "pretrain_curves",
+            "pretrain_runs",
+            "embedding_health",
+            "source_activity",
+            "separation_quality",
+        )
         if data[k] is not None
     }
     primary = {name: task.primary for name, task in TASKS.items()}
@@ -114,14 +177,13 @@ def make_report(
         provenance,
         extras,
         primary=primary,
+        families=comparison_families(cfg),
         baseline=cfg.benchmark.baseline,
+        controls=CONTROLS,
         expected_methods=list(cfg.benchmark.methods),
         expected_tasks=list(cfg.benchmark.tasks),
-        bootstrap_resamples=cfg.benchmark.bootstrap_resamples,
         alpha=cfg.benchmark.alpha,
-        # Item-level intervals for the primary metrics only: BCa's jackknife costs one metric
-        # evaluation per test clip, which PR-AUC over 50 tags makes expensive.
-        item_metrics=sorted({task.primary for task in TASKS.values()}),
+        calibration_reps=cfg.benchmark.calibration_reps,
     )
     shutil.rmtree(work, ignore_errors=True)
     log.info("report written to %s", out_dir)

@@ -17,8 +17,6 @@ from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
-
 from benchmark.config import Config, stable_hash, to_dict
 from benchmark.data.datasets import Dataset
 from benchmark.data.features import AudioItem, build_mixtures
@@ -300,11 +298,6 @@ def _source_store(ctx: Context, separator: str) -> FeatureStore:
 # -- pretraining ------------------------------------------------------------------------
 
 
-def silence_value(cfg: Config) -> float:
-    """Log-mel of an all-zero waveform: what a silent source crop holds."""
-    return float(np.log(cfg.frontend.log_offset))
-
-
 def pair_corpora(ctx: Context, method) -> tuple[PairCorpus, PairCorpus, str]:
     """The training and validation pair corpora of ``method``, and what identifies their data."""
     cfg = ctx.cfg
@@ -317,7 +310,9 @@ def pair_corpora(ctx: Context, method) -> tuple[PairCorpus, PairCorpus, str]:
 
     def make(clips):
         ids = [c.clip_id for c in clips]
-        return PairCorpus(mix, f.excerpt_frames, f.crop_frames, silence_value(cfg), sources, ids)
+        return PairCorpus(
+            mix, f.excerpt_frames, f.crop_frames, cfg.pretrain.silent_value, sources, ids
+        )
 
     identity = mix.root.name + ("|" + sources.root.name if sources is not None else "")
     return make(train), make(valid), identity
@@ -338,17 +333,21 @@ def run_pretrain(
     ``resume_only``: StageError unless an unfinished run of this config exists to resume.
     Raises ``ValueError`` for an unknown method.
     """
-    from benchmark.pretrain.loop import is_complete, pretrain, pretrain_key
+    from benchmark.pretrain.loop import (
+        is_complete,
+        materialize_untrained,
+        pretext_collapsed,
+        pretrain,
+        pretrain_key,
+    )
     from methods import get_method
 
     cfg = ctx.cfg
 
     method = get_method(method_name)
-    if not method.pretrained:
-        key = stable_hash(
-            {"method": method.params(), "encoder": to_dict(cfg.encoder), "seed": seed}
-        )
-        return PretrainedModel(method_name, seed, key, None, None, cached=True)
+    # The seed the run trains with: a method's copy under another name (the negative control)
+    # adds an offset, so that its runs are independent of the original's.
+    train_seed = seed + getattr(method, "seed_offset", 0)
     tracker = ctx.require_tracker()
     if method.sources and not build_sources and not sources_ready(ctx, method.separator):
         raise StageError(
@@ -374,10 +373,27 @@ def run_pretrain(
     tags = {
         "method": method_name,
         "seed": seed,
+        "trained": str(method.pretrained).lower(),
         "config_hash": cfg.hash(),
         "results_hash": cfg.results_hash(),
         "git_commit": git_commit(),
     }
+    if not method.pretrained:
+        # Nothing to train: the initial weights, with batch-norm statistics estimated by the
+        # same rule as every trained encoder's (precise BN on the pre-training corpus). The
+        # run records it, and later the health of its embeddings, like any encoder's.
+        with tracker.run(
+            key,
+            "pretrain",
+            f"pretrain-{method_name}-s{seed}",
+            tags=tags,
+            params=params,
+            supersede=True,  # FINISHED, its weights gone: redone under a new run
+        ) as h:
+            final_path = materialize_untrained(cfg, method, corpus, run_dir, key, train_seed)
+            h.tag("checkpoint", final_path.resolve())
+            run_id = h.run_id
+        return PretrainedModel(method_name, seed, key, final_path, run_id)
     with tracker.run(
         key, "pretrain", f"pretrain-{method_name}-s{seed}", tags=tags, params=params, supersede=True
     ) as h:
@@ -388,11 +404,14 @@ def run_pretrain(
             valid,
             run_dir,
             key,
-            seed,
+            train_seed,
             on_metrics=lambda m, step: h.metrics(m, step),
             progress=ctx.progress,
         )
         h.tag("checkpoint", result.final_path.resolve())
+        if result.validation is not None:
+            # Eval-mode validation at chance: the report and the probes show it (issue #11).
+            h.tag("collapsed", str(pretext_collapsed(result.validation)).lower())
         h.artifact(run_dir / "config.json")
         h.metrics({"wall_s": result.wall_s, "resumed_from_step": result.resumed_from})
         run_id = h.run_id

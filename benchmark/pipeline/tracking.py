@@ -33,6 +33,19 @@ from benchmark.io import owner_is_alive, process_identity
 
 log = logging.getLogger(__name__)
 
+# The pre-training metrics the report draws: training and eval-mode validation loss and
+# contrastive accuracy, each with its chance level, and validation with the running batch-norm
+# statistics (what the evaluated encoder would have been without precise BN).
+PRETRAIN_CURVES = (
+    "loss", "contrastive_accuracy", "chance_loss", "chance_accuracy",
+    "val_loss", "val_contrastive_accuracy", "val_chance_loss", "val_chance_accuracy",
+    "val_loss_running_stats", "val_contrastive_accuracy_running_stats",
+)  # fmt: skip
+# What the probe stage logs into an encoder's run per corpus (``embedding.<corpus>.<stat>``).
+HEALTH_STATS = ("relative_spread", "median_sd", "varying_dims", "effective_rank", "collapsed")
+
+_SEEDED = ["method", "task", "pretrain_seed", "probe_seed"]
+
 KEY_TAG = "bench.key"
 KIND_TAG = "bench.kind"
 OWNER_TAG = "bench.owner"
@@ -229,6 +242,12 @@ class Tracker:
             log.info("marked %d runs of killed processes FAILED: %s", len(failed), failed)
         return failed
 
+    def log_once(self, run_id: str, metrics: dict[str, float]) -> None:
+        """Log ``metrics`` into a (possibly finished) run unless it already has all of them."""
+        present = self.client.get_run(run_id).data.metrics
+        if not all(name in present for name in metrics):
+            RunHandle(self, run_id).metrics(metrics)
+
     def log_params(self, run_id: str, params: dict) -> None:
         from mlflow.entities import Param
 
@@ -301,7 +320,8 @@ def select_results(runs: list, run_ids: set[str] | None = None) -> list:
         t = r.data.tags
         kind = t.get(KIND_TAG)
         if kind == "probe":
-            newest[(kind, t.get("method"), t.get("task"), t.get("seed"))] = r
+            key = (t.get("method"), t.get("task"), t.get("pretrain_seed"), t.get("probe_seed"))
+            newest[(kind, *key)] = r
         elif kind == "pretrain":
             newest[(kind, t.get("method"), t.get("seed"))] = r
         else:
@@ -313,9 +333,13 @@ def collect(tracker: Tracker, workdir: Path, run_ids: set[str] | None = None) ->
     """Everything the report needs, from the MLflow store alone (works for runs made elsewhere).
 
     ``run_ids`` restricts the pretrain/probe runs read (see :func:`select_results`).
-    Returns dict with ``scores`` (method, task, seed, metric, value), ``predictions``
-    ((method, task, seed) -> clip_ids/targets/scores), ``per_tag``, ``loss_curves``,
-    ``source_activity``, ``separation_quality`` (DataFrames or None) and ``runs`` counts.
+    Returns dict with ``scores`` (method, task, pretrain_seed, probe_seed, metric, value),
+    ``predictions`` ((method, task, pretrain_seed, probe_seed) -> clip_ids/targets/scores/
+    groups), ``per_tag``, ``pretrain_curves``
+    (method, seed, step, metric, value: the :data:`PRETRAIN_CURVES` histories),
+    ``pretrain_runs`` (method, seed, trained, collapsed), ``embedding_health`` (method, seed,
+    corpus and :data:`HEALTH_STATS`), ``source_activity``, ``separation_quality`` (DataFrames
+    or None) and ``num_runs``.
     """
     import numpy as np
     import pandas as pd
@@ -329,25 +353,29 @@ def collect(tracker: Tracker, workdir: Path, run_ids: set[str] | None = None) ->
             len(hashes),
             ", ".join(sorted(h or "?" for h in hashes)),
         )
-    score_rows, tag_rows, loss_rows, activity_rows, quality_rows = [], [], [], [], []
+    score_rows, tag_rows, activity_rows, quality_rows = [], [], [], []
+    curve_rows, pretrain_rows, health_rows = [], [], []
     predictions: dict = {}
     for run in runs:
         kind = run.data.tags.get(KIND_TAG)
         tags = run.data.tags
         if kind == "probe":
-            method, task, seed = tags["method"], tags["task"], int(tags["seed"])
+            method, task = tags["method"], tags["task"]
+            seeds = (int(tags["pretrain_seed"]), int(tags["probe_seed"]))
             for metric in ("roc_auc", "pr_auc", "accuracy", "balanced_accuracy"):
                 if metric in run.data.metrics:
-                    score_rows.append((method, task, seed, metric, run.data.metrics[metric]))
+                    score_rows.append((method, task, *seeds, metric, run.data.metrics[metric]))
             pred = download_artifact(
                 tracker.client, run.info.run_id, "predictions.npz", workdir / run.info.run_id
             )
             with np.load(pred, allow_pickle=False) as z:
-                predictions[(method, task, seed)] = {
+                predictions[(method, task, *seeds)] = {
                     "clip_ids": [str(c) for c in z["clip_ids"]],
                     "targets": z["targets"],
                     "scores": z["scores"],
                     "vocabulary": [str(v) for v in z["vocabulary"]],
+                    # cluster ids of the test clips (song, instrument, artist), when recorded
+                    "groups": [str(g) for g in z["groups"]] if "groups" in z.files else None,
                 }
             try:
                 details = load_artifact_dict(tracker.client, run.info.run_id, "details.json")
@@ -355,15 +383,32 @@ def collect(tracker: Tracker, workdir: Path, run_ids: set[str] | None = None) ->
                 details = {}
             for tag, values in (details.get("per_tag") or {}).items():
                 tag_rows.append(
-                    (method, task, seed, tag, values.get("roc_auc"), values.get("pr_auc"))
+                    (method, task, *seeds, tag, values.get("roc_auc"), values.get("pr_auc"))
                 )
         elif kind == "pretrain":
-            history = tracker.client.get_metric_history(run.info.run_id, "loss")
-            # A resumed run logs again the steps between its last checkpoint and the kill
-            # (the same values): one point per step.
-            by_step = {m.step: m.value for m in sorted(history, key=lambda m: m.timestamp)}
-            for step, value in sorted(by_step.items()):
-                loss_rows.append((tags.get("method"), int(tags.get("seed", 0)), step, value))
+            method, seed = tags.get("method"), int(tags.get("seed", 0))
+            for name in PRETRAIN_CURVES:
+                if name in run.data.metrics:
+                    history = tracker.client.get_metric_history(run.info.run_id, name)
+                    # A resumed run logs again the steps between its last checkpoint and the
+                    # kill (the same values): one point per step.
+                    by_step = {m.step: m.value for m in sorted(history, key=lambda m: m.timestamp)}
+                    for step, value in sorted(by_step.items()):
+                        curve_rows.append((method, seed, step, name, value))
+            collapsed = tags.get("collapsed")
+            pretrain_rows.append(
+                (method, seed, tags.get("trained", "true") == "true",
+                 None if collapsed is None else collapsed == "true")
+            )  # fmt: skip
+            health: dict = {}
+            for name, value in run.data.metrics.items():
+                if name.startswith("embedding."):
+                    _, corpus, stat = name.split(".", 2)
+                    health.setdefault(corpus, {})[stat] = value
+            for corpus, values in sorted(health.items()):
+                health_rows.append(
+                    (method, seed, corpus, *(values.get(stat) for stat in HEALTH_STATS))
+                )
         elif kind == "separate":
             d = load_artifact_dict(tracker.client, run.info.run_id, "activity.json")
             for src, row in d["activity"].items():
@@ -381,10 +426,12 @@ def collect(tracker: Tracker, workdir: Path, run_ids: set[str] | None = None) ->
 
     activity = frame(activity_rows, ["separator", "source", "active", "total"])
     return {
-        "scores": pd.DataFrame(score_rows, columns=["method", "task", "seed", "metric", "value"]),
+        "scores": pd.DataFrame(score_rows, columns=[*_SEEDED, "metric", "value"]),
         "predictions": predictions,
-        "per_tag": frame(tag_rows, ["method", "task", "seed", "tag", "roc_auc", "pr_auc"]),
-        "loss_curves": frame(loss_rows, ["method", "seed", "step", "loss"]),
+        "per_tag": frame(tag_rows, [*_SEEDED, "tag", "roc_auc", "pr_auc"]),
+        "pretrain_curves": frame(curve_rows, ["method", "seed", "step", "metric", "value"]),
+        "pretrain_runs": frame(pretrain_rows, ["method", "seed", "trained", "collapsed"]),
+        "embedding_health": frame(health_rows, ["method", "seed", "corpus", *HEALTH_STATS]),
         "source_activity": activity,
         "separation_quality": frame(quality_rows, ["separator", "source", "si_sdr"]),
         "num_runs": len(runs),

@@ -24,8 +24,6 @@ from torch import Tensor, nn
 from benchmark.config import EncoderConfig
 
 SIMILARITIES = ("bilinear", "cosine")
-# COLA's BilinearProduct weight uses Keras' "random_normal" initializer: N(0, 0.05^2).
-BILINEAR_INIT_STD = 0.05
 # COLA's head uses Keras' LayerNormalization, whose default epsilon is 1e-3 (PyTorch: 1e-5).
 LAYER_NORM_EPS = 1e-3
 
@@ -91,7 +89,10 @@ class ContrastiveModel(nn.Module):
     Head (Saeed et al., COLA, ICASSP 2021; the authors' ``network.py``):
     ``Linear(feature_dim, embedding_dim)``, then, for the bilinear similarity, LayerNorm and tanh.
     Bilinear similarity: ``s(a, p) = a^T W p`` with a learned ``W`` (embedding_dim x
-    embedding_dim) initialised from N(0, 0.05^2) as COLA's ``BilinearProduct``, no temperature.
+    embedding_dim) initialised from N(0, ``bilinear_init_std``^2), no temperature; COLA's
+    ``BilinearProduct`` uses Keras' "random_normal" initializer, std 0.05. With tanh'd
+    512-d embeddings that makes the initial logits' std about 10 (losses of 12-22 at the
+    first steps), which slows learning at CPU scale (README, "Profiles").
     Cosine similarity: ``cos(a, p) / temperature`` on the raw head output. The head's Linear uses
     Keras' Dense initialisation (Glorot-uniform weight, zero bias).
 
@@ -110,6 +111,8 @@ class ContrastiveModel(nn.Module):
             raise ValueError(f"embedding_dim must be positive, got {cfg.embedding_dim}")
         if cfg.similarity == "cosine" and cfg.temperature <= 0:
             raise ValueError(f"temperature must be positive, got {cfg.temperature}")
+        if cfg.similarity == "bilinear" and not cfg.bilinear_init_std > 0:
+            raise ValueError(f"bilinear_init_std must be positive, got {cfg.bilinear_init_std}")
         self.similarity_kind = cfg.similarity
         self.temperature = cfg.temperature
         self.encoder = Encoder(cfg.width_coefficient, cfg.depth_coefficient)
@@ -121,7 +124,7 @@ class ContrastiveModel(nn.Module):
         if cfg.similarity == "bilinear":
             self.norm: nn.Module = nn.LayerNorm(cfg.embedding_dim, eps=LAYER_NORM_EPS)
             self.bilinear_weight = nn.Parameter(
-                torch.randn(cfg.embedding_dim, cfg.embedding_dim) * BILINEAR_INIT_STD
+                torch.randn(cfg.embedding_dim, cfg.embedding_dim) * cfg.bilinear_init_std
             )
         else:
             self.norm = nn.Identity()
@@ -195,10 +198,11 @@ def reestimate_batchnorm(
 ) -> int:
     """Recompute every batch-norm layer's running statistics from data, then leave eval mode.
 
-    REFERENCE.md section 9: a random-init encoder in eval mode keeps its initial running
-    statistics (mean 0, variance 1), which do not fit log-mel input and give degenerate features.
-    The ``random_init`` floor therefore re-estimates them on the task's training windows. The
-    statistics are reset and accumulated as a cumulative average over the batches (``momentum
+    ("Precise BN", Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021.) REFERENCE.md
+    section 9: a random-init encoder in eval mode keeps its initial running statistics (mean 0,
+    variance 1), which do not fit log-mel input and give degenerate features; a briefly trained
+    one keeps running averages that lag its weights (``benchmark.pretrain.loop``). Every
+    evaluated encoder therefore gets statistics re-estimated from data. The statistics are reset and accumulated as a cumulative average over the batches (``momentum
     = None``, each batch weighted equally). Only the batch-norm layers run in training mode, so
     drop connect stays off and the statistics are those of the deterministic network. No
     gradients are computed; the layers' momenta are restored afterwards.

@@ -9,10 +9,22 @@ Checkpoints (``checkpoint.pt``: model, optimiser, scheduler, step, torch RNG sta
 written atomically every ``checkpoint_every`` steps and load with ``weights_only=True``;
 the run directory also holds the resolved ``config.json`` with its hash, and ``final.pt``
 + ``final.json`` once the run is complete.
+
+The evaluated encoder is the trained one with valid batch-norm statistics ("precise BN",
+``pretrain.precise_bn_batches``): training runs on batch statistics, but the running averages
+that eval mode uses move with momentum 0.01 (Keras' 0.99, kept by ``efficientnet_pytorch``),
+so after a few hundred steps they still carry ``0.99**steps`` of their initial values (13% at
+200 steps) and no longer match the trained weights; the eval-mode features then shrink layer
+by layer until every clip gets the same embedding. So ``final.pt`` holds statistics
+re-estimated from fixed batches of the method's own training pairs, and every eval-mode
+validation does the same on a copy. ``random_init`` gets the same rule from mixture crops
+(:func:`materialize_untrained`). Validation logs its chance level beside it, and
+``final.json`` says whether the run is ``collapsed`` (eval-mode validation at chance).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -35,14 +47,21 @@ from benchmark.io import (
     seeded_torch,
     torch_threads,
 )
-from benchmark.pretrain.encoder import ContrastiveModel
-from benchmark.pretrain.losses import centroid_contrastive_loss, contrastive_loss
+from benchmark.pretrain.encoder import ContrastiveModel, reestimate_batchnorm
+from benchmark.pretrain.losses import centroid_contrastive_loss, contrastive_loss, num_candidates
 from benchmark.pretrain.pairs import PairBatch, PairCorpus
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
 FINAL = "final.pt"
+
+# Streams of step_rng: 0 training batches, 1 validation batches, 2 precise-BN batches.
+_VALID_STREAM, _BN_STREAM = 1, 2
+# A run is "collapsed" when its final eval-mode validation loss is within this fraction of the
+# chance loss ln(num candidates), or above it: the encoder did not learn the pretext task in
+# the mode the probes use (the defect this check exists for sat at exactly ln 32).
+CHANCE_MARGIN = 0.02
 
 
 def num_updates(p: PretrainConfig) -> int:
@@ -164,20 +183,22 @@ class PretrainResult:
     steps_done: int
     resumed_from: int
     wall_s: float
+    validation: dict | None = None  # final eval-mode validation (see :func:`validate`)
 
 
 @dataclass
 class PretrainedModel:
     """A method's encoder after stage ``pretrain``: what evaluation embeds with.
 
-    ``key`` is the pre-training run's content key, ``final_path`` its weights (None for a
-    method without pre-training: random_init), ``run_id`` its MLflow run; ``cached`` says it
-    was found finished and nothing was trained."""
+    ``key`` is the pre-training run's content key, ``final_path`` its weights (for a method
+    without pre-training, random_init, the initial weights with precise-BN statistics),
+    ``run_id`` its MLflow run; ``cached`` says it was found finished and nothing was
+    trained."""
 
     method: str
     seed: int
     key: str
-    final_path: Path | None
+    final_path: Path
     run_id: str | None
     cached: bool = False
 
@@ -298,10 +319,13 @@ def _pretrain(
         bar.update()
         if on_metrics and (done % 10 == 0 or done == total):
             now = time.perf_counter()
+            m = num_candidates(method.loss, batch.silent)
             on_metrics(
                 {
                     "loss": float(loss.detach()),
                     "contrastive_accuracy": float(acc),
+                    "chance_loss": math.log(m),
+                    "chance_accuracy": 1.0 / m,
                     "lr": float(sched.get_last_lr()[0]),
                     "pairs_per_s": window_pairs / max(now - window_t, 1e-9),
                 },
@@ -309,49 +333,159 @@ def _pretrain(
             )
             window_t, window_pairs = now, 0
         paused = time.perf_counter()  # validation and checkpoints are not training throughput
-        if valid is not None and (done % p.val_every == 0 or done == total):
-            metrics = validate(model, method, valid, p, seed, device)
-            log.info(
-                "%s s%d step %d: val loss %.4f acc %.3f",
-                method.name,
-                seed,
-                done,
-                metrics["val_loss"],
-                metrics["val_contrastive_accuracy"],
-            )
-            if on_metrics:
-                on_metrics(metrics, done)
+        # The last step's validation runs on the final model below, after its precise BN.
+        if valid is not None and done % p.val_every == 0 and done < total:
+            _report_validation(
+                validate(model, method, valid, p, seed, device, bn_corpus=corpus),
+                method, seed, done, on_metrics,
+            )  # fmt: skip
+            model.train()
         if done % p.checkpoint_every == 0 or done == total:
             _save_checkpoint(ckpt_path, model, opt, sched, done, key)
         window_t += time.perf_counter() - paused
     bar.close()
     steps_done = stop
     final = run_dir / FINAL
+    validation = None
     if steps_done == total:
-        atomic_torch_save(final, model.state_dict())
-        atomic_write_json(
-            run_dir / "final.json",
-            {"hash": key, "steps": total, "method": method.name, "seed": seed},
-        )
-    return PretrainResult(run_dir, final, steps_done, start, time.perf_counter() - t0)
+        # The evaluated encoder: the trained weights with re-estimated batch-norm statistics.
+        precise_bn(model, method, corpus, p, seed, device)
+        if valid is not None:
+            validation = validate(model, method, valid, p, seed, device)
+            _report_validation(validation, method, seed, total, on_metrics)
+        _save_final(run_dir, model, key, method, seed, total, validation)
+    return PretrainResult(run_dir, final, steps_done, start, time.perf_counter() - t0, validation)
+
+
+def _report_validation(metrics: dict, method, seed: int, step: int, on_metrics) -> None:
+    log.info(
+        "%s s%d step %d: eval-mode val loss %.4f (chance %.4f), accuracy %.3f (chance %.3f)",
+        method.name, seed, step, metrics["val_loss"], metrics["val_chance_loss"],
+        metrics["val_contrastive_accuracy"], metrics["val_chance_accuracy"],
+    )  # fmt: skip
+    if on_metrics:
+        on_metrics(metrics, step)
+
+
+def _save_final(run_dir: Path, model, key: str, method, seed: int, steps: int, validation):
+    """``final.pt`` (weights) then ``final.json`` (the commit marker), each atomically."""
+    atomic_torch_save(run_dir / FINAL, model.state_dict())
+    info = {"hash": key, "steps": steps, "method": method.name, "seed": seed}
+    if validation is not None:
+        info["validation"] = validation
+        info["collapsed"] = pretext_collapsed(validation)
+    atomic_write_json(run_dir / "final.json", info)
+
+
+def pretext_collapsed(validation: dict) -> bool:
+    """Whether an eval-mode validation (:func:`validate`) is at chance: its loss is within
+    :data:`CHANCE_MARGIN` of ``ln(num candidates)``, or above it."""
+    return validation["val_loss"] >= (1.0 - CHANCE_MARGIN) * validation["val_chance_loss"]
+
+
+def recalibration_batches(
+    method, corpus: PairCorpus, batch_size: int, seed: int, num_batches: int
+) -> Iterator[torch.Tensor]:
+    """The fixed inputs of precise BN: ``(2 * batch_size, T, F)`` crops per batch.
+
+    A pre-training method's own pairs (anchors and positives in one batch, as its training
+    forward pass sees them), drawn from ``step_rng(seed, i, stream 2)``; for a method without
+    pre-training (random_init) as many mixture crops, from the same corpus and generators.
+    """
+    for i in range(num_batches):
+        rng = step_rng(seed, i, _BN_STREAM)
+        if method.pretrained:
+            pairs = method.sample(corpus, batch_size, rng)
+            yield torch.cat([pairs.anchors, pairs.positives])
+        else:
+            excerpts = rng.integers(0, len(corpus), size=2 * batch_size)
+            crops = corpus.mix_crops(excerpts, corpus.random_starts(rng, 2 * batch_size))
+            yield torch.from_numpy(crops)
+
+
+def precise_bn(
+    model: ContrastiveModel, method, corpus: PairCorpus, p: PretrainConfig, seed, device
+):
+    """Re-estimate ``model``'s batch-norm statistics in place (``p.precise_bn_batches`` fixed
+    batches of :func:`recalibration_batches`; 0 leaves the running statistics) and leave it
+    in eval mode. Uses no random generator of torch's, so resuming stays exact."""
+    if p.precise_bn_batches > 0:
+        batches_ = recalibration_batches(method, corpus, p.batch_size, seed, p.precise_bn_batches)
+        reestimate_batchnorm(model.encoder, batches_, device)
+    model.eval()
 
 
 @torch.no_grad()
-def validate(model, method, valid: PairCorpus, p: PretrainConfig, seed: int, device) -> dict:
-    """Contrastive loss and accuracy on fixed batches of the validation split (eval mode)."""
+def validate(
+    model,
+    method,
+    valid: PairCorpus,
+    p: PretrainConfig,
+    seed: int,
+    device,
+    *,
+    bn_corpus: PairCorpus | None = None,
+) -> dict:
+    """Eval-mode contrastive loss and accuracy on fixed validation batches, with chance.
+
+    The batches are the same at every validation (``step_rng(seed, i, stream 1)``). Given
+    ``bn_corpus`` (the training pairs), the model is evaluated as it would be embedded: a copy
+    with precise-BN statistics from ``bn_corpus``; the original's running statistics are
+    reported beside it (``val_*_running_stats``), and ``model`` is left unchanged. Without
+    ``bn_corpus``, ``model`` itself is evaluated as it is (e.g. the final model).
+
+    Returns ``val_loss``, ``val_contrastive_accuracy``, and their chance levels
+    ``val_chance_loss`` (mean of ``ln M``) and ``val_chance_accuracy`` (mean of ``1 / M``),
+    ``M`` the candidates per anchor of each batch (:func:`num_candidates`).
+    """
+    if bn_corpus is None:
+        return _evaluate(model, method, valid, p, seed, device)
+    evaluated = copy.deepcopy(model)
+    precise_bn(evaluated, method, bn_corpus, p, seed, device)
+    metrics = _evaluate(evaluated, method, valid, p, seed, device)
+    running = _evaluate(model, method, valid, p, seed, device)
+    metrics["val_loss_running_stats"] = running["val_loss"]
+    metrics["val_contrastive_accuracy_running_stats"] = running["val_contrastive_accuracy"]
+    return metrics
+
+
+@torch.no_grad()
+def _evaluate(model, method, valid: PairCorpus, p: PretrainConfig, seed: int, device) -> dict:
     model.eval()
     compute_loss = loss_fn(method)
-    losses, accs = [], []
+    losses, accs, chance_losses, chance_accs = [], [], [], []
     for i in range(p.val_batches):
-        # Stream 1 keeps validation batches apart from training ones; same batches every time.
-        batch = method.sample(valid, p.batch_size, step_rng(seed, i, stream=1))
+        batch = method.sample(valid, p.batch_size, step_rng(seed, i, _VALID_STREAM))
         with _autocast(device):
             za, zp = model(batch.anchors.to(device), batch.positives.to(device))
         loss, acc = compute_loss(za.float(), zp.float(), batch.silent.to(device), model.similarity)
+        m = num_candidates(method.loss, batch.silent)
         losses.append(float(loss))
         accs.append(float(acc))
-    model.train()
-    return {"val_loss": float(np.mean(losses)), "val_contrastive_accuracy": float(np.mean(accs))}
+        chance_losses.append(math.log(m))
+        chance_accs.append(1.0 / m)
+    return {
+        "val_loss": float(np.mean(losses)),
+        "val_contrastive_accuracy": float(np.mean(accs)),
+        "val_chance_loss": float(np.mean(chance_losses)),
+        "val_chance_accuracy": float(np.mean(chance_accs)),
+    }
+
+
+def materialize_untrained(
+    cfg: Config, method, corpus: PairCorpus, run_dir: Path, key: str, seed: int, device=None
+) -> Path:
+    """The encoder of a method without pre-training (random_init): its initial weights with
+    the same precise-BN rule as every trained encoder (mixture crops of ``corpus``), saved
+    as ``final.pt`` + ``final.json`` in ``run_dir``. Returns the ``final.pt`` path."""
+    device = device or pick_device()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # The statistics depend on the thread count like any forward pass: pinned, then restored.
+    with torch_threads(cfg.compute.torch_threads):
+        model = build_model(cfg.encoder, seed, device)
+        precise_bn(model, method, corpus, cfg.pretrain, seed, device)
+    _save_final(run_dir, model, key, method, seed, 0, None)
+    return run_dir / FINAL
 
 
 def is_complete(run_dir: Path, key: str) -> bool:
@@ -368,19 +502,24 @@ def load_encoder(cfg_enc: EncoderConfig, final_path: Path, device=None) -> Contr
 
 
 def pretrain_key(cfg: Config, method, seed: int, data_identity: str) -> str:
-    """Content key of a pre-training run: what determines its weights, nothing else."""
+    """Content key of a pre-training run: what determines its weights, nothing else (for a
+    method without pre-training: initial weights and batch-norm statistics only)."""
     p = cfg.pretrain
-    return stable_hash(
-        {
-            "method": method.params(),
-            "encoder": cfg.to_dict()["encoder"],
-            "frontend": cfg.to_dict()["frontend"],
+    payload = {
+        "method": method.params(),
+        "encoder": cfg.to_dict()["encoder"],
+        "frontend": cfg.to_dict()["frontend"],
+        "batch_size": p.batch_size,
+        "precise_bn_batches": p.precise_bn_batches,
+        "silent_value": p.silent_value,
+        "seed": seed,
+        "data": data_identity,
+    }
+    if method.pretrained:
+        payload |= {
             "steps": p.steps,
             "step_unit": p.step_unit,
-            "batch_size": p.batch_size,
             "lr": p.lr,
             "lr_decay_fraction": p.lr_decay_fraction,
-            "seed": seed,
-            "data": data_identity,
         }
-    )
+    return stable_hash(payload)

@@ -84,6 +84,25 @@ def centroid_contrastive_loss(
     return _cross_entropy(similarity(anchors, candidates), targets, num_active + 1)
 
 
+def num_candidates(loss: str, silent: Tensor) -> int:
+    """How many candidates each anchor chooses among: the batch size for the plain loss; for
+    the centroid loss the non-silent positives plus one centroid when any positive is silent.
+
+    Chance level of a batch: loss ``ln(num_candidates)`` (uniform logits) and accuracy
+    ``1 / num_candidates``, the lines every contrastive loss and accuracy is read against.
+
+    Raises:
+        ValueError: unknown ``loss``.
+    """
+    n = int(silent.shape[0])
+    if loss == "plain":
+        return n
+    if loss == "centroid":
+        num_silent = int(silent.sum())
+        return n if num_silent == 0 else n - num_silent + 1
+    raise ValueError(f"unknown loss {loss!r} (plain or centroid)")
+
+
 def _check_pairs(anchors: Tensor, positives: Tensor) -> None:
     if anchors.dim() != 2 or anchors.shape != positives.shape or anchors.shape[0] == 0:
         raise ValueError(

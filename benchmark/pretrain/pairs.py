@@ -44,7 +44,7 @@ class PairCorpus:
     ``mix`` holds one entry ``(clip_id, "mix")`` per clip; ``sources`` (optional) holds
     ``(clip_id, source)`` entries with ``meta["silent"]`` flags per excerpt and no frames
     when the source is silent throughout. Silent crops read as ``silence_value`` everywhere
-    (the log-mel of an all-zero waveform).
+    (``pretrain.silent_value``: 0.0 in the stored log-mel domain, as the authors' code).
     """
 
     def __init__(

@@ -12,6 +12,7 @@ import math
 import pytest
 
 from benchmark import perf
+from benchmark.config import resolve
 from tasks import TASKS
 
 
@@ -32,7 +33,7 @@ def test_pretrain_section_needs_whole_metric_windows(tmp_path):
 
 def test_probe_section_reports_every_task(tmp_path):
     r = perf.bench_probe(tmp_path, "smoke")
-    seeds = 5
+    seeds = len(resolve("smoke").probe.seeds)
     for name in TASKS:
         t = r[name]
         assert t["probe_seeds"] == seeds

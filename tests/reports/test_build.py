@@ -9,13 +9,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmark.evaluation.metrics import ITEM_METRICS
+from benchmark.evaluation.metrics import score
 from reports.build import build_report
 from reports.published import PUBLISHED_LABEL
 
-NUM_CLIPS, NUM_TAGS, NUM_CLASSES, SEEDS = 60, 4, 4, range(5)
-# Signal strength per method: msa_multi is clearly better; msa_vocals is run on mtat only.
-STRENGTH = {"cola": 1.0, "msa_multi": 3.5, "msa_vocals": 1.0}
+NUM_CLIPS, NUM_TAGS, NUM_CLASSES = 60, 4, 4
+PRETRAIN_SEEDS, PROBE_SEEDS = range(3), range(2)
+# Signal strength per method: msa_multi is clearly better, random_init clearly worse;
+# cola_twin is cola again (the negative control); msa_vocals is run on mtat only; single has
+# one pre-training run (not testable).
+STRENGTH = {"cola": 1.0, "msa_multi": 3.5, "msa_vocals": 1.0, "cola_twin": 1.0, "random_init": 0.1}
+FAMILIES = {
+    "paper": ("cola", ("msa_multi", "msa_vocals", "single")),
+    "controls": ("cola", ("random_init", "cola_twin")),
+}
 TAGS = ["guitar", "classical", "slow", "techno"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -26,37 +33,47 @@ def _synthetic_benchmark():
     tag_targets[0] = 1
     class_targets = np.arange(NUM_CLIPS) % NUM_CLASSES
     clip_ids = [f"clip{i:03d}" for i in range(NUM_CLIPS)]
+    groups = [f"song{i // 3}" for i in range(NUM_CLIPS)]  # three clips per song
     predictions, rows, tag_rows = {}, [], []
-    for index, (method, strength) in enumerate(STRENGTH.items()):
-        for seed in SEEDS:
-            noise = np.random.default_rng([seed, index]).normal
-            logits = strength * (2 * tag_targets - 1) + 1.5 * noise(size=tag_targets.shape)
-            probabilities = 1 / (1 + np.exp(-logits))
-            predictions[(method, "mtat", seed)] = dict(
-                clip_ids=clip_ids, targets=tag_targets, scores=probabilities
-            )
-            for tag, column in zip(TAGS, probabilities.T, strict=True):
-                tag_rows.append(
-                    dict(method=method, task="mtat", seed=seed, tag=tag, pr_auc=column.mean())
+    strengths = {**STRENGTH, "single": 1.0}
+    for index, (method, strength) in enumerate(strengths.items()):
+        seeds = [0] if method == "single" else PRETRAIN_SEEDS
+        for pseed in seeds:
+            run_effect = np.random.default_rng([pseed, index, 99]).normal(0, 0.3)
+            for probe in PROBE_SEEDS:
+                noise = np.random.default_rng([pseed, probe, index]).normal
+                logits = (strength + run_effect) * (2 * tag_targets - 1) + 1.5 * noise(
+                    size=tag_targets.shape
                 )
-            if method == "msa_vocals":
-                continue
-            logits = strength * np.eye(NUM_CLASSES)[class_targets] + noise(
-                size=(NUM_CLIPS, NUM_CLASSES)
-            )
-            softmax = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-            # Clip order differs per run: the report must align runs by clip id.
-            order = np.random.default_rng([seed, index, 7]).permutation(NUM_CLIPS)
-            predictions[(method, "fma", seed)] = dict(
-                clip_ids=[clip_ids[i] for i in order],
-                targets=class_targets[order],
-                scores=softmax[order],
-            )
-    for (method, task, seed), run in predictions.items():
-        names = ["roc_auc", "pr_auc"] if task == "mtat" else ["accuracy", "balanced_accuracy"]
-        for name in names:
-            value = ITEM_METRICS[name](run["targets"], run["scores"])
-            rows.append(dict(method=method, task=task, seed=seed, metric=name, value=value))
+                probabilities = 1 / (1 + np.exp(-logits))
+                key = (method, "mtat", pseed, probe)
+                predictions[key] = dict(
+                    clip_ids=clip_ids, targets=tag_targets, scores=probabilities, groups=groups
+                )
+                for tag, column in zip(TAGS, probabilities.T, strict=True):
+                    tag_rows.append(dict(method=method, task="mtat", pretrain_seed=pseed,
+                                         probe_seed=probe, tag=tag, pr_auc=column.mean()))  # fmt: skip
+                if method == "msa_vocals":
+                    continue
+                logits = (strength + run_effect) * np.eye(NUM_CLASSES)[class_targets] + noise(
+                    size=(NUM_CLIPS, NUM_CLASSES)
+                )
+                softmax = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+                # Clip order differs per run: the report must align runs by clip id.
+                order = np.random.default_rng([pseed, probe, index, 7]).permutation(NUM_CLIPS)
+                predictions[(method, "fma", pseed, probe)] = dict(
+                    clip_ids=[clip_ids[i] for i in order],
+                    targets=class_targets[order],
+                    scores=softmax[order],
+                    groups=[groups[i] for i in order],
+                )
+    for (method, task, pseed, probe), run in predictions.items():
+        multilabel = task == "mtat"
+        names = TAGS if multilabel else [f"c{i}" for i in range(NUM_CLASSES)]
+        for name, value in score(run["targets"], run["scores"], names, multilabel).items():
+            if name in ("roc_auc", "pr_auc", "accuracy", "balanced_accuracy"):
+                rows.append(dict(method=method, task=task, pretrain_seed=pseed, probe_seed=probe,
+                                 metric=name, value=value))  # fmt: skip
     per_tag = pd.DataFrame(tag_rows).assign(roc_auc=0.5)
     per_tag.loc[per_tag["method"] == "msa_vocals", "method"] = "msa_drums"
     return pd.DataFrame(rows), predictions, per_tag
@@ -67,13 +84,50 @@ def report(tmp_path_factory):
     scores, predictions, per_tag = _synthetic_benchmark()
     out_dir = tmp_path_factory.mktemp("report")
     extras = {
-        "loss_curves": pd.DataFrame(
+        "pretrain_curves": pd.DataFrame(
             [
-                dict(method=m, seed=s, step=k, loss=5 / (k + 1) + s * 0.01)
+                dict(method=m, seed=s, step=k, metric=name, value=value)
                 for m in ("cola", "msa_multi")
                 for s in range(2)
-                for k in range(10)
+                for k in range(10, 101, 10)
+                for name, value in (
+                    ("loss", 3.0 / (1 + k / 50) + s * 0.01),
+                    ("chance_loss", np.log(32)),
+                    ("contrastive_accuracy", min(1.0, k / 200)),
+                    ("chance_accuracy", 1 / 32),
+                )
             ]
+            + [
+                dict(method=m, seed=s, step=100, metric=name, value=value)
+                for m, collapsed in (("cola", False), ("msa_multi", True))
+                for s in range(2)
+                for name, value in (
+                    ("val_loss", np.log(32) if collapsed else 2.0),
+                    ("val_chance_loss", np.log(32)),
+                    ("val_contrastive_accuracy", 1 / 32 if collapsed else 0.25),
+                    ("val_chance_accuracy", 1 / 32),
+                )
+            ]
+        ),
+        "pretrain_runs": pd.DataFrame(
+            dict(
+                method=["cola", "cola", "msa_multi", "msa_multi"],
+                seed=[0, 1, 0, 1],
+                trained=True,
+                collapsed=[False, False, True, False],
+            )
+        ),
+        "embedding_health": pd.DataFrame(
+            dict(
+                method=["cola", "msa_multi"],
+                seed=[0, 0],
+                corpus=["mtat", "mtat"],
+                relative_spread=[0.6, 1e-5],
+                median_sd=[0.5, 8e-7],
+                varying_dims=[1.0, 0.3],
+                effective_rank=[40.0, 120.0],
+                collapsed=[0.0, 1.0],
+            )
         ),
         "source_activity": pd.DataFrame(
             {
@@ -99,12 +153,12 @@ def report(tmp_path_factory):
             "skipped": ["nsynth: dataset not found"],
         },
         extras=extras,
+        families=FAMILIES,
         baseline="cola",
+        controls={"positive": "random_init", "negative": "cola_twin"},
         expected_methods=["cola", "msa_multi", "msa_vocals", "msa_bass"],
         expected_tasks=["mtat", "fma"],
-        bootstrap_resamples=99,
-        # PR-AUC and balanced accuracy skip the bootstrap to keep the test fast (see stats tests).
-        item_metrics=["roc_auc", "accuracy"],
+        calibration_reps=1000,
     )
     csv = pd.read_csv(paths["leaderboard.csv"])
     markdown = paths["leaderboard.md"].read_text()
@@ -113,48 +167,58 @@ def report(tmp_path_factory):
 
 def test_files_exist(report):
     for name in ("leaderboard.csv", "leaderboard.md", "leaderboard.html", "scores_mtat.png",
-                 "scores_fma.png", "tagwise_pr_auc.png", "loss_curves.png", "source_activity.png"):  # fmt: skip
+                 "scores_fma.png", "tagwise_pr_auc.png", "pretraining.png", "source_activity.png",
+                 "variance.png"):  # fmt: skip
         assert name in report["paths"], name
         assert report["paths"][name].stat().st_size > 0
 
 
 def test_csv_means_equal_an_independent_groupby(report):
-    expected = (
-        report["scores"]
-        .groupby(["method", "task", "metric"])["value"]
-        .agg(["mean", "std", "count"])
-    )
+    runs = report["scores"].groupby(["method", "task", "metric", "pretrain_seed"])["value"].mean()
+    expected = runs.groupby(["method", "task", "metric"]).agg(["mean", "std", "count"])
     got = report["csv"].set_index(["method", "task", "metric"]).loc[expected.index]
     np.testing.assert_allclose(got["mean"], expected["mean"], rtol=1e-12)
-    np.testing.assert_allclose(got["std"], expected["std"], rtol=1e-12)
-    assert (got["n"] == expected["count"]).all()
+    np.testing.assert_allclose(got["sd_between"], expected["std"], rtol=1e-12, equal_nan=True)
+    assert (got["runs"] == expected["count"]).all()
+    probes = report["scores"].groupby(["method", "task", "metric", "pretrain_seed"])["value"]
+    pooled = probes.var(ddof=1).groupby(["method", "task", "metric"]).mean() ** 0.5
+    np.testing.assert_allclose(got["sd_probe"], pooled.loc[expected.index], rtol=1e-12)
 
 
 def test_clearly_better_method_is_significant(report):
     csv = report["csv"].set_index(["method", "task", "metric"])
-    for task, metric in (("mtat", "roc_auc"), ("fma", "accuracy")):
+    for task, metric in (("mtat", "roc_auc"), ("fma", "accuracy"), ("mtat", "pr_auc")):
         row = csv.loc[("msa_multi", task, metric)]
+        assert row["status"] == "tested" and row["family"] == "paper"
         assert row["significant"] and row["direction"] == "better"
-        assert row["item_ci_low"] > 0 and row["seed_p_holm"] < 0.05 and row["rank"] == 1
-        assert row["seed_test"] == "paired_t"
+        assert row["ci_low"] > 0 and row["p_holm"] < 0.05 and row["rank"] == 1
     assert "▲" in report["markdown"]
 
 
-def test_item_level_point_estimate_matches_the_scores_table(report):
-    # The synthetic scores were computed with the same metric functions from the predictions.
-    tested = report["csv"].dropna(subset=["item_diff"])
-    assert len(tested) >= 3
-    np.testing.assert_allclose(tested["item_diff"], tested["diff"], atol=1e-9)
-    skipped = report["csv"][report["csv"]["metric"] == "pr_auc"]
-    assert skipped["item_ci_low"].isna().all()
-    assert "mtat / pr_auc: item-level interval not requested" in report["markdown"]
+def test_controls_hold_and_are_reported(report):
+    csv = report["csv"].set_index(["method", "task", "metric"])
+    assert csv.loc[("random_init", "mtat", "roc_auc")]["direction"] == "worse"
+    twin = report["csv"][report["csv"]["method"] == "cola_twin"]
+    assert (twin["status"] == "tested").all() and not twin["significant"].any()
+    calibration = report["markdown"][report["markdown"].index("## Calibration") :]
+    assert "positive: random_init vs cola" in calibration
+    assert "negative: cola_twin vs cola" in calibration
+    assert "NO" not in calibration.split("## Variance decomposition")[0]
+    assert "A/A false positives" in calibration
+
+
+def test_one_run_is_not_testable(report):
+    single = report["csv"][report["csv"]["method"] == "single"]
+    assert (single["status"] == "not testable (one pre-training run)").all()
+    assert not single["significant"].any() and single["p"].isna().all()
+    assert "n.t." in report["markdown"]
 
 
 def test_holm_adjusted_p_is_not_below_the_raw_p(report):
-    compared = report["csv"].dropna(subset=["seed_p"])
-    assert (compared["seed_p_holm"] >= compared["seed_p"] - 1e-12).all()
+    compared = report["csv"].dropna(subset=["p"])
+    assert (compared["p_holm"] >= compared["p"] - 1e-12).all()
     baseline = report["csv"][report["csv"]["method"] == "cola"]
-    assert baseline["is_baseline"].all() and baseline["seed_p"].isna().all()
+    assert baseline["p"].isna().all()
 
 
 def test_missing_cells_are_said(report):
@@ -167,7 +231,8 @@ def test_missing_cells_are_said(report):
 def test_provenance_and_reading_guide(report):
     markdown = report["markdown"]
     for text in ("smoke", "abc123", "deadbeef", "2-core CPU", "pretrain", "How to read this report",
-                 "95% t-interval over 5 seeds", "Nemenyi critical difference"):  # fmt: skip
+                 "unit of replication is a pre-training run", "Nemenyi critical difference",
+                 "paper: msa_multi, msa_vocals, single versus cola"):  # fmt: skip
         assert text in markdown, text
 
 
@@ -184,7 +249,7 @@ def test_published_rows_are_labelled_and_not_measured(report):
     assert f"Table 2 — source-targeted models: {PUBLISHED_LABEL}" in markdown
     assert "CLMR (reported)" in markdown
     csv = report["csv"]
-    assert set(csv["method"]) == set(STRENGTH)
+    assert set(csv["method"]) == set(STRENGTH) | {"single"}
     assert "source" not in csv.columns and "clmr" not in set(csv["method"])
 
 
@@ -212,15 +277,29 @@ def test_figures_without_data_are_listed_as_not_drawn(report):
 
 def test_report_without_predictions_says_why(tmp_path):
     scores, _, _ = _synthetic_benchmark()
-    failed = dict(method="msa_vocals", task="mtat", seed=9, metric="roc_auc", value=np.nan)
+    failed = dict(method="msa_vocals", task="mtat", pretrain_seed=9, probe_seed=0,
+                  metric="roc_auc", value=np.nan)  # fmt: skip
     scores = pd.concat([scores, pd.DataFrame([failed])], ignore_index=True)
-    paths = build_report(tmp_path, scores, predictions=None, bootstrap_resamples=9)
+    paths = build_report(
+        tmp_path, scores, predictions=None, families=FAMILIES, calibration_reps=500
+    )
     markdown = paths["leaderboard.md"].read_text()
-    assert "skipped: msa_vocals × mtat: seed 9 roc_auc is nan, left out" in markdown
-    assert "mtat / roc_auc: no predictions, no item-level interval" in markdown
+    assert "pre-training seed 9, probe seed 0: roc_auc is nan, left out" in markdown
+    assert "mtat: no predictions; comparisons use training randomness only" in markdown
     assert "tagwise_pr_auc.png: no per-tag data" in markdown
     csv = pd.read_csv(paths["leaderboard.csv"])
-    assert csv["item_ci_low"].isna().all()
-    # Without an item-level interval the seed-level Holm test alone decides.
     row = csv.set_index(["method", "task", "metric"]).loc[("msa_multi", "mtat", "roc_auc")]
-    assert row["significant"]
+    assert row["significant"] and row["var_test"] == 0
+
+
+def test_diagnostics_sections_flag_the_collapsed_method(report):
+    markdown = report["markdown"]
+    diagnostics = markdown[markdown.index("## Pre-training diagnostics") :]
+    diagnostics = diagnostics[: diagnostics.index("## Results per task")]
+    assert "Collapsed: msa_multi s0." in diagnostics
+    assert "| cola | 0 |" in diagnostics and "learned" in diagnostics
+    health = diagnostics[diagnostics.index("## Embedding health") :]
+    assert "| msa_multi | mtat | 1 | 1e-05 |" in health and "collapsed" in health
+    tables = markdown[markdown.index("## Results per task") :]
+    assert "msa_multi ⚠ collapsed" in tables
+    assert "cola (baseline) ⚠" not in tables

@@ -12,7 +12,12 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 def test_figure_functions_raise_figure_data_error(tmp_path):
     with pytest.raises(figures.FigureDataError):
-        figures.loss_curves_figure(None, tmp_path / "x.png")
+        figures.pretraining_figure(None, tmp_path / "x.png")
+    with pytest.raises(figures.FigureDataError, match="chance"):
+        curves = pd.DataFrame(
+            dict(method=["cola"], seed=[0], step=[1], metric=["loss"], value=[3.0])
+        )
+        figures.pretraining_figure(curves, tmp_path / "x.png")
     with pytest.raises(figures.FigureDataError, match="baseline"):
         per_tag = pd.DataFrame(
             dict(method=["msa_bass"], task=["mtat"], seed=[0], tag=["x"], pr_auc=[0.1])

@@ -18,8 +18,9 @@ from benchmark.pretrain.loop import build_model
 from methods import METHODS
 from tests.fixtures import stage_env
 
-METRICS = ("loss", "contrastive_accuracy", "lr", "pairs_per_s", "val_loss")
-METRICS += ("val_contrastive_accuracy", "wall_s", "resumed_from_step")
+METRICS = ("loss", "contrastive_accuracy", "chance_loss", "chance_accuracy", "lr", "pairs_per_s")
+METRICS += ("val_loss", "val_contrastive_accuracy", "val_chance_loss", "val_chance_accuracy")
+METRICS += ("wall_s", "resumed_from_step")
 
 SEPARATE = "python -m benchmark separate --profile smoke"
 
@@ -56,10 +57,19 @@ def test_pretrain_every_method(env, sources, method_name):
     assert model.method == method_name and model.seed == 0
 
     if not method.pretrained:
-        assert model.final_path is None
-        assert model.run_id is None
-        assert tracker.find(model.key) is None
-        assert not [r for r in _pretrain_runs(tracker) if r.data.tags["method"] == method_name]
+        # Nothing trained: the initial weights with precise-BN statistics, in a tracked run
+        # (trained=false, no training metrics) that later holds its embeddings' health.
+        run = tracker.find(model.key)
+        assert run is not None and run.info.run_id == model.run_id
+        assert run.info.status == "FINISHED" and run.data.tags["trained"] == "false"
+        assert "loss" not in run.data.metrics
+        initial_model = build_model(cfg.encoder, 0, torch.device("cpu"))
+        final = torch.load(model.final_path, map_location="cpu", weights_only=True)
+        for name, value in initial_model.named_parameters():
+            assert torch.equal(value.detach(), final[name]), name
+        stats = [k for k in final if k.endswith("running_var")]
+        assert stats and not all(torch.equal(final[k], torch.ones_like(final[k])) for k in stats)
+        assert stages.run_pretrain(env, method_name, 0).cached
         return
 
     assert not model.cached
@@ -74,6 +84,9 @@ def test_pretrain_every_method(env, sources, method_name):
     assert tags["config_hash"] == cfg.hash()
     assert tags["git_commit"]
     assert tags["checkpoint"] == str(model.final_path.resolve())
+    assert tags["collapsed"] in ("true", "false")
+    # batches of 4 pairs: 4 candidates, or fewer with the centroid loss (at least 2)
+    assert math.log(2) - 1e-9 <= metrics["val_chance_loss"] <= math.log(4) + 1e-9
     assert params["config.pretrain.steps"] == "2"
     assert params["config.pretrain.batch_size"] == "4"
     assert params["seed"] == "0"
@@ -94,9 +107,11 @@ def test_pretrain_every_method(env, sources, method_name):
         assert (run_dir / name).is_file(), name
     config = read_json(run_dir / "config.json")
     assert config["hash"] == model.key
-    assert config["seed"] == 0 and config["method"]["name"] == method_name
+    # the seed it trained with: the negative control's copy of COLA offsets its seeds
+    assert config["seed"] == getattr(method, "seed_offset", 0)
+    assert config["method"]["name"] == method_name
 
-    initial_model = build_model(cfg.encoder, 0, torch.device("cpu"))
+    initial_model = build_model(cfg.encoder, config["seed"], torch.device("cpu"))
     initial = initial_model.state_dict()
     final = torch.load(model.final_path, map_location="cpu", weights_only=True)
     assert final.keys() == initial.keys()

@@ -193,8 +193,11 @@ def test_a_resumed_pretrain_run_has_one_loss_point_per_step(tmp_path):
         h.metrics({"loss": 3.0}, 10)
         h.metrics({"loss": 2.5}, 20)
         h.metrics({"loss": 2.5}, 20)  # the resumed process, same value
-    curves = collect(tracker, tmp_path / "work")["loss_curves"]
-    assert curves[["step", "loss"]].values.tolist() == [[10, 3.0], [20, 2.5]]
+    curves = collect(tracker, tmp_path / "work")["pretrain_curves"]
+    assert curves[["step", "metric", "value"]].values.tolist() == [
+        [10, "loss", 3.0],
+        [20, "loss", 2.5],
+    ]
 
 
 def test_a_kill_while_superseding_leaves_no_third_run(env):

@@ -52,7 +52,7 @@ def test_every_task_runs_for_random_init_and_cola(env, tmp_path):
     data = collect(tracker, tmp_path)
     scores = data["scores"]
     assert len(data["predictions"]) == 2 * len(TASKS)
-    for (method, task_name, _seed), pred in data["predictions"].items():
+    for (method, task_name, _pretrain_seed, _probe_seed), pred in data["predictions"].items():
         task = TASKS[task_name]
         logged = scores[(scores.method == method) & (scores.task == task_name)]
         logged = dict(zip(logged.metric, logged.value, strict=True))
@@ -152,7 +152,9 @@ def test_tuning_has_the_budget_feeds_tuned_probes_and_never_reads_test_data(
         return out
 
     monkeypatch.setattr(probing, "embed", destroyed_test)
-    again = probing.run_tune(Context(fresh, other, progress=False), model, task)
+    # (the model's pre-training run lives in the first store, not in this fresh one)
+    elsewhere = replace(model, run_id=None)
+    again = probing.run_tune(Context(fresh, other, progress=False), elsewhere, task)
     assert again["best_params"] == out["best_params"]
     assert [t["value"] for t in again["trials"]] == [t["value"] for t in out["trials"]]
 
@@ -165,11 +167,11 @@ def _run(run_id, start, kind, **tags):
 
 
 def test_report_reads_the_plans_runs_or_the_newest_of_each_result():
-    probe = dict(method="cola", task="fma", seed="0")
+    probe = dict(method="cola", task="fma", pretrain_seed="0", probe_seed="0")
     runs = [
         _run("old", 1, "probe", **probe),
         _run("forced", 2, "probe", **probe, supersedes="old"),
-        _run("other-seed", 3, "probe", method="cola", task="fma", seed="1"),
+        _run("other-seed", 3, "probe", **(probe | {"probe_seed": "1"})),
         _run("pre", 1, "pretrain", method="cola", seed="0"),
         _run("sep", 1, "separate"),
     ]
