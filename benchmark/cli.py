@@ -20,7 +20,11 @@ log = logging.getLogger("benchmark")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--profile", default="default", help="named profile (benchmark/profiles/*.toml)")
+    p.add_argument(
+        "--profile",
+        default="default",
+        help="a shipped profile (benchmark/profiles/*.toml) or a profile file path/mine.toml",
+    )
     p.add_argument(
         "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. pretrain.steps=50"
     )

@@ -60,13 +60,22 @@ def _checked(fn, *args, **kwargs):
         raise UserError(str(exc)) from None
 
 
+def _data_lines(cfg, task_names=None, method_names=None) -> list[str]:
+    from benchmark.pipeline.stages import describe_data
+
+    return _checked(describe_data, cfg, task_names, method_names)
+
+
 def cmd_config(args, cfg):
     print(json.dumps({"hash": cfg.hash(), "config": cfg.to_dict()}, indent=2))
+    print("data this configuration uses:")
+    for line in _data_lines(cfg):
+        print(f"  {line}")
 
 
 def cmd_list(args, cfg):
     from methods import METHODS
-    from tasks import TASKS
+    from tasks import all_tasks
 
     print("methods:")
     for name, m in METHODS.items():
@@ -80,10 +89,13 @@ def cmd_list(args, cfg):
             )
         )
         print(f"  {name:26s} loss={m.loss:8s} {what}")
+    print("  hear:<module>              external encoder: any installed HEAR-API module")
     print("tasks:")
-    for name, t in TASKS.items():
+    for name, t in _checked(all_tasks, cfg.benchmark.task_files).items():
+        where = f" (task file {t.declared_in})" if t.declared_in else ""
         print(
-            f"  {name:26s} corpus={t.corpus:7s} probe={t.probe_kind:6s} metrics={','.join(t.metrics)}"
+            f"  {name:26s} corpus={t.corpus:7s} probe={t.probe_kind:6s} "
+            f"metrics={','.join(t.metrics)}{where}"
         )
 
 
@@ -103,13 +115,27 @@ def cmd_synth(args, cfg):
     print(json.dumps({k: v for k, v in manifest.items() if k != "clips"}, indent=2, default=str))
 
 
+def _split(text: str | None) -> list[str] | None:
+    return [x.strip() for x in text.split(",") if x.strip()] if text else None
+
+
+def _features_args(p):
+    p.add_argument(
+        "--tasks",
+        default=None,
+        help="comma-separated tasks whose corpora to build (default: the profile's tasks and "
+        "task files); the pre-training corpus is always built",
+    )
+
+
 def cmd_features(args, cfg):
     from benchmark.pipeline import stages
     from benchmark.pipeline.context import Context
-    from tasks import TASKS
 
     ctx = Context(cfg)  # nothing here is tracked
-    for corpus in sorted({TASKS[t].corpus for t in cfg.benchmark.tasks} | {"mtat"}):
+    names = _split(args.tasks) or _checked(stages.planned_tasks, ctx)
+    corpora = {_checked(stages.get_task, ctx, t).corpus for t in names}
+    for corpus in sorted(corpora | {stages.pretrain_corpus(cfg)}):
         store = stages.mixture_store(ctx, corpus)
         rep = store.report()
         print(
@@ -193,10 +219,9 @@ def _task_and_models(args, cfg):
     """The context, ``--task``, and ``--method``'s model for every pre-training seed (trained
     now if not finished; the sources of a source-pairing method must have been separated)."""
     from benchmark.pipeline import stages
-    from tasks import get_task
 
-    task = _checked(get_task, args.task)
     ctx = _context(cfg)
+    task = _checked(stages.get_task, ctx, args.task)
     # A generator: each seed's model is made when its turn comes (its probes run before the
     # next seed trains).
     models = (
@@ -311,20 +336,29 @@ def _run_args(p):
 def cmd_run(args, cfg):
     import time
 
+    from benchmark.errors import StageError
     from benchmark.io import atomic_write_json, read_json
+    from benchmark.pipeline import stages
+    from benchmark.pipeline.context import open_context
     from benchmark.pipeline.plan import build_plan, execute, merge_status, plan_status
-    from benchmark.pipeline.report import make_report
+    from benchmark.pipeline.report import make_report, score_summary
 
-    split = lambda s: [x.strip() for x in s.split(",") if x.strip()] if s else None  # noqa: E731
-    ctx = _context(cfg)
-    tracker = ctx.tracker
-    steps = _checked(build_plan, ctx, split(args.methods), split(args.tasks), split(args.only))
+    # --dry-run writes nothing: no MLflow store, no folders.
+    ctx = open_context(cfg, read_only=args.dry_run)
+    only = _split(args.only)
+    steps = _checked(build_plan, ctx, _split(args.methods), _split(args.tasks), only)
     if args.dry_run:
-        for line in plan_status(steps, tracker, cfg):
+        tasks = sorted({s.task for s in steps if s.task}) or None
+        methods = sorted({s.method for s in steps if s.method}) or None
+        print("data:")
+        for line in _data_lines(cfg, tasks, methods):
+            print(f"  {line}")
+        identity = {t: stages.get_task(ctx, t).identity for t in tasks or []}
+        for line in plan_status(steps, ctx.tracker, cfg, identity):
             print(line)
         return 0
     t0 = time.perf_counter()
-    tracker.fail_orphans()  # runs left open by killed processes; their steps resume them
+    ctx.tracker.fail_orphans()  # runs left open by killed processes; their steps resume them
     status_file = cfg.profile_dir / "plan_status.json"
     previous = read_json(status_file) if status_file.is_file() else {}
     wall: dict[str, float] = {}
@@ -339,12 +373,9 @@ def cmd_run(args, cfg):
 
     execute(steps, on_step=record)
     status = record()
-    t1 = time.perf_counter()
-    paths = make_report(cfg, tracker, plan_status=status)
-    status["stage_wall_s"]["report"] = round(time.perf_counter() - t1, 1)
-    atomic_write_json(status_file, status)
     failed = [s for s in steps if s.status in ("failed", "blocked")]
     counts = {k: sum(s.status == k for s in steps) for k in ("ran", "done", "checked")}
+    # The steps' outcome first: whatever the report does, the user learns what failed.
     print(
         f"finished in {time.perf_counter() - t0:.0f} s: {counts['ran']} steps ran, "
         f"{counts['done']} were done, {counts['checked']} cache steps checked, "
@@ -352,8 +383,52 @@ def cmd_run(args, cfg):
     )
     for s in failed:
         print(f"  {s.status}: {s.name}: {s.error}")
-    print(f"report: {paths.get('leaderboard.md', cfg.profile_dir / 'report')}")
+    if not any(s.stage == "probe" and s.status in ("ran", "done") for s in steps):
+        print(
+            "report: not built, this plan has no probe results"
+            + (f" (--only {args.only})" if only else "")
+            + f"; run `python -m benchmark run --profile {cfg.profile}` for the whole pipeline"
+        )
+        return 1 if failed else 0
+    t1 = time.perf_counter()
+    try:
+        paths = make_report(ctx.cfg, ctx.tracker, plan_status=status)
+    except StageError as exc:
+        print(f"report: not built: {exc}")
+        return 1
+    status["stage_wall_s"]["report"] = round(time.perf_counter() - t1, 1)
+    atomic_write_json(status_file, status)
+    primary = {name: task.primary for name, task in stages.task_registry(ctx).items()}
+    for line in score_summary(paths["leaderboard.csv"], primary):
+        print(line)
+    print(f"report: {paths['leaderboard.md']} (and leaderboard.html)")
     return 1 if failed else 0
+
+
+def _export_args(p):
+    _method_arg(p)
+    p.add_argument("--seed", type=int, default=None, help="pre-training seed (default: the first)")
+    p.add_argument("--out", required=True, help="output folder (new or empty)")
+    p.add_argument("--name", default="", help="module name (default mscol_<method>_s<seed>)")
+    p.add_argument(
+        "--hop-frames",
+        type=int,
+        default=None,
+        help="timestamp hop in 10-ms frames (default 98: the harness's ~1-s test windows; "
+        "5 gives HEAR's 50-ms event resolution)",
+    )
+
+
+def cmd_export_hear(args, cfg):
+    from benchmark.pipeline.export import export_hear
+
+    seed = args.seed if args.seed is not None else cfg.pretrain.seeds[0]
+    package = _checked(
+        export_hear, _context(cfg), args.method, seed, Path(args.out), args.name, args.hop_frames
+    )
+    print(f"HEAR module {package.name} written to {package.parent}")
+    print(f"  install: pip install {package.parent}   (needs this harness installed)")
+    print(f"  benchmark it: benchmark.methods=hear:{package.name}")
 
 
 # name -> Command; the order is the order of ``--help``.
@@ -370,10 +445,13 @@ COMMANDS: dict[str, Command] = {
         cmd_synth,
     ),
     "features": Command(
-        "build the log-mel feature stores of every task's corpus", _no_args, cmd_features
+        "build the log-mel feature stores of the tasks' corpora and the pre-training corpus",
+        _features_args,
+        cmd_features,
     ),
     "train-separator": Command(
-        "train Open-Unmix on the synthetic corpus's true stems (local model dir)",
+        "train Open-Unmix on the synthetic corpus's true stems; it then separates any data, "
+        "real included, as separation.umx_model=trained",
         _no_args,
         cmd_train_separator,
     ),
@@ -410,5 +488,10 @@ COMMANDS: dict[str, Command] = {
     ),
     "run": Command(
         "the whole pipeline of a profile, resumable; ends with the report", _run_args, cmd_run
+    ),
+    "export-hear": Command(
+        "write a finished pre-training run as an installable HEAR 2021 API module",
+        _export_args,
+        cmd_export_hear,
     ),
 }

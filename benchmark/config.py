@@ -42,6 +42,13 @@ class DataConfig:
     source: str = "synthetic"  # "synthetic" (generated corpus) or "real" (roots below) (ours)
     synth_size: str = "default"  # synthetic corpus size: smoke | default | <clips per split> (ours)
     synth_seed: int = 0  # seed of the synthetic corpus generator (ours)
+    # Pre-training corpus: "mtat" (the filtered MTAT train/valid split, paper), "folder" (every
+    # audio file under pretrain_root) or "manifest" (the files a CSV lists) (ours)
+    pretrain_source: str = "mtat"
+    pretrain_root: str = ""  # folder: searched recursively; manifest: root of relative paths
+    pretrain_manifest: str = ""  # manifest CSV: column path, optional split (train | valid)
+    valid_fraction: float = 0.1  # folder/manifest: files held out for validation, by content hash
+    mtat_split_dir: str = ""  # filtered-MTAT lists {train,valid,test}.txt; "" = shipped (paper)
     mtat_root: str = ""  # real MTAT: folder with annotations_final.csv and audio folders 0-f
     nsynth_root: str = ""  # real NSynth: folder with nsynth-{train,valid,test}/
     fma_root: str = ""  # real FMA: folder with fma_metadata/ and fma_<subset>/
@@ -163,7 +170,9 @@ class BenchmarkConfig:
         "cola_twin",
     )  # methods of the paper's tables (paper), the floor and the negative control (ours)
     tasks: tuple[str, ...] = ("mtat", "mtat_star", "nsynth", "fma")  # (paper)
-    baseline: str = "cola"  # reference of the cross-task summaries and figures (paper)
+    # Task files (TOML, see tasks/files.py) or folders of them; their tasks join `tasks` (ours)
+    task_files: tuple[str, ...] = ()
+    baseline: str = "cola"  # method every other is compared with (paper)
     tune: bool = False  # run Optuna even when probes use the paper's lrs (probe.params=tuned implies it) (ours)
     alpha: float = 0.05  # family-wise error rate after Holm correction within a family (ours)
     # "method:family" entries that put a method (e.g. your own) into a declared comparison
@@ -367,12 +376,7 @@ def parse_overrides(items: list[str]) -> dict:
     return nested
 
 
-def load_profile(name: str) -> dict:
-    path = PROFILE_DIR / f"{name}.toml"
-    if not path.is_file():
-        raise ConfigError(
-            f"unknown profile '{name}' (available: {', '.join(available_profiles())})"
-        )
+def _read_toml(path: Path) -> dict:
     try:
         with path.open("rb") as fh:
             return tomllib.load(fh)
@@ -380,9 +384,53 @@ def load_profile(name: str) -> dict:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
 
 
+def _merge(base: dict, top: dict) -> dict:
+    """``top``'s keys over ``base``'s, section by section."""
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def profile_name(profile: str) -> str:
+    """The name a profile's outputs go under: a shipped profile's name, a profile file's stem."""
+    return Path(profile).stem if profile.endswith(".toml") else profile
+
+
+def load_profile(name: str) -> dict:
+    """A shipped profile (``benchmark/profiles/<name>.toml``) or a profile file of your own
+    (a path ending in ``.toml``), which may start from a shipped one with ``base = "<name>"``.
+
+    Raises :class:`ConfigError` for an unknown profile, a missing file or invalid TOML."""
+    if name.endswith(".toml"):
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"profile file {path} not found")
+        data = _read_toml(path)
+        base = data.pop("base", None)
+        if base is not None:
+            if not isinstance(base, str) or base.endswith(".toml"):
+                raise ConfigError(f"{path}: base must name a shipped profile, got {base!r}")
+            data = _merge(load_profile(base), data)
+        return data
+    path = PROFILE_DIR / f"{name}.toml"
+    if not path.is_file():
+        raise ConfigError(
+            f"unknown profile '{name}' (available: {', '.join(available_profiles())}, or a "
+            "profile file of your own: --profile path/to/mine.toml)"
+        )
+    return _read_toml(path)
+
+
 def resolve(profile: str = "default", overrides: list[str] | dict | None = None) -> Config:
-    """Build the configuration: dataclass defaults <- profile TOML <- overrides."""
-    cfg = Config(profile=profile)
+    """Build the configuration: dataclass defaults <- profile TOML <- overrides.
+
+    ``profile``: a shipped profile's name or a profile file (``*.toml``, see
+    :func:`load_profile`); the config's ``profile`` is then the file's stem."""
+    cfg = Config(profile=profile_name(profile))
     data = load_profile(profile)
     if "profile" in data:
         raise ConfigError(f"profile {profile}.toml must not set 'profile'")
@@ -393,7 +441,55 @@ def resolve(profile: str = "default", overrides: list[str] | dict | None = None)
         if "profile" in overrides:
             raise ConfigError("choose the profile with --profile, not an override")
         cfg = _apply(cfg, overrides)
+    check(cfg)
     return cfg
+
+
+DATA_SOURCES = ("synthetic", "real")
+PRETRAIN_SOURCES = ("mtat", "folder", "manifest")
+_REAL_ROOTS = ("mtat_root", "nsynth_root", "fma_root", "mtat_split_dir")
+
+
+def check(cfg: Config) -> None:
+    """Reject settings that would be ignored or cannot work, naming the fix.
+
+    Raises :class:`ConfigError` for an unknown ``data.source`` or ``data.pretrain_source``, a
+    real-data root set while ``data.source=synthetic`` (it would be silently ignored), a
+    folder or manifest corpus without its path (or a path set for another source), and a
+    ``data.valid_fraction`` outside (0, 1).
+    """
+    d = cfg.data
+    if d.source not in DATA_SOURCES:
+        raise ConfigError(f"data.source must be one of {', '.join(DATA_SOURCES)}, got {d.source!r}")
+    if d.pretrain_source not in PRETRAIN_SOURCES:
+        raise ConfigError(
+            f"data.pretrain_source must be one of {', '.join(PRETRAIN_SOURCES)}, "
+            f"got {d.pretrain_source!r}"
+        )
+    if d.source == "synthetic":
+        ignored = [k for k in _REAL_ROOTS if getattr(d, k)]
+        if ignored:
+            raise ConfigError(
+                f"data.{ignored[0]} is set but data.source=synthetic would ignore it: add "
+                "data.source=real to read the real datasets (to pre-train on your own audio "
+                "instead, use data.pretrain_source=folder data.pretrain_root=/path)"
+            )
+    needs = {"folder": "pretrain_root", "manifest": "pretrain_manifest"}
+    if d.pretrain_source in needs and not getattr(d, needs[d.pretrain_source]):
+        key = needs[d.pretrain_source]
+        raise ConfigError(f"data.pretrain_source={d.pretrain_source} needs data.{key}=/path")
+    if d.pretrain_source == "mtat" and (d.pretrain_root or d.pretrain_manifest):
+        key = "pretrain_root" if d.pretrain_root else "pretrain_manifest"
+        raise ConfigError(
+            f"data.{key} is set but data.pretrain_source=mtat would ignore it: add "
+            f"data.pretrain_source={'folder' if d.pretrain_root else 'manifest'}"
+        )
+    if d.pretrain_source == "folder" and d.pretrain_manifest:
+        raise ConfigError(
+            "data.pretrain_manifest is set but data.pretrain_source=folder ignores it"
+        )
+    if not 0.0 < d.valid_fraction < 1.0:
+        raise ConfigError(f"data.valid_fraction must lie in (0, 1), got {d.valid_fraction}")
 
 
 def from_dict(data: dict) -> Config:

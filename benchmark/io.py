@@ -1,5 +1,6 @@
-"""Small helpers shared by every stage: atomic writes, safe JSON, safe weights, device choice,
-torch threads and seeding that restore what they change, and the identity of a process.
+"""Small helpers shared by every stage: atomic writes, safe JSON, file digests, safe weights,
+device choice, torch threads and seeding that restore what they change, and the identity of a
+process.
 
 Library code never leaves process-wide state changed behind its caller's back: the thread
 count and the random generators are set inside context managers that restore them.
@@ -8,11 +9,13 @@ count and the random generators are set inside context managers that restore the
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import pickle
 import socket
 import tempfile
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +71,24 @@ def atomic_torch_save(path: Path, obj) -> None:
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:
     with atomic_path(path, suffix=".npy") as tmp:
         np.save(tmp, array)
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes (64 hex digits); a file is read once per (path, size, mtime)
+    in a process (checkpoints, audio files, model files)."""
+    st = Path(path).stat()
+    return _digest_of(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=65536)
+def _digest_of(path: str, size: int, mtime_ns: int) -> str:
+    # Pure given its arguments: a rewritten file has another size or mtime. (A cache of
+    # results of a pure function, not process state that changes behaviour.)
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def pick_device(prefer: str = "auto"):

@@ -2,11 +2,13 @@
 
 Variants are parameters of one implementation, never copies. To add a method, write a
 module with a frozen dataclass implementing :class:`methods.base.Method`, add one line here
-and one test file (see README, "Adding a method").
+and one test file (see README, "Adding a method"). External encoders need no line: any
+``hear:<module>`` names one (:mod:`methods.hear`).
 """
 
 from dataclasses import dataclass
 
+from methods import hear
 from methods.cola import COLA
 from methods.msa import MSA
 from methods.random_init import RandomInit
@@ -66,8 +68,14 @@ CONTROLS = {"positive": "random_init", "negative": "cola_twin"}
 
 
 def get_method(name: str):
-    """The registered method ``name``; ValueError listing the known ones otherwise."""
+    """The registered method ``name``, or the external encoder ``hear:<module>``; ValueError
+    listing the known ones otherwise."""
+    if name.startswith(hear.PREFIX):
+        return hear.parse(name)
     try:
         return METHODS[name]
     except KeyError:
-        raise ValueError(f"unknown method '{name}' (known: {', '.join(METHODS)})") from None
+        raise ValueError(
+            f"unknown method '{name}' (known: {', '.join(METHODS)}, or hear:<module> for an "
+            "installed HEAR-API encoder)"
+        ) from None

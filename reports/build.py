@@ -50,13 +50,21 @@ import pandas as pd
 
 from benchmark.io import atomic_write_text
 from reports.aggregate import aggregates, chance_level, normalise, task_matrices
-from reports.compare import check_scores, compare, missing_results, run_sets, summarise
+from reports.compare import (
+    chance_levels,
+    check_scores,
+    compare,
+    missing_results,
+    run_sets,
+    summarise,
+)
 from reports.diagnostics import collapsed_methods, embedding_blocks, pretraining_blocks
-from reports.figures import draw_figures
+from reports.figures import FIGURE_CAPTIONS, draw_figures
 from reports.render import render_html, render_markdown
 from reports.sections import (
     calibration_blocks,
     cross_task_blocks,
+    data_blocks,
     how_to_read,
     paper_blocks,
     provenance_blocks,
@@ -169,13 +177,31 @@ def build_report(
     alpha: float = 0.05,
     seed: int = 0,
     calibration_reps: int = 4000,
+    *,
+    expected_pairs: Sequence[tuple[str, str]] | None = None,
+    data_notes: Sequence[str] = (),
+    published_columns: Sequence[tuple[str, str]] | None = None,
+    published_note: str = "",
+    method_notes: Mapping[str, str] | None = None,
+    source_warnings: Sequence[str] = (),
+    expected_figures: Sequence[str] | None = None,
 ) -> dict[str, Path]:
     """Write the leaderboard (csv, md, html) and its figures into ``out_dir``.
 
     See the module docstring for the input contract. The CSV holds measured rows only (the
-    published numbers appear only in the Markdown/HTML, labelled). Returns file name -> path
-    for every file written. Raises ``ValueError`` on malformed ``scores`` or predictions whose
-    targets disagree.
+    published numbers appear only in the Markdown/HTML, labelled).
+
+    ``expected_pairs``: the (method, task) pairs the plan meant to run: only those can be
+    missing. ``data_notes``: what data was used (the "Data" section). ``published_columns``:
+    the paper-table columns ``(task, metric)`` measured on the paper's own data, the only ones
+    given published reference values (None: all); ``published_note`` says why others are not.
+    ``method_notes``: method -> note (external encoders), listed and marked "(external)".
+    ``source_warnings``: lines on separated-source activity to show beside its figure.
+    ``expected_figures``: the figures this run has data for by design (None: all); another
+    figure not drawn is not listed as missing (no source separation ran, no tagging task).
+
+    Returns file name -> path for every file written. Raises ``ValueError`` on malformed
+    ``scores`` or predictions whose targets disagree.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -199,8 +225,11 @@ def build_report(
     absent = [f"skipped: {line}" for line in [*(provenance.get("skipped") or []), *dropped]]
     absent += [
         f"missing: {line}"
-        for line in missing_results(scores, expected_methods, expected_tasks, primary)
+        for line in missing_results(
+            scores, expected_methods, expected_tasks, primary, expected_pairs
+        )
     ]
+    chance_of = chance_levels(predictions)
     calibration = calibration_table(sets, clusters, primary, baseline, alpha, calibration_reps)
     tasks = list(expected_tasks or sorted(summary["task"].unique()))
     control_rows = _controls(comparison, controls, primary, tasks)
@@ -220,6 +249,10 @@ def build_report(
     aggregate = aggregates(matrices, baseline, seed=seed) if matrices else None
 
     leaderboard = summary.merge(comparison, on=["method", "task", "metric"], how="left")
+    leaderboard["chance"] = [
+        chance_of.get((t, m), np.nan)
+        for t, m in zip(leaderboard["task"], leaderboard["metric"], strict=True)
+    ]
     leaderboard = leaderboard.sort_values(["task", "metric", "rank", "method"])
     paths = {"leaderboard.csv": out_dir / "leaderboard.csv"}
     atomic_write_text(paths["leaderboard.csv"], leaderboard.to_csv(index=False))
@@ -234,26 +267,39 @@ def build_report(
     )
     baselines = sorted({b for b, _ in families.values()})
     drawn, not_drawn = draw_figures(
-        out_dir, summary, run_scores, per_tag, extras, baseline, primary, baselines
+        out_dir, summary, run_scores, per_tag, extras, baseline, primary, baselines, chance_of
     )
     paths.update(drawn)
 
     blocks: list[tuple] = [("h", 1, "Leaderboard")]
+    external = dict(method_notes or {})
     blocks += provenance_blocks(provenance, absent)
+    blocks += data_blocks(data_notes, external)
     blocks += how_to_read(alpha, families)
     blocks += pretraining_blocks(extras.get("pretrain_curves"), extras.get("pretrain_runs"))
     blocks += embedding_blocks(extras.get("embedding_health"))
     flags = dict.fromkeys(collapsed_methods(extras.get("pretrain_runs")), "collapsed")
-    blocks += task_blocks(summary, comparison, primary, flags)
+    blocks += task_blocks(summary, comparison, primary, flags, chance_of, set(external))
     blocks += calibration_blocks(calibration, control_rows)
     blocks += variance_blocks(summary, primary)
-    blocks += paper_blocks(summary, comparison, expected_methods or [])
+    blocks += paper_blocks(
+        summary, comparison, expected_methods or [], published_columns, published_note
+    )
     blocks += cross_task_blocks(summary, aggregate, primary, baseline, alpha)
     blocks += [("h", 2, "Notes on the test-set components"), ("ul", notes)]
     blocks.append(("h", 2, "Figures"))
     for name, path in drawn.items():
-        blocks.append(("img", path, name))
-    blocks += [("p", "Figures not drawn:"), ("ul", [f"{k}: {v}" for k, v in not_drawn.items()])]
+        caption = FIGURE_CAPTIONS.get(name) or (
+            f"Test scores on {name[len('scores_') : -len('.png')]}: mean over pre-training runs "
+            "± SD between them, each run as a grey dot, baselines dashed, chance dotted red"
+        )
+        blocks.append(("img", path, caption))
+        if name == "source_activity.png" and source_warnings:
+            blocks += [("p", "Warnings on source activity:"), ("ul", list(source_warnings))]
+    if expected_figures is not None:
+        not_drawn = {k: v for k, v in not_drawn.items() if k in set(expected_figures)}
+    if not_drawn:
+        blocks += [("p", "Figures not drawn:"), ("ul", [f"{k}: {v}" for k, v in not_drawn.items()])]
 
     paths["leaderboard.md"] = out_dir / "leaderboard.md"
     atomic_write_text(paths["leaderboard.md"], render_markdown(blocks))

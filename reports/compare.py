@@ -236,12 +236,16 @@ def missing_results(
     expected_methods: Sequence[str] | None,
     expected_tasks: Sequence[str] | None,
     primary: Mapping[str, str],
+    expected_pairs: Sequence[tuple[str, str]] | Mapping[tuple[str, str], int] | None = None,
 ) -> list[str]:
     """Human-readable list of expected results that are absent or incomplete.
 
-    The grid is expected methods x expected tasks, extended by whatever ``scores`` holds.
+    The grid is expected methods x expected tasks, extended by whatever ``scores`` holds; or,
+    with ``expected_pairs`` ((method, task) that a plan meant to run), exactly those pairs
+    and the ones present (what was left out on purpose is not missing).
     Reports (method, task) cells with no rows, cells without the task's primary metric, and
-    cells with fewer pre-training runs than the most complete method of that task.
+    cells with fewer pre-training runs than planned (``expected_pairs`` as a mapping to the
+    planned number of runs) or, else, than the most complete method of that task.
     """
     scores = check_scores(scores)
     present_methods = sorted(scores["method"].unique())
@@ -254,18 +258,49 @@ def missing_results(
     ]
     runs = scores.groupby(["task", "method"])["pretrain_seed"].nunique()
     metrics = scores.groupby(["task", "method"])["metric"].agg(set)
+    if expected_pairs is None:
+        cells = [(method, task) for task in tasks for method in methods]
+    else:
+        present = set(zip(scores["method"], scores["task"], strict=True))
+        cells = list(dict.fromkeys([*expected_pairs, *sorted(present)]))
+        cells.sort(key=lambda cell: (cell[1], cell[0]))
     lines = []
-    for task in tasks:
+    planned = expected_pairs if isinstance(expected_pairs, Mapping) else {}
+    for method, task in cells:
         most = int(runs[task].max()) if task in present_tasks else 0
-        for method in methods:
-            if (task, method) not in runs.index:
-                lines.append(f"{method} × {task}: no results")
-                continue
-            metric = primary.get(task)
-            if metric is not None and metric not in metrics[(task, method)]:
-                lines.append(f"{method} × {task}: primary metric {metric} missing")
-            if runs[(task, method)] < most:
-                lines.append(
-                    f"{method} × {task}: {runs[(task, method)]} of {most} pre-training runs"
-                )
+        most = planned.get((method, task), most)
+        if (task, method) not in runs.index:
+            lines.append(f"{method} × {task}: no results")
+            continue
+        metric = primary.get(task)
+        if metric is not None and metric not in metrics[(task, method)]:
+            lines.append(f"{method} × {task}: primary metric {metric} missing")
+        if runs[(task, method)] < most:
+            lines.append(f"{method} × {task}: {runs[(task, method)]} of {most} pre-training runs")
     return lines
+
+
+def chance_levels(predictions: Mapping | None) -> dict[tuple[str, str], float]:
+    """What a predictor that ignores the audio scores on each task's test clips.
+
+    ``(task, metric) -> value``: ROC-AUC 0.5; PR-AUC the mean positive rate of the scorable
+    tags (a constant score's average precision); accuracy the share of the most frequent test
+    class (always predicting it); balanced accuracy 1 / the number of classes present.
+    Computed from the targets of one run per task (every run of a task has the same targets).
+    """
+    out: dict[tuple[str, str], float] = {}
+    for key, run in sorted((predictions or {}).items(), key=lambda kv: kv[0]):
+        task = key[1]
+        if (task, "roc_auc") in out or (task, "accuracy") in out:
+            continue
+        targets = np.asarray(run["targets"])
+        if targets.ndim == 2:
+            positives = targets.mean(axis=0)
+            kept = (positives > 0) & (positives < 1)
+            out[(task, "roc_auc")] = 0.5
+            out[(task, "pr_auc")] = float(positives[kept].mean()) if kept.any() else math.nan
+        else:
+            counts = np.bincount(targets.astype(int))
+            out[(task, "accuracy")] = float(counts.max() / counts.sum())
+            out[(task, "balanced_accuracy")] = 1.0 / int((counts > 0).sum())
+    return out

@@ -33,6 +33,8 @@ from matplotlib.figure import Figure
 from benchmark.io import atomic_path
 
 __all__ = [
+    "ACTIVITY_BOUNDS",
+    "FIGURE_CAPTIONS",
     "SOURCE_MODELS",
     "FigureDataError",
     "draw_figures",
@@ -49,6 +51,7 @@ __all__ = [
 SOURCE_MODELS: tuple[str, ...] = ("msa_bass", "msa_drums", "msa_vocals", "msa_other")
 
 _DPI = 110
+ACTIVITY_BOUNDS = (0.05, 0.95)  # source-activity shares outside these are flagged
 # Distinguishable colours for up to 20 series (matplotlib's tab20, dark shades first).
 _COLORS = [f"C{i}" for i in range(10)] + ["#393b79", "#8c6d31", "#843c39", "#7b4173",
                                           "#3182bd", "#31a354", "#756bb1", "#636363",
@@ -88,9 +91,11 @@ def scores_figure(
     task: str,
     path: Path,
     baselines: Sequence[str] = (),
+    chance: dict | None = None,
 ) -> Path:
     """Per-task scores: one panel per metric, the mean over pre-training runs ± the SD between
-    them, each run's score (mean of its probe seeds) as a dot; baselines' means dashed.
+    them, each run's score (mean of its probe seeds) as a dot; baselines' means dashed, the
+    chance level (``chance``: (task, metric) -> value) a red dotted line.
 
     ``run_scores``: ``method, task, metric, pretrain_seed, value``.
     Raises :class:`FigureDataError` when the task has no rows.
@@ -116,7 +121,12 @@ def scores_figure(
         for base in baselines:
             if base in set(part["method"]):
                 mean = part.loc[part["method"] == base, "mean"].iloc[0]
-                axes.axvline(mean, color="0.4", linestyle="--", linewidth=0.8)
+                axes.axvline(mean, color="0.4", linestyle="--", linewidth=0.8, label=base)
+        level = (chance or {}).get((task, metric))
+        if level is not None and np.isfinite(level):
+            axes.axvline(level, color="C3", linestyle=":", linewidth=1.2, label="chance")
+        if axes.get_legend_handles_labels()[0]:
+            axes.legend(fontsize=7, loc="best")
         axes.set_yticks(y, part["method"])
         axes.set_xlabel(f"{metric} (mean over runs ± SD; dots: runs)")
         axes.set_title(f"{task}: {metric}")
@@ -279,7 +289,12 @@ def source_activity_figure(source_activity: pd.DataFrame | None, path: Path) -> 
     figure = Figure(figsize=(6.0, 3.5))
     axes = figure.add_subplot(1, 1, 1)
     x = np.arange(len(source_activity))
-    axes.bar(x, fraction, color="C0")
+    # Shares outside ACTIVITY_BOUNDS: the silence flags carry little information (red).
+    low, high = ACTIVITY_BOUNDS
+    colours = ["C3" if (f > high or f < low) else "C0" for f in fraction]
+    axes.bar(x, fraction, color=colours)
+    for bound in ACTIVITY_BOUNDS:
+        axes.axhline(bound, color="0.5", linestyle=":", linewidth=0.8)
     for xi, active, total, share in zip(
         x, source_activity["active"], source_activity["total"], fraction, strict=True
     ):
@@ -292,7 +307,9 @@ def source_activity_figure(source_activity: pd.DataFrame | None, path: Path) -> 
 
 
 def separation_quality_figure(separation_quality: pd.DataFrame | None, path: Path) -> Path:
-    """SI-SDR (dB) of each separator per source, as box plots grouped by source.
+    """SI-SDR (dB) of each separator per source, measured on the synthetic corpus's validation
+    clips (the only audio with true stems): grouped bars (one value per separator and source,
+    e.g. a mean) or box plots (several), each separator with its own colour and hatch.
 
     Raises :class:`FigureDataError` when there are no finite SI-SDR values.
     """
@@ -303,29 +320,60 @@ def separation_quality_figure(separation_quality: pd.DataFrame | None, path: Pat
     sources = list(dict.fromkeys(data["source"]))
     separators = list(dict.fromkeys(data["separator"]))
     width = 0.8 / len(separators)
-    figure = Figure(figsize=(max(6.0, 1.6 * len(sources)), 4.0))
+    figure = Figure(figsize=(max(6.5, 1.7 * len(sources)), 4.2))
     axes = figure.add_subplot(1, 1, 1)
+    one_value = data.groupby(["separator", "source"]).size().max() == 1
     for j, separator in enumerate(separators):
         part = data[data["separator"] == separator]
-        groups = [part.loc[part["source"] == s, "si_sdr"].to_numpy(dtype=float) for s in sources]
         positions = np.arange(len(sources)) + (j - (len(separators) - 1) / 2) * width
+        colour, hatch = f"C{j % 10}", _HATCHES[j % len(_HATCHES)]
+        groups = [part.loc[part["source"] == s, "si_sdr"].to_numpy(dtype=float) for s in sources]
         kept = [(p, g) for p, g in zip(positions, groups, strict=True) if g.size]
-        boxes = axes.boxplot(
-            [g for _, g in kept],
-            positions=[p for p, _ in kept],
-            widths=width * 0.9,
-            patch_artist=True,
-        )
-        for box in boxes["boxes"]:
-            box.set_facecolor(f"C{j % 10}")
-            box.set_alpha(0.6)
-        axes.plot([], [], "s", color=f"C{j % 10}", label=str(separator))
+        if one_value:
+            values = [float(g[0]) for _, g in kept]
+            bars = axes.bar(
+                [p for p, _ in kept], values, width * 0.9, color=colour, hatch=hatch,
+                edgecolor="black", label=str(separator),
+            )  # fmt: skip
+            axes.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
+        else:
+            boxes = axes.boxplot(
+                [g for _, g in kept], positions=[p for p, _ in kept], widths=width * 0.9,
+                patch_artist=True,
+            )  # fmt: skip
+            for box in boxes["boxes"]:
+                box.set_facecolor(colour)
+                box.set_hatch(hatch)
+            axes.plot([], [], "s", color=colour, label=str(separator))
+    axes.axhline(0.0, color="0.3", linewidth=0.6)
     axes.set_xticks(np.arange(len(sources)), sources)
-    axes.set_ylabel("SI-SDR (dB)")
-    axes.set_title("Separation quality per source")
-    axes.legend(fontsize=8)
+    axes.set_ylabel("SI-SDR (dB), higher is better")
+    axes.set_title(
+        "Separation quality per source\nmeasured on the synthetic validation set (true stems)",
+        fontsize=10,
+    )
+    axes.legend(fontsize=8, loc="best")
     axes.grid(axis="y", alpha=0.3)
     return _save(figure, path)
+
+
+_HATCHES = ("", "//", "..", "xx", "\\\\")
+
+# What each figure shows and where it was measured: the caption under it in the report.
+FIGURE_CAPTIONS: dict[str, str] = {
+    # scores_<task>.png: see draw_figures
+    "tagwise_pr_auc.png": "Tag-wise PR-AUC of each source-targeted model minus the baseline "
+    "(MTAT test clips, mean over runs)",
+    "variance.png": "Where one run's score variance comes from (primary metric): training "
+    "randomness, probe noise and test-set sampling",
+    "pretraining.png": "Pre-training loss and contrastive accuracy, training batches and "
+    "eval-mode validation, each divided by its chance level (ln M, 1/M)",
+    "source_activity.png": "Share of the pre-training excerpts in which each separated source "
+    "is active (not silent); red: above 95% or below 5%, where silence flags say little",
+    "separation_quality.png": "Separation quality (SI-SDR) per source, measured on the "
+    "synthetic corpus's validation clips, whose true stems are known; it says nothing direct "
+    "about separation on real recordings",
+}
 
 
 # -- the report's figures ---------------------------------------------------------------
@@ -336,8 +384,9 @@ def _safe_name(text: str) -> str:
 
 
 def draw_figures(
-    out_dir: Path, summary, run_scores, per_tag, extras, baseline, primary, baselines=()
-) -> tuple[dict, dict]:
+    out_dir: Path, summary, run_scores, per_tag, extras, baseline, primary, baselines=(),
+    chance=None,
+) -> tuple[dict, dict]:  # fmt: skip
     """Every figure of the report into ``out_dir``: returns (name -> path of those drawn,
     name -> reason for those not drawn, from their :class:`FigureDataError`)."""
     drawn: dict[str, Path] = {}
@@ -345,7 +394,9 @@ def draw_figures(
     jobs = [
         (
             f"scores_{_safe_name(task)}.png",
-            lambda path, task=task: scores_figure(summary, run_scores, task, path, baselines),
+            lambda path, task=task: scores_figure(
+                summary, run_scores, task, path, baselines, chance
+            ),
         )
         for task in sorted(summary["task"].unique())
     ]

@@ -16,6 +16,7 @@ __all__ = [
     "COLUMN_LABELS",
     "METHOD_LABELS",
     "PUBLISHED",
+    "PAPER_TEST_CLIPS",
     "PUBLISHED_LABEL",
     "TABLE1_METHODS",
     "TABLE2_LABELS",
@@ -24,6 +25,10 @@ __all__ = [
 ]
 
 PUBLISHED_LABEL = "published (paper)"
+
+# Test clips of each paper task on the datasets as published (REFERENCE.md section 6): a run
+# whose test set differs is not on the paper's data, and its numbers are not comparable.
+PAPER_TEST_CLIPS: dict[str, int] = {"mtat": 4332, "mtat_star": 5329, "nsynth": 4096, "fma": 800}
 
 # (task, metric) columns in the paper's order; "WA" in the paper is plain accuracy.
 TABLE_COLUMNS: list[tuple[str, str]] = [

@@ -39,7 +39,7 @@ def render_markdown(blocks: list[tuple]) -> str:
         elif kind == "table":
             out.append(_md_table(content[0]))
         elif kind == "img":
-            out.append(f"![{content[1]}]({Path(content[0]).name})")
+            out.append(f"![{content[1]}]({Path(content[0]).name})\n\n*{content[1]}*")
     return "\n\n".join(out) + "\n"
 
 
@@ -69,6 +69,10 @@ def render_html(blocks: list[tuple], title: str) -> str:
             out.append(content[0].to_html(index=False, escape=True, border=0))
         elif kind == "img":
             uri = png_data_uri(content[0])
-            out.append(f'<p><img alt="{html.escape(content[1])}" src="{uri}"></p>')
+            caption = html.escape(content[1])
+            out.append(
+                f'<figure><img alt="{caption}" src="{uri}"><figcaption>{caption}</figcaption>'
+                "</figure>"
+            )
     out.append("</body></html>")
     return "\n".join(out) + "\n"

@@ -28,6 +28,7 @@ from reports.published import (
 
 __all__ = [
     "cross_task_blocks",
+    "data_blocks",
     "how_to_read",
     "paper_blocks",
     "provenance_blocks",
@@ -127,6 +128,17 @@ def provenance_blocks(provenance: Mapping, absent: list[str]) -> list[tuple]:
     return blocks
 
 
+def data_blocks(data_notes: Sequence[str], method_notes: Mapping[str, str]) -> list[tuple]:
+    """The data the results were measured on, and the external encoders among the methods."""
+    blocks: list[tuple] = [("h", 2, "Data"), ("ul", list(data_notes) or ["not recorded"])]
+    if method_notes:
+        blocks += [
+            ("p", "External encoders (no pre-training here; marked '(external)' in the tables):"),
+            ("ul", [f"{m}: {note}" for m, note in method_notes.items()]),
+        ]
+    return blocks
+
+
 def how_to_read(alpha: float, families: Mapping[str, tuple[str, Sequence[str]]]) -> list[tuple]:
     """What the numbers are, what a marker means, and what a reader may conclude."""
     family_lines = [
@@ -176,10 +188,13 @@ def task_blocks(
     comparison: pd.DataFrame,
     primary,
     flags: Mapping[str, str] | None = None,
+    chance: Mapping[tuple[str, str], float] | None = None,
+    external: set[str] | frozenset = frozenset(),
 ) -> list:
     """Per task and metric, the ranked table with each method's test against its family's
-    baseline; ``flags`` (method -> word, e.g. "collapsed") are shown beside the name."""
-    flags = flags or {}
+    baseline; ``flags`` (method -> word, e.g. "collapsed") are shown beside the name, external
+    encoders marked; ``chance``: (task, metric) -> the level said above each table."""
+    flags, chance = flags or {}, chance or {}
     blocks: list[tuple] = [("h", 2, "Results per task")]
     baselines = {b for b in comparison.get("baseline", pd.Series(dtype=str)).dropna()}
     merged = summary.merge(comparison, on=["method", "task", "metric"], how="left")
@@ -194,6 +209,7 @@ def task_blocks(
                     "method": [
                         m
                         + (" (baseline)" if m in baselines else "")
+                        + (" (external)" if m in external else "")
                         + (f" ⚠ {flags[m]}" if m in flags else "")
                         for m in rows["method"]
                     ],
@@ -218,7 +234,17 @@ def task_blocks(
                 }
             )
             kind = " (primary)" if primary.get(task) == metric else ""
-            blocks += [("h", 3, f"{task} — {metric}{kind}"), ("table", table)]
+            blocks.append(("h", 3, f"{task} — {metric}{kind}"))
+            level = chance.get((task, metric))
+            if level is not None and math.isfinite(level):
+                blocks.append(
+                    (
+                        "p",
+                        f"Chance level on these test clips: {level:.3f} "
+                        "(a predictor that ignores the audio).",
+                    )
+                )
+            blocks.append(("table", table))
     return blocks
 
 
@@ -325,16 +351,31 @@ def _paper_table(cells: Mapping, methods: Sequence[str], labels: Mapping[str, st
     return pd.DataFrame(rows)
 
 
-def paper_blocks(summary: pd.DataFrame, comparison: pd.DataFrame, expected: Sequence[str]) -> list:
+def paper_blocks(
+    summary: pd.DataFrame,
+    comparison: pd.DataFrame,
+    expected: Sequence[str],
+    published_columns: Sequence[tuple[str, str]] | None = None,
+    published_note: str = "",
+) -> list:
+    """The paper's two tables, measured; published reference tables only for the columns in
+    ``published_columns`` (None: all), the columns measured on the paper's own data."""
+    if not set(summary["task"]) & {task for task, _ in TABLE_COLUMNS}:
+        return [
+            ("h", 2, "Paper tables"),
+            ("p", "No task of the paper's tables was run; the paper's numbers are not shown."),
+        ]
     merged = summary.merge(comparison, on=["method", "task", "metric"], how="left")
     measured = {
         (r["method"], r["task"], r["metric"]): f"{_mean_sd(r)} {_marker(r)}".strip()
         for _, r in merged.iterrows()
     }
+    comparable = set(TABLE_COLUMNS if published_columns is None else published_columns)
     published = {
         (method, task, metric): _fmt(value)
         for method, row in PUBLISHED.iterrows()
         for (task, metric), value in row.items()
+        if (task, metric) in comparable
     }
     present = set(summary["method"]) | set(expected)
     table2_set = set(TABLE2_METHODS)
@@ -346,18 +387,34 @@ def paper_blocks(summary: pd.DataFrame, comparison: pd.DataFrame, expected: Sequ
         "Measured: mean over pre-training runs ± SD between runs, marker as in the per-task "
         "tables; – = not measured (see missing results)."
     )
-    return [
+    if comparable != set(TABLE_COLUMNS):
+        shown = ", ".join(COLUMN_LABELS[c] for c in TABLE_COLUMNS if c in comparable) or "none"
+        note += (
+            f" Published reference values are shown only for columns measured on the paper's "
+            f"own data (here: {shown}); the others are not comparable"
+            + (f": {published_note}" if published_note else ".")
+        )
+    blocks = [
         ("h", 2, "Paper tables"),
         ("p", note),
         ("h", 3, "Table 1 — methods comparison: measured (this run)"),
         ("table", _paper_table(measured, table1, {})),
-        ("h", 3, f"Table 1 — methods comparison: {PUBLISHED_LABEL}, for reference"),
-        ("table", _paper_table(published, TABLE1_METHODS, {})),
+    ]
+    if comparable:
+        blocks += [
+            ("h", 3, f"Table 1 — methods comparison: {PUBLISHED_LABEL}, for reference"),
+            ("table", _paper_table(published, TABLE1_METHODS, {})),
+        ]
+    blocks += [
         ("h", 3, "Table 2 — source-targeted models: measured (this run)"),
         ("table", _paper_table(measured, table2, TABLE2_LABELS)),
-        ("h", 3, f"Table 2 — source-targeted models: {PUBLISHED_LABEL}, for reference"),
-        ("table", _paper_table(published, TABLE2_METHODS, TABLE2_LABELS)),
     ]
+    if comparable:
+        blocks += [
+            ("h", 3, f"Table 2 — source-targeted models: {PUBLISHED_LABEL}, for reference"),
+            ("table", _paper_table(published, TABLE2_METHODS, TABLE2_LABELS)),
+        ]
+    return blocks
 
 
 def cross_task_blocks(summary, aggregate: pd.DataFrame | None, primary, baseline, alpha) -> list:
@@ -369,6 +426,8 @@ def cross_task_blocks(summary, aggregate: pd.DataFrame | None, primary, baseline
     ]
     if rows.empty:
         return blocks + [("p", "No primary-metric results: no cross-task summary.")]
+    if rows["task"].nunique() < 2:
+        return blocks + [("p", "One task: nothing to summarise across tasks.")]
     if aggregate is not None and len(aggregate):
         blocks.append(
             (

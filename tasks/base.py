@@ -27,6 +27,9 @@ class Task:
         multilabel: multi-label (sigmoid, BCE) or multi-class (softmax, CE).
         metrics: the metrics reported; the first is the primary one (model selection,
             early stopping, tuning, ranking).
+        identity: what the results depend on beyond the audio files and the name (a task
+            file's content hash; "" for a registered task, whose code is its identity).
+        declared_in: the task file that declares it ("" for a registered task).
     """
 
     name: str
@@ -36,6 +39,8 @@ class Task:
     lr: float
     multilabel: bool
     metrics: tuple[str, ...]
+    identity: str = ""
+    declared_in: str = ""
 
     @property
     def primary(self) -> str:

@@ -37,7 +37,8 @@ LAYERS: list[tuple[str, ...]] = [
 # Package -> the only project modules (or packages) it may import besides its own.
 ALLOWED: dict[str, tuple[str, ...]] = {
     "methods": ("benchmark.pretrain.pairs",),
-    "tasks": ("benchmark.data.datasets", "benchmark.evaluation.probe"),
+    # task declarations: the dataset loaders (owndata: labelled CSVs of task files), probes
+    "tasks": ("benchmark.data.datasets", "benchmark.data.owndata", "benchmark.evaluation.probe"),
     "reports": (
         "benchmark",
         "benchmark.config",

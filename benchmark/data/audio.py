@@ -22,15 +22,23 @@ from benchmark.config import FrontEndConfig
 from benchmark.errors import AudioError
 
 
-def load_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
+def load_audio(
+    path: str | Path, sample_rate: int = 16000, span: tuple[float, float] | None = None
+) -> np.ndarray:
     """Decode ``path`` with soundfile, mix to mono and resample to ``sample_rate``.
 
-    Returns a float32 array of shape ``(num_samples,)``.
+    ``span``: ``(start_s, end_s)`` seconds of the file to decode (a clip cut from a longer
+    recording), None for all of it. Returns a float32 array of shape ``(num_samples,)``.
     Raises :class:`AudioError` naming the file for undecodable, empty or non-finite audio.
     """
     path = Path(path)
     try:
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        if span is None:
+            data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        else:
+            sr = sf.info(str(path)).samplerate
+            start, stop = round(span[0] * sr), round(span[1] * sr)
+            data, sr = sf.read(str(path), start=start, stop=stop, dtype="float32", always_2d=True)
     except Exception as exc:  # soundfile raises several types (LibsndfileError, RuntimeError)
         raise AudioError(_decode_failure(path, exc)) from None
     if data.size == 0:

@@ -18,6 +18,7 @@ import importlib.util
 import json
 import logging
 import posixpath
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +86,16 @@ class Clip:
     path: Path  # absolute audio path
     split: str  # "train" | "valid" | "test"
     target: tuple[int, ...] | int
+    # The cluster of test items this clip belongs to (REFERENCE.md section 10): MTAT song,
+    # NSynth instrument, FMA artist, a task file's group column. "" = a cluster of its own.
+    group: str = ""
+    # The part of the file the clip is, (start_s, end_s) in seconds; None: the whole file.
+    span: tuple[float, float] | None = None
+
+    @property
+    def cluster(self) -> str:
+        """The clip's cluster id: its group, or its own id when it has none."""
+        return self.group or self.clip_id
 
 
 @dataclass
@@ -131,7 +142,7 @@ class Dataset:
 # -- shared helpers --------------------------------------------------------------------------
 
 
-class _Skips:
+class Skips:
     """Collects skipped clip ids per reason for the summary warning."""
 
     def __init__(self):
@@ -144,7 +155,7 @@ class _Skips:
         return {reason: len(ids) for reason, ids in self.ids.items()}
 
 
-def _audio_problem(path: Path) -> str | None:
+def audio_problem(path: Path) -> str | None:
     """Why the audio file at ``path`` cannot be listed (None when it can)."""
     try:
         size = path.stat().st_size
@@ -153,16 +164,16 @@ def _audio_problem(path: Path) -> str | None:
     return "empty_audio" if size == 0 else None
 
 
-def _add_clip(clips: list[Clip], skips: _Skips, clip: Clip) -> None:
-    problem = _audio_problem(clip.path)
+def add_clip(clips: list[Clip], skips: Skips, clip: Clip) -> None:
+    problem = audio_problem(clip.path)
     if problem:
         skips.add(problem, clip.clip_id)
     else:
         clips.append(clip)
 
 
-def _finish(
-    name: str, clips: list[Clip], vocabulary: Sequence[str], multilabel: bool, skips: _Skips
+def finish_dataset(
+    name: str, clips: list[Clip], vocabulary: Sequence[str], multilabel: bool, skips: Skips
 ) -> Dataset:
     """Build the Dataset and log its per-split counts and one warning per skip reason."""
     ids = {reason: tuple(found) for reason, found in skips.ids.items()}
@@ -175,7 +186,7 @@ def _finish(
     return ds
 
 
-def _safe_relative(rel: str, where: str) -> str:
+def safe_relative(rel: str, where: str) -> str:
     """Check that ``rel`` is a relative path that stays inside the dataset root."""
     if not rel:
         raise DatasetError(f"{where}: empty audio path")
@@ -187,7 +198,7 @@ def _safe_relative(rel: str, where: str) -> str:
     return norm
 
 
-def _root(root: str | Path, name: str) -> Path:
+def dataset_root(root: str | Path, name: str) -> Path:
     path = Path(root).expanduser().resolve()
     if not path.is_dir():
         raise DatasetError(f"{name} root {path} is not a directory")
@@ -233,7 +244,7 @@ def _split_entries(split_dir: Path) -> dict[str, list[tuple[int, str]]]:
             if not line:
                 continue
             where = f"{path}:{lineno}"
-            rel = _safe_relative(line, where)
+            rel = safe_relative(line, where)
             folder = rel.split("/", 1)[0]
             if MTAT_SPLIT_OF_FOLDER.get(folder) != split:
                 raise DatasetError(f"{where}: folder '{folder}' of '{rel}' is not a {split} folder")
@@ -280,7 +291,7 @@ def read_mtat_annotations(csv_path: Path) -> pd.DataFrame:
             f"'{df[tag_cols[col]].iloc[row]}' (expected 0 or 1)"
         )
     df["mp3_path"] = [
-        _safe_relative(p.strip(), f"{csv_path}: clip_id {cid}")
+        safe_relative(p.strip(), f"{csv_path}: clip_id {cid}")
         for cid, p in zip(df["clip_id"], df["mp3_path"], strict=True)
     ]
     dup = df["mp3_path"][df["mp3_path"].duplicated()]
@@ -300,7 +311,7 @@ def load_mtat(root: str | Path, filtered: bool = True, split_dir: Path | None = 
     Raises :class:`DatasetError` for bad annotations (see :func:`read_mtat_annotations`), a
     listed path absent from the CSV (naming list file and line), or an unknown folder.
     """
-    root = _root(root, "MTAT")
+    root = dataset_root(root, "MTAT")
     df = read_mtat_annotations(root / MTAT_CSV)
     labels = df[list(MTAT_TOP50)].to_numpy() == "1"
     row_of_path = {p: i for i, p in enumerate(df["mp3_path"])}
@@ -310,16 +321,30 @@ def load_mtat(root: str | Path, filtered: bool = True, split_dir: Path | None = 
     else:
         rows = _folder_rows(df, root / MTAT_CSV)
     clips: list[Clip] = []
-    skips = _Skips()
+    skips = Skips()
     for split, row in rows:
         clip_id = df["clip_id"].iloc[row]
         if clip_id in MTAT_BROKEN:
             skips.add("known_broken", clip_id)
             continue
         target = tuple(int(v) for v in labels[row])
-        _add_clip(clips, skips, Clip(clip_id, root / df["mp3_path"].iloc[row], split, target))
+        rel = df["mp3_path"].iloc[row]
+        add_clip(clips, skips, Clip(clip_id, root / rel, split, target, mtat_song(rel)))
     name = "mtat" if filtered else "mtat_star"
-    return _finish(name, clips, MTAT_TOP50, True, skips)
+    return finish_dataset(name, clips, MTAT_TOP50, True, skips)
+
+
+_SEGMENT_SUFFIX = re.compile(r"-\d+-\d+$")
+
+
+def mtat_song(mp3_path: str) -> str:
+    """The song of an MTAT clip: its file name without the folder, the ``.mp3`` and the
+    ``-<start>-<end>`` segment suffix (MTAT cuts each song into ~29-s segments), e.g.
+    ``f/american_bach_soloists-...-01-bwv54__i_aria-30-59.mp3`` ->
+    ``american_bach_soloists-...-01-bwv54__i_aria``."""
+    stem = posixpath.basename(mp3_path)
+    stem = stem[:-4] if stem.lower().endswith(".mp3") else stem
+    return _SEGMENT_SUFFIX.sub("", stem)
 
 
 def _listed_rows(
@@ -360,23 +385,24 @@ def load_nsynth(root: str | Path) -> Dataset:
     file, and naming the note for missing fields, an unknown or inconsistent family, an unsafe
     note_str or a note repeated across splits.
     """
-    root = _root(root, "NSynth")
+    root = dataset_root(root, "NSynth")
     clips: list[Clip] = []
-    skips = _Skips()
+    skips = Skips()
     seen: set[str] = set()
     for split in SPLITS:
         split_dir = root / f"nsynth-{split}"
-        for note_str, family in _nsynth_examples(split_dir / "examples.json"):
+        for note_str, family, instrument in _nsynth_examples(split_dir / "examples.json"):
             if note_str in seen:
                 raise DatasetError(f"{split_dir}: note {note_str} also appears in another split")
             seen.add(note_str)
             path = split_dir / "audio" / f"{note_str}.wav"
-            _add_clip(clips, skips, Clip(note_str, path, split, family))
-    return _finish("nsynth", clips, NSYNTH_FAMILIES, False, skips)
+            add_clip(clips, skips, Clip(note_str, path, split, family, instrument))
+    return finish_dataset("nsynth", clips, NSYNTH_FAMILIES, False, skips)
 
 
-def _nsynth_examples(path: Path) -> list[tuple[str, int]]:
-    """``(note_str, instrument_family)`` of one examples.json, checked, in file order."""
+def _nsynth_examples(path: Path) -> list[tuple[str, int, str]]:
+    """``(note_str, instrument_family, instrument_str)`` of one examples.json, checked, in file
+    order (the instrument is the note's cluster: one instrument plays many notes)."""
     if not path.is_file():
         raise DatasetError(f"{path}: NSynth examples file not found")
     try:
@@ -407,18 +433,19 @@ def _nsynth_examples(path: Path) -> list[tuple[str, int]]:
                 f"{where}: instrument_family {family} is '{NSYNTH_FAMILIES[family]}', but "
                 f"instrument_family_str is '{ex['instrument_family_str']}'"
             )
-        out.append((key, family))
+        out.append((key, family, str(ex["instrument_str"])))
     return out
 
 
 # -- FMA -------------------------------------------------------------------------------------
 
-_FMA_COLUMNS = (("set", "subset"), ("set", "split"), ("track", "genre_top"))
+_FMA_COLUMNS = (("set", "subset"), ("set", "split"), ("track", "genre_top"), ("artist", "id"))
 
 
 def load_fma(root: str | Path, subset: str = "small") -> Dataset:
     """Load FMA genre classification (``('track', 'genre_top')``, single label).
 
+    Each track's group (cluster of test items) is its artist, ``('artist', 'id')``.
     ``subset="small"``: the 8 genres of :data:`FMA_GENRES`; ``subset="medium"``: small plus
     medium tracks (as FMA defines medium), vocabulary = the sorted genre_top values present.
     Audio at ``fma_<subset>/<id[:3]>/<id>.mp3``. Known empty tracks, missing and zero-byte
@@ -429,7 +456,7 @@ def load_fma(root: str | Path, subset: str = "small") -> Dataset:
     """
     if subset not in FMA_SUBSETS:
         raise DatasetError(f"unknown FMA subset '{subset}' (expected small or medium)")
-    root = _root(root, "FMA")
+    root = dataset_root(root, "FMA")
     tracks = _read_fma_tracks(root / "fma_metadata" / "tracks.csv")
     tracks = tracks[tracks[("set", "subset")].isin(FMA_SUBSETS[subset])]
     genres = tracks[("track", "genre_top")]
@@ -439,8 +466,10 @@ def load_fma(root: str | Path, subset: str = "small") -> Dataset:
         vocabulary = tuple(sorted({g for g in genres if isinstance(g, str)}))
     class_of = {g: i for i, g in enumerate(vocabulary)}
     clips: list[Clip] = []
-    skips = _Skips()
-    for track_id, split, genre in zip(tracks.index, tracks[("set", "split")], genres, strict=True):
+    skips = Skips()
+    artists = tracks[("artist", "id")]
+    rows = zip(tracks.index, tracks[("set", "split")], genres, artists, strict=True)
+    for track_id, split, genre, artist in rows:
         clip_id = f"{track_id:06d}"
         if split not in FMA_SPLITS:
             raise DatasetError(f"FMA track {clip_id}: unknown split {split!r}")
@@ -450,8 +479,12 @@ def load_fma(root: str | Path, subset: str = "small") -> Dataset:
             skips.add("known_empty", clip_id)
             continue
         path = root / f"fma_{subset}" / clip_id[:3] / f"{clip_id}.mp3"
-        _add_clip(clips, skips, Clip(clip_id, path, FMA_SPLITS[split], class_of[genre]))
-    return _finish(f"fma_{subset}" if subset != "small" else "fma", clips, vocabulary, False, skips)
+        # No artist id: the track is a cluster of its own.
+        group = f"artist-{int(artist)}" if pd.notna(artist) else ""
+        add_clip(clips, skips, Clip(clip_id, path, FMA_SPLITS[split], class_of[genre], group))
+    return finish_dataset(
+        f"fma_{subset}" if subset != "small" else "fma", clips, vocabulary, False, skips
+    )
 
 
 def _read_fma_tracks(path: Path) -> pd.DataFrame:

@@ -19,7 +19,15 @@ import numpy as np
 
 from benchmark.config import FrontEndConfig, section_hash
 from benchmark.data.audio import AudioError, load_audio, log_mel, num_frames
-from benchmark.data.store import BadClip, Entry, FeatureStore, Job, build, file_key
+from benchmark.data.store import (
+    BadClip,
+    Entry,
+    FeatureStore,
+    Job,
+    build,
+    file_key,
+    shard_size_for,
+)
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +36,12 @@ MIX = "mix"
 
 @dataclass(frozen=True)
 class AudioItem:
-    """A clip to featurise: its id and audio file (what every dataset loader provides)."""
+    """A clip to featurise: its id and audio file (what every dataset loader provides), and
+    the part of the file it is (``span``: start and end in seconds; None: the whole file)."""
 
     clip_id: str
     path: Path
+    span: tuple[float, float] | None = None
 
 
 def excerpt_spans(num_samples: int, cfg: FrontEndConfig) -> list[tuple[int, int]]:
@@ -42,11 +52,11 @@ def excerpt_spans(num_samples: int, cfg: FrontEndConfig) -> list[tuple[int, int]
     return [(k * stride, k * stride + width) for k in range(count)]
 
 
-def load_checked(path: Path, cfg: FrontEndConfig) -> np.ndarray:
-    """The clip at 16 kHz; raises :class:`BadClip` for one that is unreadable, shorter than a
-    crop or all zeros (the store skips and counts it)."""
+def load_checked(path: Path, cfg: FrontEndConfig, span=None) -> np.ndarray:
+    """The clip (``span`` of the file, or all of it) at 16 kHz; raises :class:`BadClip` for
+    one that is unreadable, shorter than a crop or all zeros (the store skips and counts it)."""
     try:
-        wave = load_audio(path, cfg.sample_rate)
+        wave = load_audio(path, cfg.sample_rate, span)
     except AudioError as exc:
         raise BadClip(str(exc)) from None
     if num_frames(len(wave), cfg) < cfg.crop_frames:
@@ -56,9 +66,10 @@ def load_checked(path: Path, cfg: FrontEndConfig) -> np.ndarray:
     return wave
 
 
-def extract_mixture(payload: tuple[Path, FrontEndConfig]) -> list[Entry]:
-    path, cfg = payload
-    wave = load_checked(Path(path), cfg)
+def extract_mixture(payload: tuple) -> list[Entry]:
+    """``(path, cfg)`` or ``(path, cfg, span)``: the clip's log-mel."""
+    path, cfg, *span = payload
+    wave = load_checked(Path(path), cfg, span[0] if span else None)
     feats = log_mel(wave, cfg)
     return [Entry(MIX, feats, {"num_samples": len(wave)})]
 
@@ -88,11 +99,18 @@ def build_mixtures(
     """
     key = section_hash(cfg, extra={"kind": MIX, "corpus": corpus_version})
     root = store_root(cache_dir, MIX, dataset, key)
-    jobs = [Job(it.clip_id, file_key(it.path, key), (Path(it.path), cfg)) for it in items]
+    # A whole file keeps the job key and payload it always had (existing stores stay valid).
+    jobs = [
+        Job(it.clip_id, file_key(it.path, key), (Path(it.path), cfg))
+        if it.span is None
+        else Job(it.clip_id, file_key(it.path, key, *it.span), (Path(it.path), cfg, it.span))
+        for it in items
+    ]
     build(
         root,
         jobs,
         extract_mixture,
+        shard_size=shard_size_for(len(jobs), workers, 64),
         workers=workers,
         max_bad_fraction=max_bad_fraction,
         desc=f"features {dataset}",

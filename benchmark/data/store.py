@@ -177,6 +177,12 @@ def _extract_and_write(root: Path, key: str, jobs: Sequence[Job], extract: Extra
     return {"key": key, "bad": bad}
 
 
+def shard_size_for(num_jobs: int, workers: int, largest: int) -> int:
+    """Clips per shard: ``largest``, or fewer for a small corpus, so that every worker gets
+    shards and the progress bar moves (at least 4 shards per worker when that is possible)."""
+    return max(1, min(largest, -(-num_jobs // (4 * max(1, workers)))))
+
+
 def build(
     root: Path,
     jobs: Sequence[Job],
@@ -215,17 +221,20 @@ def build(
     report.shards_reused = len(chunks) - len(todo)
     if todo:
         log.info("%s: building %d of %d shards in %s", desc, len(todo), len(chunks), root)
-    bar = tqdm(total=len(todo), desc=desc, unit="shard", disable=not progress or not todo)
+    total = sum(len(c) for _, c in todo)
+    bar = tqdm(total=total, desc=desc, unit="clip", disable=not progress or not todo)
     if workers > 1 and len(todo) > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(_build_shard, root, k, c, extract, num_threads) for k, c in todo]
-            for fut in futures:
+            futures = [
+                (pool.submit(_build_shard, root, k, c, extract, num_threads), c) for k, c in todo
+            ]
+            for fut, c in futures:
                 fut.result()
-                bar.update()
+                bar.update(len(c))
     else:
         for k, c in todo:
             _build_shard(root, k, c, extract, num_threads)
-            bar.update()
+            bar.update(len(c))
     bar.close()
     report.shards_built = len(todo)
 

@@ -7,9 +7,7 @@ these embeddings, never on the encoder.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +22,7 @@ from benchmark.io import (
     atomic_path,
     atomic_save_npy,
     atomic_write_json,
+    file_digest,
     pick_device,
     read_json,
     torch_threads,
@@ -41,25 +40,11 @@ def window_starts(num_frames: int, crop: int, hop: int) -> np.ndarray:
 def weights_key(model: PretrainedModel) -> str:
     """What identifies the encoder's weights: the pre-training key and the digest of its
     ``final.pt`` (a retrained checkpoint, e.g. after a non-deterministic GPU run, must not
-    reuse the embeddings of the old one)."""
-    return stable_hash({"key": model.key, "weights": _file_digest(Path(model.final_path))})
-
-
-def _file_digest(path: Path) -> str:
-    """SHA-256 of a file (16 hex digits); a file is read once per (path, size, mtime)."""
-    st = path.stat()
-    return _digest_of(str(path.resolve()), st.st_size, st.st_mtime_ns)
-
-
-@lru_cache(maxsize=256)
-def _digest_of(path: str, size: int, mtime_ns: int) -> str:
-    # Pure given its arguments (a rewritten file has another size or mtime): a checkpoint is
-    # hashed once, not once per task, split and probe seed.
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
+    reuse the embeddings of the old one); for an external encoder, its key (which identifies
+    the module and its weights file)."""
+    if model.final_path is None:
+        return model.key
+    return stable_hash({"key": model.key, "weights": file_digest(Path(model.final_path))[:16]})
 
 
 # Version of the cache's on-disk format; part of every embedding key. 2: float16 after a
@@ -78,15 +63,35 @@ def _encoder_for(cfg: Config, model: PretrainedModel, device):
     return load_encoder(cfg.encoder, model.final_path, device)
 
 
-def _embed_store(cfg, model: PretrainedModel, store: FeatureStore, hop: int, progress) -> Path:
-    """Embed every ``hop``-spaced window of every clip of ``store`` once; the cache folder.
+def store_content(store: FeatureStore) -> str:
+    """What identifies a store's rows: its shards' keys (each a hash of its clips' files)."""
+    return stable_hash(store.shard_keys)
+
+
+def _window_counts(store, crop: int, hop: int, selected) -> list[int]:
+    """Windows per store row: every ``hop``-spaced crop, none for rows not ``selected``."""
+    return [
+        len(window_starts(int(n), crop, hop)) if selected is None or r in selected else 0
+        for r, n in enumerate(store.lengths)
+    ]
+
+
+def _embed_store(
+    cfg, model: PretrainedModel, store: FeatureStore, hop: int, progress, audio_paths=None,
+    clip_ids=None,
+) -> Path:  # fmt: skip
+    """Embed every ``hop``-spaced window of every clip of ``store`` once (or of the clips
+    ``clip_ids`` only: a store that also holds pre-training files no task reads); the cache
+    folder.
 
     Shared by every task on the same corpus (MTAT and MTAT* embed once). The folder holds
     ``embeddings.npy`` ``(W, D)`` float16 ``z``, ``offset.npy`` and ``scale.npy`` ``(D,)``
     float32 with ``x = z * scale + offset`` (per-dimension mean and SD over the windows, SD 1
     for a constant dimension), ``offsets.npy`` ``(rows + 1,)`` (the windows of store row ``r``
-    are ``offsets[r]:offsets[r + 1]``), ``health.json`` (:func:`embedding_health` of the
-    float32 clip means) and ``done.json``, written last.
+    are ``offsets[r]:offsets[r + 1]``, empty for a row left out), ``health.json``
+    (:func:`embedding_health` of the float32 clip means) and ``done.json``, written last. An
+    external encoder (``model.external``) embeds the same windows from the audio
+    ``audio_paths`` (clip id -> ``AudioItem``; :mod:`benchmark.evaluation.hear`).
 
     Why the affine transform: float16 keeps ~3 significant digits of a value, so features
     that vary across clips by much less than their magnitude (an encoder near collapse) would
@@ -94,53 +99,38 @@ def _embed_store(cfg, model: PretrainedModel, store: FeatureStore, hop: int, pro
     ~5e-4 SD whatever the offset, and the cache stays half the size of float32.
     """
     crop = cfg.frontend.crop_frames
+    selected = None if clip_ids is None else {store.index(c) for c in clip_ids if store.has(c)}
     key = stable_hash(
         {
             "model": weights_key(model),
             "store": store.root.name,
+            # A store's folder is named by its config; its shards by the files in it. A store
+            # that gained or lost clips (a task added on its audio) has other rows.
+            "content": store_content(store),
             "hop": hop,
             "crop": crop,
             "format": CACHE_FORMAT,
+            # only when rows are chosen: the keys of whole-store caches stay as they were
+            **({"clips": stable_hash(sorted(clip_ids))} if clip_ids is not None else {}),
         }
     )
-    out = (
-        cfg.cache_dir
-        / "embeddings"
-        / f"{store.root.name[:40]}-{model.method}-s{model.seed}-h{hop}-{key}"
-    )
+    name = model.method.replace(":", "-").replace("@", "-").replace("/", "_")[:40]
+    out = cfg.cache_dir / "embeddings" / f"{store.root.name[:40]}-{name}-s{model.seed}-h{hop}-{key}"
     if (out / "done.json").is_file():
         return out
-    from tqdm import tqdm
-
     out.mkdir(parents=True, exist_ok=True)
-    counts = [len(window_starts(int(n), crop, hop)) for n in store.lengths]
+    counts = _window_counts(store, crop, hop, selected)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    windows = [
-        (r, st) for r, n in enumerate(store.lengths) for st in window_starts(int(n), crop, hop)
-    ]
-    device = pick_device()
-    net = _encoder_for(cfg, model, device)
-    bs = cfg.probe.embed_batch_size
     with atomic_path(out / "features32.npy", suffix=".npy") as tmp32:
         # float32 features first (a temporary file: memory stays flat on any corpus).
-        feats = np.lib.format.open_memmap(
-            tmp32, mode="w+", dtype=np.float32, shape=(len(windows), net.feature_dim)
-        )
         # Pinned threads: the embeddings must not depend on the caller's thread count.
-        with torch_threads(cfg.compute.torch_threads), torch.inference_mode():
-            for i in tqdm(
-                range(0, len(windows), bs),
-                desc=f"embed {store.root.name[:24]} ({model.method})",
-                disable=not progress,
-            ):
-                chunk = windows[i : i + bs]
-                x = store.crops(
-                    np.array([r for r, _ in chunk]), np.array([st for _, st in chunk]), crop
+        with torch_threads(cfg.compute.torch_threads):
+            if model.external is not None:
+                feats = _embed_external(
+                    cfg, model, store, hop, tmp32, audio_paths, progress, counts
                 )
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                    feats[i : i + len(chunk)] = (
-                        net.features(torch.from_numpy(x).to(device)).float().cpu().numpy()
-                    )
+            else:
+                feats = _embed_encoder(cfg, model, store, hop, tmp32, progress, counts)
         offset, scale = _affine(feats)
         health = embedding_health(_clip_means(feats, offsets))
         with atomic_path(out / "embeddings.npy", suffix=".npy") as tmp16:
@@ -154,12 +144,70 @@ def _embed_store(cfg, model: PretrainedModel, store: FeatureStore, hop: int, pro
     atomic_save_npy(out / "scale.npy", scale)
     atomic_save_npy(out / "offsets.npy", offsets)
     atomic_write_json(out / "health.json", health)
-    atomic_write_json(out / "done.json", {"key": key, "windows": len(windows)})
+    atomic_write_json(out / "done.json", {"key": key, "windows": int(offsets[-1])})
     if health["collapsed"]:
         log.warning(
             "%s s%d: embeddings without spread: %s", model.method, model.seed, describe(health)
         )
     return out
+
+
+def _embed_encoder(cfg, model, store, hop, path, progress, counts) -> np.ndarray:
+    """The float32 features of the windows of the rows with ``counts`` > 0, written to a
+    memory map at ``path``."""
+    from tqdm import tqdm
+
+    crop = cfg.frontend.crop_frames
+    windows = [
+        (r, st)
+        for r, n in enumerate(store.lengths)
+        if counts[r]
+        for st in window_starts(int(n), crop, hop)
+    ]
+    device = pick_device()
+    net = _encoder_for(cfg, model, device)
+    bs = cfg.probe.embed_batch_size
+    feats = np.lib.format.open_memmap(
+        path, mode="w+", dtype=np.float32, shape=(len(windows), net.feature_dim)
+    )
+    with torch.inference_mode():
+        for i in tqdm(
+            range(0, len(windows), bs),
+            desc=f"embed {store.root.name[:24]} ({model.method})",
+            disable=not progress,
+        ):
+            chunk = windows[i : i + bs]
+            x = store.crops(
+                np.array([r for r, _ in chunk]), np.array([st for _, st in chunk]), crop
+            )
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                feats[i : i + len(chunk)] = (
+                    net.features(torch.from_numpy(x).to(device)).float().cpu().numpy()
+                )
+    return feats
+
+
+def _embed_external(cfg, model, store, hop, path, audio_paths, progress, counts) -> np.ndarray:
+    """The features of an external (HEAR) encoder: the same windows, from the audio files
+    (rows with ``counts`` 0 are left out), as a float32 memory map at ``path``."""
+    from tqdm import tqdm
+
+    from benchmark.evaluation.hear import HearEmbedder, embed_clips
+
+    crop = cfg.frontend.crop_frames
+    rows = [r for r, count in enumerate(counts) if count]
+    starts = [window_starts(int(store.lengths[r]), crop, hop) for r in rows]
+    module, model_file = model.external
+    embedder = HearEmbedder(module, model_file, cfg.frontend)
+    clip_ids = [store.clip_ids[r] for r in rows]
+    with tqdm(
+        total=len(rows), desc=f"embed {store.root.name[:24]} ({model.method})",
+        unit="clip", disable=not progress,
+    ) as bar:  # fmt: skip
+        values = embed_clips(embedder, clip_ids, starts, audio_paths or {}, bar.update)
+    feats = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=values.shape)
+    feats[:] = values
+    return feats
 
 
 def _affine(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -178,10 +226,12 @@ def _affine(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _clip_means(feats: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """``(rows, D)`` float64: each store row's windows averaged."""
-    out = np.empty((len(offsets) - 1, feats.shape[1]))
-    for r in range(len(offsets) - 1):
-        out[r] = feats[offsets[r] : offsets[r + 1]].mean(axis=0, dtype=np.float64)
+    """``(rows, D)`` float64: each embedded store row's windows averaged (rows left out, with
+    no windows, are not rows of the result)."""
+    rows = [r for r in range(len(offsets) - 1) if offsets[r + 1] > offsets[r]]
+    out = np.empty((len(rows), feats.shape[1]))
+    for i, r in enumerate(rows):
+        out[i] = feats[offsets[r] : offsets[r + 1]].mean(axis=0, dtype=np.float64)
     return out
 
 
@@ -197,14 +247,24 @@ def load_windows(folder: Path, index: np.ndarray) -> np.ndarray:
 
 
 def embed(
-    cfg: Config, model: PretrainedModel, task, dataset: Dataset, store: FeatureStore, progress=True
+    cfg: Config,
+    model: PretrainedModel,
+    task,
+    dataset: Dataset,
+    store: FeatureStore,
+    progress=True,
+    audio_paths=None,
+    corpus_clips=None,
 ) -> dict:
     """Window embeddings of the splits of ``dataset``: split -> (WindowSet, clips), plus "key"
     and "health" (:func:`benchmark.evaluation.health.embedding_health` of the corpus's clips).
 
     Training windows every ``probe.train_hop_frames`` frames (crop diversity), validation and
     test windows non-overlapping (REFERENCE.md section 5). The frozen encoder runs once per
-    (checkpoint, corpus store, hop); tasks select their clips from that cache.
+    (checkpoint, corpus store, hop); tasks select their clips from that cache. An external
+    encoder needs ``audio_paths`` (clip id -> ``AudioItem``: file and span) for every clip.
+    ``corpus_clips``: the clips of every task on this corpus, when the store holds others
+    (pre-training files): only those are embedded.
     """
     crop = cfg.frontend.crop_frames
     hops = {"train": cfg.probe.train_hop_frames, "valid": crop, "test": crop}
@@ -218,7 +278,7 @@ def embed(
         )
     result: dict = {}
     for split, clips in splits.items():
-        folder = _embed_store(cfg, model, store, hops[split], progress)
+        folder = _embed_store(cfg, model, store, hops[split], progress, audio_paths, corpus_clips)
         offsets = np.load(folder / "offsets.npy")
         rows = [store.index(c.clip_id) for c in clips]
         idx = np.concatenate([np.arange(offsets[r], offsets[r + 1]) for r in rows])
@@ -241,16 +301,19 @@ def embed(
 def embedding_key(
     cfg: Config, model: PretrainedModel, task, dataset: Dataset, store: FeatureStore
 ) -> str:
-    """What the embeddings :func:`embed` returns depend on (weights, corpus store, hops, the
-    task's clips, the cache format), without loading them."""
+    """What the embeddings :func:`embed` returns depend on (weights, corpus store and its
+    content, hops, the task's clips and declaration, the cache format), without loading them."""
     crop = cfg.frontend.crop_frames
     return stable_hash(
         {
             "model": weights_key(model),
             "store": store.root.name,
+            "content": store_content(store),
             "hops": {"train": cfg.probe.train_hop_frames, "valid": crop, "test": crop},
             "task": task.name,
             "clips": stable_hash(sorted(c.clip_id for c in dataset.clips)),
+            # a task file's labels and declaration (registered tasks: "", keys unchanged)
+            **({"task_identity": task.identity} if getattr(task, "identity", "") else {}),
             "format": CACHE_FORMAT,
         }
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TypeVar
 
 from benchmark.config import Config
@@ -42,9 +43,18 @@ class Context:
         return self.tracker
 
 
-def open_context(cfg: Config, progress: bool = True) -> Context:
-    """The context of a command: the profile's MLflow experiment ``mscol-<profile>``."""
+def open_context(cfg: Config, progress: bool = True, *, read_only: bool = False) -> Context:
+    """The context of a command: the profile's MLflow experiment ``mscol-<profile>``.
+
+    ``read_only`` (``--dry-run``) writes nothing: without an existing SQLite store the context
+    has no tracker (nothing is recorded yet), and a missing experiment is not created."""
+    if read_only and cfg.tracking_uri.startswith("sqlite:///"):
+        if not Path(cfg.tracking_uri.removeprefix("sqlite:///")).is_file():
+            return Context(cfg, None, progress)
     tracker = Tracker(
-        cfg.tracking_uri, f"mscol-{cfg.profile}", artifact_root=cfg.runs_dir / "mlartifacts"
+        cfg.tracking_uri,
+        f"mscol-{cfg.profile}",
+        artifact_root=cfg.runs_dir / "mlartifacts",
+        create=not read_only,
     )
     return Context(cfg, tracker, progress)

@@ -32,30 +32,54 @@ class Step:
     error: str = ""
     wall_s: float = 0.0
     run_id: str = ""  # the MLflow run of a tracked step (pretrain, tune, probe)
+    method: str = ""  # pretrain, tune, probe: the method (names may hold ':', e.g. hear:x)
+    task: str = ""  # tune, probe: the task
+
+
+def step_name(stage: str, method: str, seed: int, task: str = "", probe_seed=None) -> str:
+    """The name of a tracked step: ``pretrain:<method>:s<seed>``, ``tune:...:<task>``,
+    ``probe:...:<task>:p<probe seed>``."""
+    name = f"{stage}:{method}:s{seed}"
+    if task:
+        name += f":{task}"
+    if probe_seed is not None:
+        name += f":p{probe_seed}"
+    return name
+
+
+def pretrain_seeds(cfg: Config, method) -> tuple[int, ...]:
+    """Pre-training seeds of ``method``: every configured seed, or the first one only for an
+    external encoder (its weights are fixed: other seeds would repeat the same work)."""
+    return cfg.pretrain.seeds[:1] if getattr(method, "external", False) else cfg.pretrain.seeds
 
 
 def build_plan(ctx: Context, methods=None, tasks=None, only=None) -> list[Step]:
     """The steps of ``ctx``'s profile (narrowed to ``methods``, ``tasks`` and the stages
     ``only``), in dependency order. Raises ``ValueError`` for an unknown method or task."""
     from methods import get_method
-    from tasks import get_task
 
     cfg = ctx.cfg
 
     method_names = list(methods or cfg.benchmark.methods)
-    task_names = list(tasks or cfg.benchmark.tasks)
+    task_names = list(tasks or stages.planned_tasks(ctx))
     for m in method_names:
         get_method(m)
     for t in task_names:
-        get_task(t)
+        stages.get_task(ctx, t)
     steps: list[Step] = []
     # Probes use ``probe.params``: the paper's learning rates ("default") or the best Optuna
     # trial ("tuned", equal budget per method), which needs the tune steps.
     tune = cfg.benchmark.tune or cfg.probe.params == "tuned"
+    trains = any(get_method(m).pretrained for m in method_names)
+    pre_corpus = stages.pretrain_corpus(cfg)
 
-    steps.append(Step("data", "data", lambda: stages.data_paths(ctx)))
-    corpora = sorted({get_task(t).corpus for t in task_names} | {"mtat"})
-    for corpus in corpora:
+    # The synthetic corpus is generated (or the real roots are checked) only when a registered
+    # task or MTAT pre-training reads it.
+    builtin = stages.needs_builtin_data(ctx, task_names, trains)
+    steps.append(Step("data", "data", lambda: stages.data_paths(ctx) if builtin else "done"))
+    corpora = {stages.get_task(ctx, t).corpus for t in task_names}
+    corpora |= {pre_corpus} if trains else set()
+    for corpus in sorted(corpora):
         steps.append(
             Step(
                 f"features:{corpus}",
@@ -71,47 +95,53 @@ def build_plan(ctx: Context, methods=None, tasks=None, only=None) -> list[Step]:
                 f"separate:{sep}",
                 "separate",
                 lambda s=sep: stages.source_store(ctx, s),
-                ["features:mtat"],
+                [f"features:{pre_corpus}"],
             )
         )
     models: dict[tuple[str, int], PretrainedModel] = {}
-    first = min(cfg.pretrain.seeds)  # the run each method is tuned on (probing.tuning_model)
     for m in method_names:
         method = get_method(m)
-        for seed in cfg.pretrain.seeds:
-            deps = ["features:mtat"] + ([f"separate:{method.separator}"] if method.sources else [])
+        for seed in pretrain_seeds(cfg, method):
+            deps = [f"features:{pre_corpus}"] if method.pretrained else ["data"]
+            deps += [f"separate:{method.separator}"] if method.sources else []
 
             def _pre(m=m, seed=seed):
                 model = models[(m, seed)] = stages.run_pretrain(ctx, m, seed)
                 return stages.Outcome("done" if model.cached else "ran", model.run_id)
 
-            steps.append(Step(f"pretrain:{m}:s{seed}", "pretrain", _pre, deps))
+            steps.append(Step(step_name("pretrain", m, seed), "pretrain", _pre, deps, method=m))
+        first = min(pretrain_seeds(cfg, method))  # the run it is tuned on (probing.tuning_model)
         for t in task_names:
-            task = get_task(t)
+            task = stages.get_task(ctx, t)
+            tune_name = step_name("tune", m, first, t)
             if tune:
                 steps.append(
                     Step(
-                        f"tune:{m}:{t}",
+                        tune_name,
                         "tune",
-                        lambda m=m, task=task: _tune_outcome(
+                        lambda m=m, task=task, first=first: _tune_outcome(
                             probing.run_tune(ctx, models[(m, first)], task)
                         ),
-                        [f"pretrain:{m}:s{first}", f"features:{task.corpus}"],
+                        [step_name("pretrain", m, first), f"features:{task.corpus}"],
+                        method=m,
+                        task=t,
                     )
                 )
-            for seed in cfg.pretrain.seeds:
-                probe_deps = [f"pretrain:{m}:s{seed}", f"features:{task.corpus}"]
+            for seed in pretrain_seeds(cfg, method):
+                probe_deps = [step_name("pretrain", m, seed), f"features:{task.corpus}"]
                 if tune:
-                    probe_deps += [f"pretrain:{m}:s{first}", f"tune:{m}:{t}"]
+                    probe_deps += [step_name("pretrain", m, first), tune_name]
                 for ps in cfg.probe.seeds:
                     steps.append(
                         Step(
-                            f"probe:{m}:s{seed}:{t}:p{ps}",
+                            step_name("probe", m, seed, t, ps),
                             "probe",
-                            lambda m=m, seed=seed, task=task, ps=ps: probing.run_probe(
+                            lambda m=m, seed=seed, task=task, ps=ps, first=first: probing.run_probe(
                                 ctx, models[(m, seed)], task, ps, tuned_from=models[(m, first)]
                             ),
                             probe_deps,
+                            method=m,
+                            task=t,
                         )
                     )
     if only:
@@ -189,6 +219,8 @@ def merge_status(previous: dict, steps: list[Step], wall: dict, results_hash: st
             "compute_s": round(
                 before.get("compute_s", 0.0) + (s.wall_s if s.status != "done" else 0.0), 2
             ),
+            "method": s.method,
+            "task": s.task,
         }
         if s.status in ("failed", "blocked") and not s.run_id and before.get("run_id"):
             entry["run_id"] = before["run_id"]
@@ -209,37 +241,54 @@ def stage_compute(status: dict) -> dict[str, float]:
     return {k: round(v, 1) for k, v in total.items()}
 
 
-def plan_status(steps: list[Step], tracker: Tracker, cfg: Config) -> list[str]:
-    """Lines for ``--dry-run``: every step and whether MLflow already holds its finished run.
+def plan_status(
+    steps: list[Step], tracker: Tracker | None, cfg: Config, task_identity: dict | None = None
+) -> list[str]:
+    """Lines for ``--dry-run``: every step and whether MLflow already holds its finished run
+    (``tracker`` None: no store exists yet, nothing is done). ``task_identity``: task ->
+    :attr:`Task.identity`; a run of an edited task file is not done.
 
     Tracked steps (pretrain, tune, probe) are looked up by their tags under this configuration
     (``results_hash``: the methods and tasks listed do not matter);
     the cache stages (data, features, separate) are content-keyed on disk and report
     "checked when run" (a finished one costs seconds).
     """
+    from methods import get_method
+
     wanted = cfg.results_hash()
     finished = [
         r
-        for r in tracker.runs()
+        for r in (tracker.runs() if tracker is not None else [])
         if r.info.status == "FINISHED" and r.data.tags.get("results_hash", wanted) == wanted
     ]
     seen = set()
+    identity = task_identity or {}
     for r in finished:
         t = r.data.tags
         kind = t.get("bench.kind")
+        if kind in ("tune", "probe") and t.get("task_identity", "") != identity.get(
+            t.get("task"), ""
+        ):
+            continue  # the task file changed since: its results are not this plan's
         if kind == "pretrain":
-            seen.add(f"pretrain:{t.get('method')}:s{t.get('seed')}")
+            seen.add(step_name("pretrain", t.get("method"), t.get("seed")))
         elif kind == "tune":
-            seen.add(f"tune:{t.get('method')}:{t.get('task')}")
+            seen.add(step_name("tune", t.get("method"), t.get("pretrain_seed", 0), t.get("task")))
         elif kind == "probe":
             seen.add(
-                f"probe:{t.get('method')}:s{t.get('pretrain_seed')}:{t.get('task')}:p{t.get('probe_seed')}"
+                step_name(
+                    "probe",
+                    t.get("method"),
+                    t.get("pretrain_seed"),
+                    t.get("task"),
+                    t.get("probe_seed"),
+                )
             )
     lines, left = [], 0
     for s in steps:
         if s.stage in ("pretrain", "tune", "probe"):
-            if s.stage == "pretrain" and s.name.split(":")[1] == "random_init":
-                state = "no training: batch-norm statistics only, checked when run"
+            if s.stage == "pretrain" and getattr(get_method(s.method), "external", False):
+                state = "nothing to do (an external encoder is not pre-trained)"
             else:
                 state = "done" if s.name in seen else "to do"
                 left += state == "to do"

@@ -20,7 +20,14 @@ from benchmark.errors import StageError
 from benchmark.evaluation.embed import embed, embedding_key
 from benchmark.io import atomic_write_json, read_json
 from benchmark.pipeline.context import Context
-from benchmark.pipeline.stages import Outcome, load_task_dataset, mixture_store
+from benchmark.pipeline.stages import (
+    Outcome,
+    corpus_items,
+    load_task_dataset,
+    mixture_store,
+    pretrain_corpus,
+    task_registry,
+)
 from benchmark.pipeline.tracking import git_commit
 from benchmark.pretrain.loop import PretrainedModel
 
@@ -86,7 +93,15 @@ def _embedded(ctx: Context, model: PretrainedModel, task):
 
     dataset = load_task_dataset(ctx, task)
     store = mixture_store(ctx, task.corpus)
-    emb = embed(ctx.cfg, model, task, dataset, store, ctx.progress)
+    audio_paths = corpus_clips = None
+    if model.external is not None:  # an external encoder reads the audio files themselves
+        items = corpus_items(ctx, task_registry(ctx).values(), task.corpus)
+        audio_paths = {item.clip_id: item for item in items}
+    if task.corpus == pretrain_corpus(ctx.cfg) and ctx.cfg.data.pretrain_source != "mtat":
+        # The store also holds the pre-training folder's files: embed the tasks' clips only.
+        tasks = [t for t in task_registry(ctx).values() if t.corpus == task.corpus]
+        corpus_clips = sorted({c.clip_id for t in tasks for c in load_task_dataset(ctx, t).clips})
+    emb = embed(ctx.cfg, model, task, dataset, store, ctx.progress, audio_paths, corpus_clips)
     if model.run_id:
         # The encoder's run records the health of its embeddings of each corpus, also when
         # they are refused below: the report shows it beside the pre-training diagnostics.
@@ -145,6 +160,7 @@ def run_tune(ctx: Context, model: PretrainedModel, task) -> dict:
             "task": task.name,
             "study": study,
             "pretrain_seed": model.seed,
+            "task_identity": task.identity,
             "config_hash": cfg.hash(),
             "results_hash": cfg.results_hash(),
         },
@@ -235,6 +251,7 @@ def run_probe(
         "pretrain_seed": model.seed,
         "pretrain_run_id": model.run_id or "",
         "params_mode": mode,
+        "task_identity": task.identity,
         "config_hash": cfg.hash(),
         "results_hash": cfg.results_hash(),
         "git_commit": git_commit(),
@@ -269,6 +286,8 @@ def run_probe(
                 "epochs_run": result.epochs_run,
                 "valid_primary": result.best_valid_score,
                 "train_s": time.perf_counter() - t0,
+                "num_train_clips": train.num_clips,
+                "num_valid_clips": valid.num_clips,
                 "num_test_clips": len(targets),
                 **health_metrics(emb["health"]),
             }
@@ -277,9 +296,12 @@ def run_probe(
         h.artifact_dict({k: v for k, v in metrics.items() if k not in task.metrics}, "details.json")
         tmp = cfg.profile_dir / "tmp" / f"{h.run_id}"
         tmp.mkdir(parents=True, exist_ok=True)
+        # groups: each test clip's cluster (song, instrument, artist), so that the report can
+        # resample clusters rather than clips (REFERENCE.md section 10).
         np.savez_compressed(
             tmp / "predictions.npz",
             clip_ids=np.array([c.clip_id for c in emb["test"][1]]),
+            groups=np.array([c.cluster for c in emb["test"][1]]),
             targets=targets,
             scores=scores,
             vocabulary=np.array(dataset.vocabulary),

@@ -21,7 +21,7 @@ from benchmark.config import Config, stable_hash, to_dict
 from benchmark.data.datasets import Dataset
 from benchmark.data.features import AudioItem, build_mixtures
 from benchmark.data.store import FeatureStore
-from benchmark.errors import StageError
+from benchmark.errors import DatasetError, StageError
 from benchmark.io import read_json
 from benchmark.pipeline.context import Context
 from benchmark.pipeline.tracking import git_commit
@@ -61,79 +61,227 @@ class DataPaths:
 
 def data_paths(ctx: Context) -> DataPaths:
     """Stage ``data``: :func:`prepare_data` of the context's config, once per context."""
-    return ctx.once(("paths",), lambda: prepare_data(ctx.cfg))
+    return ctx.once(("paths",), lambda: prepare_data(ctx.cfg, ctx.progress))
 
 
-def prepare_data(cfg: Config) -> DataPaths:
+def synthetic_root(cfg: Config) -> Path:
+    """Where the synthetic corpus of ``cfg`` lives (generated there on first use)."""
+    from benchmark.data.synth import GENERATOR_VERSION
+
+    d = cfg.data
+    return cfg.cache_dir / "synth" / f"{d.synth_size}-s{d.synth_seed}-v{GENERATOR_VERSION}"
+
+
+def synthetic_layout(cfg: Config) -> DataPaths:
+    """The paths of ``cfg``'s synthetic corpus (whether or not it is generated yet)."""
+    from benchmark.data.synth import GENERATOR_VERSION
+
+    root = synthetic_root(cfg)
+    return DataPaths(
+        root / "mtat",
+        root / "mtat" / "mtat_split",
+        root / "mtat" / "stems",
+        root / "nsynth",
+        root / "fma",
+        "small",
+        f"synth-v{GENERATOR_VERSION}",
+    )
+
+
+def synthetic_paths(cfg: Config, progress: bool = True) -> DataPaths:
+    """The synthetic corpus of ``cfg``, generated once (whole or not at all)."""
+    from benchmark.data.synth import generate
+
+    d = cfg.data
+    root = synthetic_root(cfg)
+    if not (root / "manifest.json").is_file():
+        tmp = root.with_name(root.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        log.info("generating the synthetic corpus (%s) in %s", d.synth_size, root)
+        size = int(d.synth_size) if d.synth_size.isdigit() else d.synth_size
+        generate(tmp, size, d.synth_seed, workers=d.num_workers, progress=progress)
+        shutil.rmtree(root, ignore_errors=True)
+        tmp.rename(root)  # the corpus appears whole or not at all
+    return synthetic_layout(cfg)
+
+
+def prepare_data(cfg: Config, progress: bool = True) -> DataPaths:
     """Where the datasets are; generates the synthetic corpus once when it is the source.
 
-    Raises :class:`StageError` for an unknown ``data.source``."""
+    ``data.mtat_split_dir`` replaces the filtered-MTAT lists (shipped, or the synthetic
+    corpus's own). ``data.source`` is checked by :func:`benchmark.config.check`."""
     d = cfg.data
+    split_dir = Path(d.mtat_split_dir).expanduser() if d.mtat_split_dir else None
     if d.source == "synthetic":
-        from benchmark.data.synth import GENERATOR_VERSION, generate
-
-        root = cfg.cache_dir / "synth" / f"{d.synth_size}-s{d.synth_seed}-v{GENERATOR_VERSION}"
-        if not (root / "manifest.json").is_file():
-            tmp = root.with_name(root.name + ".partial")
-            shutil.rmtree(tmp, ignore_errors=True)
-            log.info("generating the synthetic corpus (%s) in %s", d.synth_size, root)
-            size = int(d.synth_size) if d.synth_size.isdigit() else d.synth_size
-            generate(tmp, size, d.synth_seed, workers=d.num_workers)
-            shutil.rmtree(root, ignore_errors=True)
-            tmp.rename(root)  # the corpus appears whole or not at all
-        return DataPaths(
-            root / "mtat",
-            root / "mtat" / "mtat_split",
-            root / "mtat" / "stems",
-            root / "nsynth",
-            root / "fma",
-            "small",
-            f"synth-v{GENERATOR_VERSION}",
-        )
-    if d.source != "real":
-        raise StageError(f"data.source must be 'synthetic' or 'real', got {d.source!r}")
+        return synthetic_paths(cfg, progress)
 
     def _root(value: str) -> Path | None:
         return Path(value).expanduser() if value else None
 
     return DataPaths(
-        _root(d.mtat_root), None, None, _root(d.nsynth_root), _root(d.fma_root), d.fma_subset, ""
+        _root(d.mtat_root),
+        split_dir,
+        None,
+        _root(d.nsynth_root),
+        _root(d.fma_root),
+        d.fma_subset,
+        "",
     )
 
 
+def describe_data(cfg: Config, task_names=None, method_names=None) -> list[str]:
+    """Which data a run of ``cfg`` uses, one line each (``config`` and ``--dry-run`` print it;
+    the report repeats it): for ``task_names`` and ``method_names`` (default: the
+    configuration's). Reads nothing and generates nothing."""
+    from methods import get_method
+
+    d = cfg.data
+    lines = []
+    synth = f"synthetic corpus ({d.synth_size}, seed {d.synth_seed}) in {synthetic_root(cfg)}"
+    if d.pretrain_source == "mtat":
+        where = synth if d.source == "synthetic" else f"real MTAT at {d.mtat_root or '(unset)'}"
+        lists = d.mtat_split_dir or (
+            "the synthetic corpus's lists" if d.source == "synthetic" else "the shipped lists"
+        )
+        lines.append(f"pre-training: MTAT filtered train/valid split ({lists}) of the {where}")
+    elif d.pretrain_source == "folder":
+        lines.append(
+            f"pre-training: every audio file under {d.pretrain_root} (recursive), "
+            f"{d.valid_fraction:.0%} held out for validation by content hash"
+        )
+    else:
+        lines.append(
+            f"pre-training: the files listed in {d.pretrain_manifest} (root "
+            f"{d.pretrain_root or 'the manifest folder'}); split column or content hash"
+        )
+    tasks = _all_tasks(cfg)
+    roots = {"mtat": d.mtat_root, "nsynth": d.nsynth_root, "fma": d.fma_root}
+    for name in task_names or (*cfg.benchmark.tasks, *_file_task_names(cfg, tasks)):
+        task = tasks.get(name)
+        if task is None:
+            continue
+        if task.declared_in:
+            lines.append(f"task {name}: task file {task.declared_in}")
+        elif d.source == "synthetic":
+            lines.append(f"task {name}: {task.corpus} of the {synth}")
+        else:
+            lines.append(f"task {name}: real {task.corpus} at {roots[task.corpus] or '(unset)'}")
+    sep = cfg.separation
+    methods = [get_method(m) for m in method_names or cfg.benchmark.methods]
+    if not any(m.sources for m in methods):
+        return lines  # no method pairs with separated sources
+    if sep.separator == "umx" and sep.umx_model == TRAINED_SEPARATOR:
+        configured = f"Open-Unmix trained here on the true stems of the {synth}"
+    elif sep.separator == "umx":
+        configured = f"Open-Unmix {sep.umx_model}"
+    else:
+        configured = f"separation.separator={sep.separator}"
+    for kind in sorted({m.separator for m in methods if m.sources}):
+        what = "random soft masks of the mixture" if kind == "random_mask" else configured
+        lines.append(f"separated sources ({kind} separator): {what}")
+    return lines
+
+
+def _all_tasks(cfg: Config) -> dict:
+    from tasks import all_tasks
+
+    return all_tasks(cfg.benchmark.task_files)
+
+
+def _file_task_names(cfg: Config, tasks: dict) -> list[str]:
+    return [n for n, t in tasks.items() if t.declared_in and n not in cfg.benchmark.tasks]
+
+
+def task_registry(ctx: Context) -> dict:
+    """Every task of this configuration: registered ones and those of ``benchmark.task_files``."""
+    return ctx.once(("tasks",), lambda: _all_tasks(ctx.cfg))
+
+
+def planned_tasks(ctx: Context) -> list[str]:
+    """The tasks a plan runs by default: ``benchmark.tasks`` then the task files' tasks."""
+    return [*ctx.cfg.benchmark.tasks, *_file_task_names(ctx.cfg, task_registry(ctx))]
+
+
+def get_task(ctx: Context, name: str):
+    """The task ``name`` of this configuration; ValueError listing the known ones otherwise."""
+    tasks = task_registry(ctx)
+    if name not in tasks:
+        raise ValueError(f"unknown task '{name}' (known: {', '.join(tasks)})")
+    return tasks[name]
+
+
+BUILTIN_CORPORA = ("mtat", "nsynth", "fma")  # the corpora data.source chooses
+
+
 def load_task_dataset(ctx: Context, task) -> Dataset:
-    """The dataset of ``task``, loaded once per context."""
-    paths = data_paths(ctx)
-    return ctx.once(("dataset", task.name), lambda: _load_task_dataset(task, paths))
+    """The dataset of ``task``, loaded once per context (a task file's data needs neither the
+    real roots nor the synthetic corpus)."""
+    return ctx.once(("dataset", task.name), lambda: _load_task_dataset(ctx, task))
 
 
-def _load_task_dataset(task, paths: DataPaths) -> Dataset:
-    root = {"mtat": paths.mtat_root, "nsynth": paths.nsynth_root, "fma": paths.fma_root}[
-        task.corpus
-    ]
-    if root is None:
+def _load_task_dataset(ctx: Context, task) -> Dataset:
+    if task.corpus not in BUILTIN_CORPORA:
+        return task.load(None)
+    cfg, paths = ctx.cfg, data_paths(ctx)
+    roots = {"mtat": paths.mtat_root, "nsynth": paths.nsynth_root, "fma": paths.fma_root}
+    if task.corpus in roots and roots[task.corpus] is None:
         raise StageError(
             f"task {task.name} needs data.{task.corpus}_root (set it with "
             f"data.{task.corpus}_root=/path, or use data.source=synthetic)"
         )
-    return task.load(paths)
+    try:
+        return task.load(paths)
+    except DatasetError as exc:
+        if task.name == "mtat" and paths.mtat_split_dir is None and "is not in" in str(exc):
+            raise DatasetError(
+                f"{exc}: this MTAT tree is not the original one the shipped split lists "
+                "describe; set data.mtat_split_dir=<folder with train/valid/test.txt>, or "
+                "pre-train on the tree's audio with data.pretrain_source=folder "
+                f"data.pretrain_root={cfg.data.mtat_root} and leave out task mtat "
+                "(e.g. benchmark.tasks=mtat_star)"
+            ) from None
+        raise
 
 
 # -- features ---------------------------------------------------------------------------
 
 
-def corpus_items(ctx: Context, tasks, corpus: str) -> tuple[list[AudioItem], list]:
-    """The union of the clips of every task reading ``corpus`` (one feature store each), and
-    ``(clip_id, reason)`` of the listed clips whose audio files are missing or empty."""
+def needs_builtin_data(ctx: Context, task_names, pretrains: bool) -> bool:
+    """Whether a plan reads the synthetic corpus or the real roots: a registered task, or
+    pre-training on MTAT (a folder or manifest and task files need neither)."""
+    tasks = [get_task(ctx, t) for t in task_names]
+    mtat_pretraining = pretrains and ctx.cfg.data.pretrain_source == "mtat"
+    return mtat_pretraining or any(t.corpus in BUILTIN_CORPORA for t in tasks)
+
+
+def corpus_items(ctx: Context, tasks, corpus: str) -> list[AudioItem]:
+    """The union of the clips of every task reading ``corpus`` (one feature store each), and of
+    the pre-training clips when ``corpus`` is the pre-training corpus."""
     items: dict[str, AudioItem] = {}
+    clips = [c for t in tasks if t.corpus == corpus for c in load_task_dataset(ctx, t).clips]
+    if corpus == pretrain_corpus(ctx.cfg):
+        clips += pretrain_dataset(ctx).clips
+    for clip in clips:
+        item = items.setdefault(clip.clip_id, AudioItem(clip.clip_id, clip.path, clip.span))
+        if (item.path, item.span) != (clip.path, clip.span):
+            raise StageError(
+                f"corpus {corpus}: clip id '{clip.clip_id}' names two pieces of audio "
+                f"({item.path} {item.span or ''} and {clip.path} {clip.span or ''}); give the "
+                "tasks on this audio the same ids"
+            )
+    return list(items.values())
+
+
+def corpus_unreadable(ctx: Context, tasks, corpus: str) -> list[tuple[str, str]]:
+    """``(clip_id, reason)`` of the clips of :func:`corpus_items` whose audio files are listed
+    but missing or empty (the feature build counts them as bad clips)."""
+    datasets = [load_task_dataset(ctx, t) for t in tasks if t.corpus == corpus]
+    if corpus == pretrain_corpus(ctx.cfg):
+        datasets.append(pretrain_dataset(ctx))
     unreadable: dict[str, str] = {}
-    for task in tasks:
-        if task.corpus == corpus:
-            dataset = load_task_dataset(ctx, task)
-            for clip in dataset.clips:
-                items.setdefault(clip.clip_id, AudioItem(clip.clip_id, clip.path))
-            unreadable.update(dataset.unreadable())
-    return list(items.values()), sorted(unreadable.items())
+    for dataset in datasets:
+        unreadable.update(dataset.unreadable())
+    return sorted(unreadable.items())
 
 
 def mixture_store(ctx: Context, corpus: str) -> FeatureStore:
@@ -142,16 +290,18 @@ def mixture_store(ctx: Context, corpus: str) -> FeatureStore:
 
 
 def _mixture_store(ctx: Context, corpus: str) -> FeatureStore:
-    from tasks import TASKS
-
-    cfg, paths = ctx.cfg, data_paths(ctx)
-    items, unreadable = corpus_items(ctx, TASKS.values(), corpus)
+    cfg = ctx.cfg
+    tasks = task_registry(ctx).values()
+    items = corpus_items(ctx, tasks, corpus)
+    unreadable = corpus_unreadable(ctx, tasks, corpus)
+    # The synthetic generator's version keys its own corpora only (task files, folders: none).
+    version = data_paths(ctx).corpus_version if corpus in BUILTIN_CORPORA else ""
     return build_mixtures(
         items,
         cfg.cache_dir,
         corpus,
         cfg.frontend,
-        corpus_version=paths.corpus_version,
+        corpus_version=version,
         workers=cfg.data.num_workers,
         max_bad_fraction=cfg.data.max_bad_fraction,
         progress=ctx.progress,
@@ -159,11 +309,55 @@ def _mixture_store(ctx: Context, corpus: str) -> FeatureStore:
     )
 
 
-def pretrain_clips(ctx: Context) -> tuple[list, list]:
-    """The pre-training data (paper): MTAT filtered train split, its valid split for checks."""
+def pretrain_corpus(cfg: Config) -> str:
+    """The corpus name of the pre-training data: ``mtat`` or one named after the folder or
+    manifest (its feature store and separated sources are keyed by it)."""
+    from tasks.files import audio_corpus
+
+    d = cfg.data
+    if d.pretrain_source == "mtat":
+        return "mtat"
+    if d.pretrain_source == "folder":
+        # The name task files on the same folder get: one feature store serves both (clip
+        # ids are the paths relative to the folder in both).
+        return audio_corpus(Path(d.pretrain_root).expanduser().resolve())
+    resolved = str(Path(d.pretrain_manifest).expanduser().resolve())
+    slug = "".join(ch if ch.isalnum() else "_" for ch in Path(resolved).stem)[:24]
+    return f"pretrain-manifest-{slug}-{stable_hash([resolved, d.pretrain_root], 8)}"
+
+
+def pretrain_dataset(ctx: Context) -> Dataset:
+    """The pre-training data (``data.pretrain_source``), loaded once per context: the MTAT
+    filtered split (paper), a folder of audio or a manifest."""
+    return ctx.once(("pretrain",), lambda: _pretrain_dataset(ctx))
+
+
+def _pretrain_dataset(ctx: Context) -> Dataset:
+    from benchmark.data.owndata import load_audio_folder, load_manifest
     from tasks import TASKS
 
-    ds = load_task_dataset(ctx, TASKS["mtat"])
+    d = ctx.cfg.data
+    if d.pretrain_source == "folder":
+        return load_audio_folder(d.pretrain_root, d.valid_fraction)
+    if d.pretrain_source == "manifest":
+        return load_manifest(d.pretrain_manifest, d.pretrain_root or None, d.valid_fraction)
+    return load_task_dataset(ctx, TASKS["mtat"])
+
+
+def pretrain_data_note(ctx: Context) -> str:
+    """What the pre-training read, in one line for its MLflow run and the report: clips per
+    split and what was skipped."""
+    ds = pretrain_dataset(ctx)
+    counts = ds.counts()
+    note = f"{pretrain_corpus(ctx.cfg)}: train {counts['train']}, valid {counts['valid']} files"
+    if ds.skipped:
+        note += "; skipped " + ", ".join(f"{n} ({why})" for why, n in sorted(ds.skipped.items()))
+    return note
+
+
+def pretrain_clips(ctx: Context) -> tuple[list, list]:
+    """The pre-training clips and the validation clips of its checks."""
+    ds = pretrain_dataset(ctx)
     return ds.split("train"), ds.split("valid")
 
 
@@ -171,6 +365,7 @@ def pretrain_clips(ctx: Context) -> tuple[list, list]:
 
 
 def trained_separator_dir(cfg: Config, paths: DataPaths) -> Path:
+    """Where the separator trained on the synthetic corpus ``paths`` of ``cfg`` lives."""
     s = to_dict(cfg.separation)
     key = stable_hash(
         {k: v for k, v in s.items() if k.startswith("train_")}
@@ -180,14 +375,17 @@ def trained_separator_dir(cfg: Config, paths: DataPaths) -> Path:
 
 
 def train_separator_stage(ctx: Context) -> Path:
-    """Train Open-Unmix on the corpus's true stems (synthetic corpus), once per config.
+    """Train Open-Unmix on the synthetic corpus's true stems, once per config.
 
-    Raises :class:`StageError` when the corpus has no true stems."""
+    Whatever the pre-training data, the stems come from the synthetic corpus of
+    ``data.synth_size``/``data.synth_seed`` (generated if needed): real recordings have no true
+    stems. The model then separates any audio, real included (``separation.umx_model=trained``).
+    """
+    from benchmark.data.datasets import load_mtat
     from benchmark.separation import train_separator
 
-    cfg, paths, tracker = ctx.cfg, data_paths(ctx), ctx.tracker
-    if paths.stems_root is None or not paths.stems_root.is_dir():
-        raise StageError("train-separator needs a corpus with true stems (data.source=synthetic)")
+    cfg, tracker = ctx.cfg, ctx.tracker
+    paths = ctx.once(("synthetic",), lambda: synthetic_paths(cfg, ctx.progress))
     out = trained_separator_dir(cfg, paths)
     key = f"train-separator:{out.name}"
     trained = (out / "quality.json").is_file()  # the directory appears whole (atomic rename)
@@ -201,7 +399,8 @@ def train_separator_stage(ctx: Context) -> Path:
     )
     with run as handle:
         if not trained:  # else a killed process trained it and did not close its run
-            train, valid = pretrain_clips(ctx)
+            synth = load_mtat(paths.mtat_root, filtered=True, split_dir=paths.mtat_split_dir)
+            train, valid = synth.split("train"), synth.split("valid")
             train_separator(
                 paths.stems_root,
                 [c.clip_id for c in train],
@@ -219,6 +418,12 @@ def train_separator_stage(ctx: Context) -> Path:
     return out
 
 
+def _trained_dir_if_any(ctx: Context) -> Path | None:
+    """The trained separator's folder without training it (None when it is not there)."""
+    out = trained_separator_dir(ctx.cfg, synthetic_layout(ctx.cfg))
+    return out if (out / "quality.json").is_file() else None
+
+
 def resolve_separation(ctx: Context, separator: str):
     """The SeparationConfig actually used and what identifies its weights (trains the
     ``trained`` separator first when it is not there yet)."""
@@ -228,24 +433,35 @@ def resolve_separation(ctx: Context, separator: str):
     if sep.separator == "umx" and sep.umx_model == TRAINED_SEPARATOR:
         model_dir = train_separator_stage(ctx)
         return replace(sep, umx_model=str(model_dir)), model_identity(model_dir)
-    if sep.separator == "umx" and Path(sep.umx_model).is_dir():
-        return sep, model_identity(Path(sep.umx_model))
+    if sep.separator == "umx" and Path(sep.umx_model).expanduser().is_dir():
+        model_dir = Path(sep.umx_model).expanduser()
+        return replace(sep, umx_model=str(model_dir)), model_identity(model_dir)
     return sep, sep.umx_model if sep.separator == "umx" else sep.separator
 
 
 def sources_ready(ctx: Context, separator: str) -> bool:
     """Whether stage ``separate`` has built the sources for ``separator`` ("config" or
     "random_mask") under this config (without building or training anything)."""
-    cfg, paths = ctx.cfg, data_paths(ctx)
+    cfg = ctx.cfg
     sep = cfg.separation
     if separator != "random_mask" and sep.separator == "umx" and sep.umx_model == TRAINED_SEPARATOR:
-        if not (trained_separator_dir(cfg, paths) / "quality.json").is_file():
+        if _trained_dir_if_any(ctx) is None:
             return False
     sep_cfg, identity = resolve_separation(ctx, separator)
     root = sources_root(
-        cfg.cache_dir, "mtat", cfg.frontend, sep_cfg, identity, paths.corpus_version
+        cfg.cache_dir, pretrain_corpus(cfg), cfg.frontend, sep_cfg, identity, _pretrain_version(ctx)
     )
     return (root / "manifest.json").is_file()
+
+
+def _pretrain_version(ctx: Context) -> str:
+    """The corpus version in the pre-training data's keys (synthetic corpus only)."""
+    return data_paths(ctx).corpus_version if pretrain_corpus(ctx.cfg) == "mtat" else ""
+
+
+def _stems_root(ctx: Context) -> Path | None:
+    """The true stems of the pre-training clips (the synthetic MTAT corpus only)."""
+    return data_paths(ctx).stems_root if pretrain_corpus(ctx.cfg) == "mtat" else None
 
 
 def separate_command(cfg: Config, separator: str) -> str:
@@ -260,24 +476,70 @@ def source_store(ctx: Context, separator: str) -> FeatureStore:
     return ctx.once(("src", separator), lambda: _source_store(ctx, separator))
 
 
+def activity_warnings(activity: dict[str, dict[str, int]]) -> list[str]:
+    """One line per source active in over 95% or under 5% of the excerpts
+    (:data:`reports.figures.ACTIVITY_BOUNDS`): there the separator hears the source
+    everywhere or nowhere, and its silence flags carry no information."""
+    from reports.figures import ACTIVITY_BOUNDS
+
+    low, high = ACTIVITY_BOUNDS
+    out = []
+    for source, row in activity.items():
+        share = row["active"] / row["total"] if row["total"] else 0.0
+        if share > high or share < low:
+            out.append(
+                f"{source} is active in {row['active']} of {row['total']} excerpts ({share:.0%}): "
+                "its silence flags say little about this music (a separator trained on other "
+                "data, or music without/with this source throughout); MSA's silent batches "
+                "and its centroid loss then rest on them"
+            )
+    return out
+
+
+def activity_table(activity: dict[str, dict[str, int]]) -> list[str]:
+    """The source-activity table as text lines."""
+    lines = [f"{'source':8s} {'active':>7s} {'total':>7s} {'share':>6s}"]
+    for source, row in activity.items():
+        share = row["active"] / row["total"] if row["total"] else 0.0
+        lines.append(f"{source:8s} {row['active']:7d} {row['total']:7d} {share:6.0%}")
+    return lines
+
+
 def _source_store(ctx: Context, separator: str) -> FeatureStore:
-    cfg, paths, tracker = ctx.cfg, data_paths(ctx), ctx.tracker
+    cfg, tracker = ctx.cfg, ctx.tracker
     sep_cfg, identity = resolve_separation(ctx, separator)
+    corpus = pretrain_corpus(cfg)
+    stems = _stems_root(ctx)
+    if sep_cfg.separator == "oracle" and stems is None:
+        raise StageError(
+            "separation.separator=oracle needs true stems, which only the synthetic corpus has; "
+            "use separation.separator=umx (separation.umx_model=trained, umxhq or a folder)"
+        )
     train, valid = pretrain_clips(ctx)
     items = [AudioItem(c.clip_id, c.path) for c in train + valid]
     store = build_sources(
         items,
         cfg.cache_dir,
-        "mtat",
+        corpus,
         cfg.frontend,
         sep_cfg,
-        stems_root=paths.stems_root,
+        stems_root=stems,
         separator_identity=identity,
-        corpus_version=paths.corpus_version,
+        corpus_version=_pretrain_version(ctx),
         max_bad_fraction=cfg.data.max_bad_fraction,
         progress=ctx.progress,
         num_threads=cfg.compute.torch_threads,
     )
+    activity = source_activity(store)
+    warnings = activity_warnings(activity)
+    log.info(
+        "source activity (%s separator, %s):\n%s",
+        sep_cfg.separator,
+        corpus,
+        "\n".join(activity_table(activity)),
+    )
+    for line in warnings:
+        log.warning("source activity: %s", line)
     if tracker is not None:
         key = f"separate:{store.root.name}"
         if not tracker.is_done(key):
@@ -285,13 +547,14 @@ def _source_store(ctx: Context, separator: str) -> FeatureStore:
                 key,
                 "separate",
                 f"separate-{sep_cfg.separator}",
-                tags={"separator": sep_cfg.separator},
+                tags={"separator": sep_cfg.separator, "corpus": corpus},
             ) as h:
-                activity = source_activity(store)
-                h.artifact_dict({"activity": activity, "report": store.report()}, "activity.json")
+                h.artifact_dict(
+                    {"activity": activity, "warnings": warnings, "report": store.report()},
+                    "activity.json",
+                )
                 for src, row in activity.items():
                     h.metrics({f"active_{src}": row["active"], f"total_{src}": row["total"]})
-                log.info("source activity (%s): %s", sep_cfg.separator, activity)
     return store
 
 
@@ -301,7 +564,7 @@ def _source_store(ctx: Context, separator: str) -> FeatureStore:
 def pair_corpora(ctx: Context, method) -> tuple[PairCorpus, PairCorpus, str]:
     """The training and validation pair corpora of ``method``, and what identifies their data."""
     cfg = ctx.cfg
-    mix = mixture_store(ctx, "mtat")
+    mix = mixture_store(ctx, pretrain_corpus(cfg))
     sources = None
     if method.sources:
         sources = source_store(ctx, method.separator)
@@ -315,6 +578,10 @@ def pair_corpora(ctx: Context, method) -> tuple[PairCorpus, PairCorpus, str]:
         )
 
     identity = mix.root.name + ("|" + sources.root.name if sources is not None else "")
+    if cfg.data.pretrain_source != "mtat":
+        # Files come and go in a folder or manifest (MTAT's lists are fixed): which files
+        # were read is part of what the weights depend on.
+        identity += "|" + stable_hash(sorted(c.clip_id for c in train + valid))
     return make(train), make(valid), identity
 
 
@@ -325,12 +592,15 @@ def run_pretrain(
     *,
     build_sources: bool = True,
     resume_only: bool = False,
+    find_only: bool = False,
 ) -> PretrainedModel:
     """Stage ``pretrain`` for one method and seed (found finished, resumed, or trained).
 
     ``build_sources=False``: a method that pairs with sources needs stage ``separate`` to have
     run, else StageError naming the command (the plan orders the stages itself).
     ``resume_only``: StageError unless an unfinished run of this config exists to resume.
+    ``find_only``: return a finished run of this config, StageError naming the command
+    otherwise (nothing is trained).
     Raises ``ValueError`` for an unknown method.
     """
     from benchmark.pretrain.loop import (
@@ -345,6 +615,14 @@ def run_pretrain(
     cfg = ctx.cfg
 
     method = get_method(method_name)
+    if getattr(method, "external", False):
+        from benchmark.evaluation.hear import identity_key, module_identity
+
+        identity = module_identity(method.module, method.model_file)
+        key = stable_hash({"hear": identity_key(identity), "encoder": method.params()})
+        return PretrainedModel(
+            method_name, seed, key, None, None, True, (method.module, method.model_file)
+        )
     # The seed the run trains with: a method's copy under another name (the negative control)
     # adds an offset, so that its runs are independent of the original's.
     train_seed = seed + getattr(method, "seed_offset", 0)
@@ -362,6 +640,12 @@ def run_pretrain(
         return PretrainedModel(
             method_name, seed, key, run_dir / "final.pt", existing.info.run_id, cached=True
         )
+    if find_only:
+        raise StageError(
+            f"no finished pre-training of {method_name} seed {seed} under this configuration: "
+            f"run `python -m benchmark pretrain --profile {cfg.profile} --method {method_name}"
+            f" --seed {seed}` (with the same overrides) first"
+        )
     # Otherwise the run is resumed (a killed process left it open: training continues from
     # the checkpoint, zero steps if the weights were complete) or, FINISHED without its
     # weights, redone under a new run.
@@ -377,6 +661,7 @@ def run_pretrain(
         "config_hash": cfg.hash(),
         "results_hash": cfg.results_hash(),
         "git_commit": git_commit(),
+        "pretrain_data": pretrain_data_note(ctx),
     }
     if not method.pretrained:
         # Nothing to train: the initial weights, with batch-norm statistics estimated by the

@@ -18,11 +18,14 @@ The rule for every tracked step (train-separator, separate, pretrain, tune, prob
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import platform
 import subprocess
 from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import mlflow
 from mlflow.entities import RunStatus
@@ -104,12 +107,25 @@ def machine() -> str:
 class Tracker:
     """One MLflow experiment (one per profile) in any tracking store."""
 
-    def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path | None = None):
-        if tracking_uri.startswith("sqlite:///"):
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment: str,
+        artifact_root: Path | None = None,
+        *,
+        create: bool = True,
+    ):
+        """Open (``create``: or create) the experiment. ``create=False`` writes nothing: a
+        missing experiment reads as one without runs (``--dry-run``)."""
+        if tracking_uri.startswith("sqlite:///") and create:
             Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.experiment = experiment
         exp = self.client.get_experiment_by_name(experiment)
+        if exp is None and not create:
+            self.experiment_id = None
+            return
         if exp is None:
             # With a database store MLflow would put artefacts under ./mlruns of whatever
             # directory it runs in; keep them beside the database instead.
@@ -122,10 +138,11 @@ class Tracker:
             if exp.lifecycle_stage != "active":
                 self.client.restore_experiment(exp_id)
         self.experiment_id = exp_id
-        self.experiment = experiment
 
     # -- lookup -----------------------------------------------------------------------
     def runs(self, filter_string: str = "", max_results: int = 50000) -> list:
+        if self.experiment_id is None:
+            return []
         return self.client.search_runs(
             [self.experiment_id], filter_string=filter_string, max_results=max_results
         )
@@ -284,14 +301,51 @@ class RunHandle:
         self.client.log_dict(self.run_id, obj, name)
 
 
+@contextlib.contextmanager
+def _no_progress_bars():
+    """MLflow draws a progress bar per artifact download (96 of them in one report); its only
+    switch is an environment variable, set here for the duration of the call and restored."""
+    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    previous = os.environ.get(name)
+    os.environ[name] = "false"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
+
+
+def _local_artifact(artifact_uri: str, name: str) -> Path | None:
+    """The file of artifact ``name`` when the store keeps artifacts on this machine's disk
+    (read in place: no copy, no progress bar), else None."""
+    parsed = urlparse(artifact_uri)
+    if parsed.scheme not in ("", "file"):
+        return None
+    path = Path(url2pathname(parsed.path)) / name
+    return path if path.is_file() else None
+
+
 def load_artifact_dict(client: MlflowClient, run_id: str, name: str) -> dict:
     """Read a JSON artifact written with :meth:`RunHandle.artifact_dict`."""
-    return mlflow.artifacts.load_dict(f"{client.get_run(run_id).info.artifact_uri}/{name}")
+    uri = client.get_run(run_id).info.artifact_uri
+    local = _local_artifact(uri, name)
+    if local is not None:
+        return json.loads(local.read_text())
+    with _no_progress_bars():
+        return mlflow.artifacts.load_dict(f"{uri}/{name}")
 
 
 def download_artifact(client: MlflowClient, run_id: str, path: str, dst: Path) -> Path:
+    """The artifact ``path`` of a run as a local file (in place for local stores, else copied
+    into ``dst``)."""
+    local = _local_artifact(client.get_run(run_id).info.artifact_uri, path)
+    if local is not None:
+        return local
     dst.mkdir(parents=True, exist_ok=True)
-    return Path(client.download_artifacts(run_id, path, str(dst)))
+    with _no_progress_bars():
+        return Path(client.download_artifacts(run_id, path, str(dst)))
 
 
 # -- reading results back (the report stage) ----------------------------------------------
@@ -335,11 +389,13 @@ def collect(tracker: Tracker, workdir: Path, run_ids: set[str] | None = None) ->
     ``run_ids`` restricts the pretrain/probe runs read (see :func:`select_results`).
     Returns dict with ``scores`` (method, task, pretrain_seed, probe_seed, metric, value),
     ``predictions`` ((method, task, pretrain_seed, probe_seed) -> clip_ids/targets/scores/
-    groups), ``per_tag``, ``pretrain_curves``
+    vocabulary/groups), ``per_tag``, ``pretrain_curves``
     (method, seed, step, metric, value: the :data:`PRETRAIN_CURVES` histories),
     ``pretrain_runs`` (method, seed, trained, collapsed), ``embedding_health`` (method, seed,
-    corpus and :data:`HEALTH_STATS`), ``source_activity``, ``separation_quality`` (DataFrames
-    or None) and ``num_runs``.
+    corpus and :data:`HEALTH_STATS`), ``source_activity`` (separator, corpus, source, active,
+    total), ``separation_quality`` (DataFrames or None), ``task_info`` (task -> clips per
+    split, number of labels, tags or classes left out of the scores), ``pretrain_data`` (what
+    the pre-training runs read -> their methods) and ``num_runs``.
     """
     import numpy as np
     import pandas as pd
@@ -355,6 +411,8 @@ def collect(tracker: Tracker, workdir: Path, run_ids: set[str] | None = None) ->
         )
     score_rows, tag_rows, activity_rows, quality_rows = [], [], [], []
     curve_rows, pretrain_rows, health_rows = [], [], []
+    task_info: dict[str, dict] = {}
+    pretrain_data: dict[str, list[str]] = {}  # what pre-training read -> the methods
     predictions: dict = {}
     for run in runs:
         kind = run.data.tags.get(KIND_TAG)
@@ -385,8 +443,24 @@ def collect(tracker: Tracker, workdir: Path, run_ids: set[str] | None = None) ->
                 tag_rows.append(
                     (method, task, *seeds, tag, values.get("roc_auc"), values.get("pr_auc"))
                 )
+            # What the data of a task looked like (the same for every run of the task).
+            task_info.setdefault(
+                task,
+                {
+                    "clips": {
+                        split: int(run.data.metrics[f"num_{split}_clips"])
+                        for split in ("train", "valid", "test")
+                        if f"num_{split}_clips" in run.data.metrics
+                    },
+                    "num_labels": len(predictions[(method, task, *seeds)]["vocabulary"]),
+                    "excluded_tags": details.get("excluded_tags") or [],
+                    "absent_classes": details.get("absent_classes") or [],
+                },
+            )
         elif kind == "pretrain":
             method, seed = tags.get("method"), int(tags.get("seed", 0))
+            if tags.get("pretrain_data"):
+                pretrain_data.setdefault(tags["pretrain_data"], []).append(method)
             for name in PRETRAIN_CURVES:
                 if name in run.data.metrics:
                     history = tracker.client.get_metric_history(run.info.run_id, name)
@@ -411,8 +485,11 @@ def collect(tracker: Tracker, workdir: Path, run_ids: set[str] | None = None) ->
                 )
         elif kind == "separate":
             d = load_artifact_dict(tracker.client, run.info.run_id, "activity.json")
+            corpus = tags.get("corpus", "mtat")
             for src, row in d["activity"].items():
-                activity_rows.append((tags.get("separator"), src, row["active"], row["total"]))
+                activity_rows.append(
+                    (tags.get("separator"), corpus, src, row["active"], row["total"])
+                )
         elif kind == "train-separator":
             q = load_artifact_dict(tracker.client, run.info.run_id, "quality.json")
             for sep in ("umx", "random_mask"):
@@ -424,7 +501,7 @@ def collect(tracker: Tracker, workdir: Path, run_ids: set[str] | None = None) ->
     def frame(rows, cols):
         return pd.DataFrame(rows, columns=cols) if rows else None
 
-    activity = frame(activity_rows, ["separator", "source", "active", "total"])
+    activity = frame(activity_rows, ["separator", "corpus", "source", "active", "total"])
     return {
         "scores": pd.DataFrame(score_rows, columns=[*_SEEDED, "metric", "value"]),
         "predictions": predictions,
@@ -434,5 +511,7 @@ def collect(tracker: Tracker, workdir: Path, run_ids: set[str] | None = None) ->
         "embedding_health": frame(health_rows, ["method", "seed", "corpus", *HEALTH_STATS]),
         "source_activity": activity,
         "separation_quality": frame(quality_rows, ["separator", "source", "si_sdr"]),
+        "task_info": task_info,
+        "pretrain_data": pretrain_data,
         "num_runs": len(runs),
     }

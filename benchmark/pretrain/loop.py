@@ -191,9 +191,10 @@ class PretrainedModel:
     """A method's encoder after stage ``pretrain``: what evaluation embeds with.
 
     ``key`` is the pre-training run's content key, ``final_path`` its weights (for a method
-    without pre-training, random_init, the initial weights with precise-BN statistics),
-    ``run_id`` its MLflow run; ``cached`` says it was found finished and nothing was
-    trained."""
+    without pre-training, random_init, the initial weights with precise-BN statistics; None
+    for an external encoder), ``run_id`` its MLflow run; ``cached`` says it was found finished
+    and nothing was trained. ``external``: for an encoder of the HEAR API, ``(module, model
+    file)``; its ``key`` then identifies the module and weights."""
 
     method: str
     seed: int
@@ -201,6 +202,7 @@ class PretrainedModel:
     final_path: Path
     run_id: str | None
     cached: bool = False
+    external: tuple[str, str] | None = None
 
 
 def _save_checkpoint(path: Path, model, opt, sched, step: int, key: str) -> None:

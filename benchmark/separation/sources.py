@@ -17,7 +17,15 @@ import numpy as np
 from benchmark.config import FrontEndConfig, SeparationConfig, section_hash, to_dict
 from benchmark.data.audio import AudioError, log_mel
 from benchmark.data.features import AudioItem, excerpt_spans, load_checked, store_root
-from benchmark.data.store import BadClip, Entry, FeatureStore, Job, build, file_key
+from benchmark.data.store import (
+    BadClip,
+    Entry,
+    FeatureStore,
+    Job,
+    build,
+    file_key,
+    shard_size_for,
+)
 from benchmark.separation import build_separator
 from benchmark.separation.base import SOURCES, SeparationError, Separator
 
@@ -139,7 +147,7 @@ def build_sources(
         root,
         jobs,
         extract,
-        shard_size=16,
+        shard_size=shard_size_for(len(jobs), 2, 16),  # a separated song takes a while
         workers=1,
         max_bad_fraction=max_bad_fraction,
         desc=f"separate {dataset} ({sep_cfg.separator})",

@@ -123,3 +123,39 @@ def test_cli_reports_user_errors_in_one_line():
         and "unknown config key 'pretrain.stepz'" in out.stderr
     )
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        # a real-data root without data.source=real used to be silently ignored
+        (["data.mtat_root=/data/mtat"], r"data\.mtat_root is set but data\.source=synthetic"),
+        (["data.mtat_split_dir=/lists"], r"data\.mtat_split_dir is set .* add data\.source=real"),
+        (["data.pretrain_source=folder"], r"pretrain_source=folder needs data\.pretrain_root"),
+        (["data.pretrain_source=manifest"], r"needs data\.pretrain_manifest"),
+        (["data.pretrain_root=/music"], r"pretrain_source=mtat would ignore it: add data\.pre"),
+        (["data.pretrain_source=tape"], r"data\.pretrain_source must be one of mtat, folder"),
+        (["data.source=disk"], r"data\.source must be one of synthetic, real"),
+        (["data.valid_fraction=1.5"], r"data\.valid_fraction must lie in \(0, 1\)"),
+    ],
+)
+def test_data_settings_that_would_be_ignored_or_cannot_work_are_errors(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve("smoke", overrides)
+    # with what the message asks for, the same settings resolve
+    resolve("smoke", ["data.source=real", "data.mtat_root=/data/mtat"])
+    resolve("smoke", ["data.pretrain_source=folder", "data.pretrain_root=/music"])
+
+
+def test_config_says_which_data_is_used(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmark", "config", "--profile", "smoke",
+         "data.pretrain_source=folder", f"data.pretrain_root={tmp_path}",
+         f"paths.runs_dir={tmp_path / 'runs'}"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    text = out.stdout
+    assert f"pre-training: every audio file under {tmp_path} (recursive)" in text
+    assert "task mtat: mtat of the synthetic corpus (smoke, seed 0)" in text
+    assert "separated sources (config separator): Open-Unmix trained here" in text
+    assert not (tmp_path / "runs").exists()  # describing the data generates nothing

@@ -303,3 +303,55 @@ def test_diagnostics_sections_flag_the_collapsed_method(report):
     tables = markdown[markdown.index("## Results per task") :]
     assert "msa_multi ⚠ collapsed" in tables
     assert "cola (baseline) ⚠" not in tables
+
+
+def test_report_says_what_it_measured(tmp_path):
+    """Only planned results can be missing; published rows only for columns on the paper's
+    data; chance levels, external encoders, data notes and figure captions are shown."""
+    scores, predictions, _ = _synthetic_benchmark()
+    paths = build_report(
+        tmp_path,
+        scores,
+        predictions,
+        families=FAMILIES,
+        calibration_reps=200,
+        expected_methods=["cola", "msa_multi", "msa_vocals", "msa_bass"],
+        expected_tasks=["mtat", "fma"],
+        # the plan left msa_bass and msa_vocals × fma out on purpose
+        expected_pairs=[("cola", "mtat"), ("cola", "fma"), ("msa_multi", "fma")],
+        data_notes=["pre-training: every audio file under /music", "fma: test 60 clips"],
+        published_columns=[],
+        published_note="these results are on the synthetic corpus",
+        method_notes={"msa_vocals": "HEAR 2021 API module tiny"},
+        extras={"separation_quality": pd.DataFrame(
+            {"separator": ["umx (trained here)", "random_mask"] * 2,
+             "source": ["bass", "bass", "drums", "drums"], "si_sdr": [3.1, -2.0, 5.2, -1.5]}
+        )},
+    )  # fmt: skip
+    markdown = paths["leaderboard.md"].read_text()
+    # nothing planned is absent; msa_bass was never planned ("single" has 1 run by design)
+    assert "no results" not in markdown and "msa_bass" not in markdown
+    assert "- pre-training: every audio file under /music" in markdown
+    assert f"{PUBLISHED_LABEL}, for reference" not in markdown  # no published tables
+    assert "not comparable: these results are on the synthetic corpus" in markdown
+    assert "msa_vocals (external)" in markdown
+    assert "msa_vocals: HEAR 2021 API module tiny" in markdown
+    assert "Chance level on these test clips: 0.500" in markdown  # mtat roc_auc
+    assert "measured on the synthetic corpus's validation clips" in markdown
+    csv = pd.read_csv(paths["leaderboard.csv"]).set_index(["method", "task", "metric"])
+    assert csv.loc[("cola", "mtat", "roc_auc"), "chance"] == 0.5
+    fma_counts = np.bincount(np.arange(NUM_CLIPS) % NUM_CLASSES)
+    assert csv.loc[("cola", "fma", "accuracy"), "chance"] == fma_counts.max() / NUM_CLIPS
+    positives = predictions[("cola", "mtat", 0, 0)]["targets"].mean(axis=0)
+    assert csv.loc[("cola", "mtat", "pr_auc"), "chance"] == pytest.approx(positives.mean())
+
+
+def test_figures_a_run_has_no_data_for_by_design_are_not_listed(tmp_path):
+    scores, predictions, _ = _synthetic_benchmark()
+    paths = build_report(
+        tmp_path, scores, predictions, families=FAMILIES, calibration_reps=200,
+        expected_figures=["scores_mtat.png", "scores_fma.png", "pretraining.png"],
+    )  # fmt: skip
+    markdown = paths["leaderboard.md"].read_text()
+    assert "- pretraining.png: " in markdown  # expected, so said
+    assert "separation_quality.png" not in markdown  # no separation ran: nothing to say

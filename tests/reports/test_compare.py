@@ -322,6 +322,15 @@ def test_missing_results_and_score_checks():
         "b × u: primary metric roc_auc missing",
         "c × u: no results",
     ]
+    # A plan's pairs: what it left out is not missing; a pair planned with one run (an
+    # external encoder) is complete with one, and one planned with 4 lacks one more.
+    planned = {("a", "t"): 1, ("b", "t"): 4}
+    lines = missing_results(scores, ["a", "b", "c"], ["t", "u"], {"t": "accuracy"}, planned)
+    assert lines == ["b × t: 3 of 4 pre-training runs"]
+    assert missing_results(scores, None, None, {}, [("a", "t"), ("c", "t")]) == [
+        "a × t: 2 of 3 pre-training runs",
+        "c × t: no results",
+    ]
     with pytest.raises(ValueError, match="duplicate"):
         run_sets(pd.concat([scores, scores.iloc[:1]]), None)
     with pytest.raises(ValueError, match="lacks columns"):

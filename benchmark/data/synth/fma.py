@@ -36,6 +36,7 @@ GENRE_IDS = {"Electronic": 15, "Experimental": 38, "Folk": 17, "Hip-Hop": 21,
              "Instrumental": 1235, "International": 2, "Pop": 10, "Rock": 12}  # fmt: skip
 OTHER_GENRES = ("Blues", "Classical", "Jazz", "Country", "Soul-RnB", "Spoken", "Easy Listening")
 FMA_SPLIT_NAMES = {"train": "training", "valid": "validation", "test": "test"}
+MAX_TRACKS_PER_ARTIST = 5  # tracks per artist: 1-5, 3 on average
 
 
 @dataclass(frozen=True)
@@ -85,16 +86,33 @@ def catalogue(num_tracks: int, duration_s: float, seed: int, knobs: Difficulty) 
         count = base + (1 if g < extra else 0)
         slots += [(genre, split) for split in _genre_splits(count, rng)]
     slots = [slots[i] for i in rng.permutation(len(slots))]  # ids do not follow genres
+    artists = _artists(slots, rng_for(seed, 8))
     jobs = []
     track_id = 2
     for index, (genre, split) in enumerate(slots):
         while f"{track_id:06d}" in FMA_EMPTY:
             track_id += 1
         style = _style(genre, rng, knobs.fma_style_mix)
-        artist = int(rng.integers(1, 10 * max(num_tracks, 1)))
-        jobs.append(TrackJob(index, track_id, genre, style, split, artist, duration_s, seed, knobs))
+        jobs.append(TrackJob(index, track_id, genre, style, split, artists[index], duration_s,
+                             seed, knobs))  # fmt: skip
         track_id += int(rng.integers(1, 30))
     return jobs
+
+
+def _artists(slots: list[tuple[str, str]], rng: np.random.Generator) -> list[int]:
+    """An artist id per slot: artists of 1-5 tracks within one genre and split, as in FMA,
+    whose splits keep an artist's tracks together; test tracks then cluster by artist."""
+    out = [0] * len(slots)
+    artist = 0
+    for key in sorted(set(slots)):
+        positions = [i for i, slot in enumerate(slots) if slot == key]
+        while positions:
+            artist += 1
+            size = int(rng.integers(1, MAX_TRACKS_PER_ARTIST + 1))
+            for i in positions[:size]:
+                out[i] = artist
+            positions = positions[size:]
+    return out
 
 
 def render(job: TrackJob, root: Path) -> dict:

@@ -57,7 +57,7 @@ def resolve_size(size: str | int) -> Size:
 
 def generate(
     out_dir: Path, size: str | int = "smoke", seed: int = 0, workers: int = 2,
-    knobs: Difficulty | None = None,
+    knobs: Difficulty | None = None, progress: bool = True,
 ) -> dict:  # fmt: skip
     """Write the synthetic corpus under ``out_dir`` and return its manifest.
 
@@ -66,6 +66,8 @@ def generate(
     formats of the real datasets, all at 16 kHz. The same ``seed`` gives byte-identical files
     for any number of ``workers`` (every clip has its own seed). ``manifest.json`` is written
     last: its presence means the tree is complete.
+
+    ``progress`` shows a progress bar (one step per clip, note set or track).
 
     Raises ValueError for an unknown size, FileExistsError when ``out_dir`` holds ``mtat``,
     ``nsynth`` or ``fma`` folders that this generator did not write.
@@ -81,7 +83,7 @@ def generate(
     nsynth_jobs = nsynth.catalogue(spec.nsynth_notes, seed, knobs)
     jobs = [("mtat", j) for j in mtat_jobs] + [("fma", j) for j in fma_jobs]
     jobs += [("nsynth", j) for j in nsynth_jobs]
-    results = _run(jobs, roots, workers)
+    results = _run(jobs, roots, workers, progress)
 
     mtat_counts = mtat.write_metadata(roots["mtat"], results["mtat"])
     nsynth_counts = nsynth.write_metadata(
@@ -139,19 +141,25 @@ def _work(item: tuple[int, str, object, Path]):
     return index, _RENDER[corpus](job, root)
 
 
-def _run(jobs: list[tuple[str, object]], roots: dict[str, Path], workers: int) -> dict:
+def _run(
+    jobs: list[tuple[str, object]], roots: dict[str, Path], workers: int, progress: bool
+) -> dict:
     """Render every job (in ``workers`` processes); results per corpus in job order."""
     items = [(i, corpus, job, roots[corpus]) for i, (corpus, job) in enumerate(jobs)]
     out: list = [None] * len(items)
     if workers <= 1:
-        with tqdm(total=len(items), desc="synthetic corpus", unit="clip", disable=None) as bar:
+        with tqdm(
+            total=len(items), desc="synthetic corpus", unit="job", disable=not progress
+        ) as bar:
             for item in items:
                 index, result = _work(item)
                 out[index] = result
                 bar.update()
     else:
         with _context().Pool(workers) as pool:
-            with tqdm(total=len(items), desc="synthetic corpus", unit="clip", disable=None) as bar:
+            with tqdm(
+                total=len(items), desc="synthetic corpus", unit="job", disable=not progress
+            ) as bar:
                 for index, result in pool.imap_unordered(_work, items, chunksize=2):
                     out[index] = result
                     bar.update()

@@ -20,6 +20,7 @@ from benchmark.data.datasets import (
     load_fma,
     load_mtat,
     load_nsynth,
+    mtat_song,
     read_mtat_split_lists,
 )
 
@@ -116,8 +117,19 @@ def test_mtat_filtered_uses_the_lists_and_skips_bad_audio(mtat_tree, caplog):
             assert clip.path == root / r["mp3_path"] and clip.path.is_absolute()
             expected = [int(t in r["tags"]) for t in MTAT_TOP50]
             assert list(clip.target) == expected
+            # the song: the file name without its folder, extension and segment suffix
+            song = r["mp3_path"].split("/")[1].rsplit("-", 2)[0]
+            assert clip.group == song and clip.cluster == song
     targets = ds.targets(ds.split("valid"))
     assert targets.shape == (3, 50) and targets.dtype == np.float32
+
+
+def test_mtat_song_strips_folder_extension_and_segment():
+    path = "f/american_bach_soloists-j_s__bach_solo_cantatas-01-bwv54__i_aria-30-59.mp3"
+    song = "american_bach_soloists-j_s__bach_solo_cantatas-01-bwv54__i_aria"
+    assert mtat_song(path) == song
+    assert mtat_song(path.replace("30-59", "146-175")) == song
+    assert mtat_song("0/a-b-01-c.mp3") == "a-b-01-c"  # no segment suffix: the whole stem
 
 
 def test_mtat_star_uses_the_folder_rule_and_keeps_untagged_clips(mtat_tree):
@@ -221,6 +233,7 @@ def test_nsynth_loads_families_and_skips_bad_audio(nsynth_tree):
     assert ds.targets().dtype == np.int64
     clip = ds.split("valid")[0]
     assert clip.clip_id == "string_acoustic_003-070-100"
+    assert clip.group == "string_acoustic_003"  # notes cluster by instrument
     assert clip.path == nsynth_tree / "nsynth-valid" / "audio" / f"{clip.clip_id}.wav"
 
 
@@ -266,9 +279,12 @@ def test_nsynth_missing_field_and_unsafe_name(nsynth_tree):
 
 def _write_tracks(path: Path, rows: list[tuple]) -> None:
     """rows: (track_id, subset, split, genre_top) written with FMA's two-level header."""
-    columns = pd.MultiIndex.from_tuples([("album", "title"), ("set", "split"), ("set", "subset"),
-                                         ("track", "genre_top"), ("track", "title")])  # fmt: skip
-    data = [["Album", split, subset, genre, f"Track {tid}"] for tid, subset, split, genre in rows]
+    columns = pd.MultiIndex.from_tuples([("album", "title"), ("artist", "id"), ("set", "split"),
+                                         ("set", "subset"), ("track", "genre_top"),
+                                         ("track", "title")])  # fmt: skip
+    # artist id: tracks of the same hundred share an artist
+    data = [["Album", tid // 100, split, subset, genre, f"Track {tid}"]
+            for tid, subset, split, genre in rows]  # fmt: skip
     df = pd.DataFrame(data, index=pd.Index([r[0] for r in rows], name="track_id"), columns=columns)
     path.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(path)
@@ -300,6 +316,9 @@ def test_fma_small_filters_subset_and_skips(fma_tree):
     assert set(by_id) == {"000002", "000005", "000010", "000140", "098565"}
     assert by_id["000140"].path == fma_tree / "fma_small" / "000" / "000140.mp3"
     assert FMA_GENRES[by_id["000002"].target] == "Hip-Hop"
+    # tracks cluster by artist (the helper gives tracks of one hundred one artist)
+    assert by_id["000002"].group == by_id["000010"].group == "artist-0"
+    assert by_id["000140"].group == "artist-1"
     assert ds.targets().dtype == np.int64
 
 

@@ -279,6 +279,25 @@ def test_loaders_read_the_synthetic_corpus(smoke):
     assert np.bincount(fma.targets(), minlength=8).tolist() == genre_counts
 
 
+def test_test_clips_cluster_like_the_real_datasets(smoke):
+    """Several clips per MTAT song, notes per NSynth instrument and tracks per FMA artist, and
+    no cluster crosses splits: the clustered statistics have clusters to resample."""
+    root, _ = smoke
+    datasets = {
+        "mtat": load_mtat(root / "mtat", filtered=False),
+        "nsynth": load_nsynth(root / "nsynth"),
+        "fma": load_fma(root / "fma"),
+    }
+    for name, ds in datasets.items():
+        assert all(c.group for c in ds.clips), name
+        split_of: dict[str, set] = {}
+        for c in ds.clips:
+            split_of.setdefault(c.group, set()).add(c.split)
+        assert all(len(s) == 1 for s in split_of.values()), f"{name}: a cluster crosses splits"
+        sizes = pd.Series([c.group for c in ds.clips]).value_counts()
+        assert sizes.max() >= 3 and len(sizes) < 0.75 * len(ds.clips), (name, sizes.describe())
+
+
 # -- determinism and safety ------------------------------------------------------------------
 
 

@@ -54,6 +54,11 @@ def test_every_task_runs_for_random_init_and_cola(env, tmp_path):
     assert len(data["predictions"]) == 2 * len(TASKS)
     for (method, task_name, _pretrain_seed, _probe_seed), pred in data["predictions"].items():
         task = TASKS[task_name]
+        # each test clip's cluster (song, instrument, artist) travels with its prediction
+        cluster = {c.clip_id: c.cluster for c in stages.load_task_dataset(ctx, task).clips}
+        assert pred["groups"] == [cluster[c] for c in pred["clip_ids"]]
+        if task_name != "fma":  # the smoke corpus has one FMA test track per genre and artist
+            assert len(set(pred["groups"])) < len(pred["groups"]), task_name
         logged = scores[(scores.method == method) & (scores.task == task_name)]
         logged = dict(zip(logged.metric, logged.value, strict=True))
         targets, probs = pred["targets"], pred["scores"]

@@ -1,4 +1,4 @@
-"""Shared fixtures of the benchmark tests: the smoke synthetic corpus, generated once."""
+"""Shared fixtures of the tests: the smoke synthetic corpus, generated once per session."""
 
 from __future__ import annotations
 
@@ -11,5 +11,5 @@ from benchmark.data.synth import generate
 def synth_smoke(tmp_path_factory):
     """``(root, manifest)`` of the "smoke" synthetic corpus (seed 0), shared by the session."""
     root = tmp_path_factory.mktemp("synth_smoke")
-    manifest = generate(root, size="smoke", seed=0, workers=2)
+    manifest = generate(root, size="smoke", seed=0, workers=2, progress=False)
     return root, manifest

@@ -1,0 +1,37 @@
+"""The embedding cache follows the store's content: a store that gains clips under the same
+folder (a task file added on the pre-training folder) gets new embeddings, not the old rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from benchmark.config import resolve
+from benchmark.data.store import FeatureStore, Job, build
+from benchmark.evaluation.embed import _embed_store, store_content
+from benchmark.pretrain.loop import PretrainedModel, build_model
+from tests.fixtures import TINY_PRETRAIN, _mix_extract
+
+
+def _store(root, num_clips: int) -> FeatureStore:
+    jobs = [Job(f"c{i:03d}", f"k{i}", (i, 300)) for i in range(num_clips)]
+    build(root, jobs, _mix_extract, progress=False)
+    return FeatureStore(root)
+
+
+def _cached(folder):
+    return np.load(folder / "embeddings.npy"), np.load(folder / "offsets.npy")
+
+
+def test_a_store_that_gains_clips_gets_new_embeddings(tmp_path):
+    cfg = resolve("smoke", [*TINY_PRETRAIN, f"paths.runs_dir={tmp_path / 'runs'}"])
+    weights = tmp_path / "final.pt"
+    torch.save(build_model(cfg.encoder, 0, torch.device("cpu")).state_dict(), weights)
+    model = PretrainedModel("random_init", 0, "floor", weights, None)
+    small = _store(tmp_path / "store", 3)
+    _, offsets = _cached(_embed_store(cfg, model, small, 98, progress=False))
+    assert len(offsets) == 4
+    grown = _store(tmp_path / "store", 5)  # same folder, two more clips
+    assert grown.root == small.root and store_content(grown) != store_content(small)
+    embeddings, offsets = _cached(_embed_store(cfg, model, grown, 98, progress=False))
+    assert len(offsets) == 6 and offsets[-1] == len(embeddings) == 5 * 3  # 3 windows per clip
