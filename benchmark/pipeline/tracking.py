@@ -358,7 +358,8 @@ def select_results(runs: list, run_ids: set[str] | None = None) -> list:
     those pretrain/probe runs: results of other configurations in the same experiment never
     mix in. Without, one probe run per (method, task, seed) and one pretrain run per
     (method, seed), the newest (a forced rerun replaces the run it supersedes).
-    Other kinds (separation records) are kept as they are.
+    Other kinds (separation records) are kept unless superseded (a record redone because its
+    artefact had gone is read once, from its new run).
     """
     finished = [r for r in runs if r.info.status == "FINISHED"]
     tracked = ("probe", "pretrain")
@@ -366,7 +367,11 @@ def select_results(runs: list, run_ids: set[str] | None = None) -> list:
         return [
             r
             for r in finished
-            if r.data.tags.get(KIND_TAG) not in tracked or r.info.run_id in run_ids
+            if (
+                r.info.run_id in run_ids
+                if r.data.tags.get(KIND_TAG) in tracked
+                else SUPERSEDED_TAG not in r.data.tags
+            )
         ]
     newest: dict = {}
     rest = []
@@ -378,7 +383,7 @@ def select_results(runs: list, run_ids: set[str] | None = None) -> list:
             newest[(kind, *key)] = r
         elif kind == "pretrain":
             newest[(kind, t.get("method"), t.get("seed"))] = r
-        else:
+        elif SUPERSEDED_TAG not in t:
             rest.append(r)
     return rest + list(newest.values())
 

@@ -186,6 +186,18 @@ def test_report_reads_the_plans_runs_or_the_newest_of_each_result():
     assert planned == {"old", "pre", "sep"}  # other configurations' runs never mix in
 
 
+def test_a_superseded_record_is_not_read_twice():
+    """A train-separator run redone because its model had gone (issue #13's rerun rule) left
+    two FINISHED records of one separator; the report read both quality tables."""
+    runs = [
+        _run("old", 1, "train-separator", **{"bench.superseded_by": "new"}),
+        _run("new", 2, "train-separator", **{"bench.supersedes": "old"}),
+        _run("sep", 1, "separate"),
+    ]
+    assert {r.info.run_id for r in select_results(runs)} == {"new", "sep"}
+    assert {r.info.run_id for r in select_results(runs, {"x"})} == {"new", "sep"}
+
+
 def test_embeddings_follow_the_checkpoint_content(env, monkeypatch, tmp_path):
     """Same weights at another path reuse the cache; changed weights under the same
     pre-training key (a retrained, non-deterministic run) get new embeddings."""
