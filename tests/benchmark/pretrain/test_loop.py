@@ -317,3 +317,27 @@ def test_weights_with_code_are_refused_in_one_line(tmp_path, corpus):
         assert isinstance(info.value, EXPECTED_FAILURES), type(info.value)
         assert "\n" not in message and "pickled code" in message
         assert "weights_only=False" not in message and str(tmp_path) in message
+
+
+def test_random_init_statistics_run_on_compute_threads(tmp_path, corpus, monkeypatch):
+    """random_init's batch-norm statistics (precise BN over the corpus) are a forward pass
+    like any other: on ``compute.torch_threads``, the caller's count restored."""
+    import benchmark.pretrain.loop as loop
+
+    cfg = _cfg(2, "compute.torch_threads=2", "pretrain.precise_bn_batches=1")
+    seen: list[int] = []
+    real = loop.precise_bn
+
+    def counting(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "precise_bn", counting)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        final = loop.materialize_untrained(cfg, METHODS["random_init"], corpus, tmp_path, "k", 0)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(previous)
+    assert seen == [2] and final.is_file()
