@@ -138,7 +138,10 @@ def cmd_features(args, cfg):
     for corpus in sorted(corpora | {stages.pretrain_corpus(cfg)}):
         store = stages.mixture_store(ctx, corpus)
         rep = store.report()
-        print(f"{corpus}: {len(store)} clips in {store.root} ({rep['num_bad']} skipped)")
+        print(
+            f"{corpus}: {len(store)} clips in {store.root} ({rep['num_bad']} skipped, of which "
+            f"{rep.get('num_missing', 0)} missing or empty files)"
+        )
 
 
 def cmd_train_separator(args, cfg):
@@ -360,17 +363,28 @@ def cmd_run(args, cfg):
             print(line)
         return 0
     t0 = time.perf_counter()
-    wall = execute(steps)
+    ctx.tracker.fail_orphans()  # runs left open by killed processes; their steps resume them
     status_file = cfg.profile_dir / "plan_status.json"
     previous = read_json(status_file) if status_file.is_file() else {}
-    status = merge_status(previous, steps, wall, cfg.results_hash())
-    atomic_write_json(status_file, status)
+    wall: dict[str, float] = {}
+
+    def record(step=None):
+        # After every step, so that a kill loses at most the step it interrupted.
+        if step is not None:
+            wall[step.stage] = wall.get(step.stage, 0.0) + step.wall_s
+        status = merge_status(previous, steps, wall, cfg.results_hash())
+        atomic_write_json(status_file, status)
+        return status
+
+    execute(steps, on_step=record)
+    status = record()
     failed = [s for s in steps if s.status in ("failed", "blocked")]
+    counts = {k: sum(s.status == k for s in steps) for k in ("ran", "done", "checked")}
     # The steps' outcome first: whatever the report does, the user learns what failed.
     print(
-        f"finished in {time.perf_counter() - t0:.0f} s: "
-        f"{sum(s.status == 'ran' for s in steps)} steps ran, "
-        f"{sum(s.status == 'done' for s in steps)} were done, {len(failed)} failed or blocked"
+        f"finished in {time.perf_counter() - t0:.0f} s: {counts['ran']} steps ran, "
+        f"{counts['done']} were done, {counts['checked']} cache steps checked, "
+        f"{len(failed)} failed or blocked"
     )
     for s in failed:
         print(f"  {s.status}: {s.name}: {s.error}")

@@ -194,6 +194,17 @@ class BenchmarkConfig:
 
 
 @dataclass(frozen=True)
+class ComputeConfig:
+    # torch intra-op CPU threads of pre-training, separator training, separation and
+    # embedding (ours). Results on the CPU depend on it: the same value gives the same numbers,
+    # another value slightly different ones. One, because the DataLoader workers already use
+    # the second core of the 2-core reference machine, and on a machine shared with other jobs
+    # two OpenMP threads spinning against them ran separation ~50x slower (measured, load 12).
+    # Feature extraction and probes use one thread each, whatever this says.
+    torch_threads: int = 1
+
+
+@dataclass(frozen=True)
 class Config:
     profile: str = "paper"  # name of the profile this config was resolved from
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -205,6 +216,7 @@ class Config:
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
 
     # -- derived locations -------------------------------------------------------------
     @property

@@ -18,7 +18,9 @@ Input contract
     ids (optional: each clip its own cluster); used for the test-set components. Optional.
 ``per_tag``: DataFrame ``method, task, tag, roc_auc, pr_auc`` (+ seed columns); optional.
 ``provenance``: dict with ``profile``, ``config_hash``, ``git_commit``, ``versions``
-    (package -> version), ``machine``, ``stage_wall_s`` (stage -> seconds), ``skipped``
+    (package -> version), ``machine``, ``stage_compute_s`` (stage -> seconds of compute behind
+    the results, summed over invocations), ``stage_wall_s`` (stage -> seconds of the last
+    invocation), ``skipped``
     (list of str: missing or skipped results known to the caller). Absent keys are reported
     as "not recorded"; other keys are listed as they are.
 ``extras``: dict of optional DataFrames: ``pretrain_curves`` (method, seed, step, metric,

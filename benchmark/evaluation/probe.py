@@ -23,19 +23,18 @@ A probe never sees test data: :func:`train_probe` takes only a training and a va
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import math
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
-from benchmark.io import pick_device
+from benchmark.io import pick_device, torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -310,20 +309,6 @@ def _predict(model: Probe, windows: _DeviceWindows, batch_size: int) -> np.ndarr
     return (sums / counts[:, None]).cpu().numpy()
 
 
-@contextlib.contextmanager
-def _torch_threads(num_threads: int | None) -> Iterator[None]:
-    """Temporarily set torch's intra-op CPU threads (None: leave them)."""
-    if num_threads is None:
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(num_threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def _model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
@@ -463,7 +448,7 @@ def train_probe(
 
     fork_devices = [device.index or 0] if device.type == "cuda" else []
     threads = cpu_threads if device.type == "cpu" else None
-    with _torch_threads(threads), torch.random.fork_rng(devices=fork_devices):
+    with torch_threads(threads), torch.random.fork_rng(devices=fork_devices):
         torch.manual_seed(seed)
         model = build_probe(spec, train.dim, params, mean=mean, std=std).to(device)
         optimiser = torch.optim.Adam(

@@ -28,10 +28,10 @@ class Step:
     stage: str  # data | features | separate | pretrain | tune | probe | report
     run: Callable[[], object]
     deps: list[str] = field(default_factory=list)
-    status: str = "pending"  # pending | done | ran | failed | blocked
+    status: str = "pending"  # pending | checked (a cache stage) | done | ran | failed | blocked
     error: str = ""
     wall_s: float = 0.0
-    run_id: str = ""  # the MLflow run of a tracked step (pretrain, probe)
+    run_id: str = ""  # the MLflow run of a tracked step (pretrain, tune, probe)
     method: str = ""  # pretrain, tune, probe: the method (names may hold ':', e.g. hear:x)
     task: str = ""  # tune, probe: the task
 
@@ -140,10 +140,8 @@ def build_plan(ctx: Context, methods=None, tasks=None, only=None) -> list[Step]:
                     Step(
                         tune_name,
                         "tune",
-                        lambda m=m, task=task, first=first: (
-                            "done"
-                            if probing.run_tune(ctx, models[(m, first)], task).get("cached")
-                            else "ran"
+                        lambda m=m, task=task, first=first: _tune_outcome(
+                            probing.run_tune(ctx, models[(m, first)], task)
                         ),
                         [step_name("pretrain", m, first), f"features:{task.corpus}"],
                         method=m,
@@ -228,8 +226,17 @@ def _snapshot_steps(ctx, m, task_names, at, models, tune) -> list[Step]:
     return out
 
 
-def execute(steps: list[Step]) -> dict[str, float]:
-    """Run the steps in order; a failure blocks its dependants only. Returns wall time per stage."""
+def _tune_outcome(out: dict) -> stages.Outcome:
+    return stages.Outcome("done" if out["cached"] else "ran", out["run_id"])
+
+
+def execute(steps: list[Step], on_step: Callable[[Step], None] | None = None) -> dict[str, float]:
+    """Run the steps in order; a failure blocks its dependants only. ``on_step(step)`` is
+    called after each step (e.g. to record it at once). Returns wall time per stage.
+
+    A step's status: "done" (found finished) or "ran" for tracked steps, "checked" for the
+    cache stages (data, features, separate: built now or found built), "failed", "blocked".
+    """
     by_name = {s.name: s for s in steps}
     wall: dict[str, float] = {}
     for step in steps:
@@ -237,22 +244,24 @@ def execute(steps: list[Step]) -> dict[str, float]:
         if blocked:
             step.status, step.error = "blocked", f"needs {', '.join(blocked)}"
             log.warning("skipping %s: %s", step.name, step.error)
-            continue
-        t0 = time.perf_counter()
-        try:
-            result = step.run()
-            if isinstance(result, stages.Outcome):
-                step.status, step.run_id = result.status, result.run_id or ""
-            else:
-                step.status = "done" if result == "done" else "ran"
-        except KeyboardInterrupt:
-            raise
-        except Exception as exc:  # isolate: one failing step must not stop the others
-            step.status, step.error = "failed", f"{type(exc).__name__}: {exc}"
-            log.error("step %s failed: %s", step.name, step.error)
-            log.debug("%s", traceback.format_exc())
-        step.wall_s = time.perf_counter() - t0
-        wall[step.stage] = wall.get(step.stage, 0.0) + step.wall_s
+        else:
+            t0 = time.perf_counter()
+            try:
+                result = step.run()
+                if isinstance(result, stages.Outcome):
+                    step.status, step.run_id = result.status, result.run_id or ""
+                else:
+                    step.status = result if result in ("done", "ran") else "checked"
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:  # isolate: one failing step must not stop the others
+                step.status, step.error = "failed", f"{type(exc).__name__}: {exc}"
+                log.error("step %s failed: %s", step.name, step.error)
+                log.debug("%s", traceback.format_exc())
+            step.wall_s = time.perf_counter() - t0
+            wall[step.stage] = wall.get(step.stage, 0.0) + step.wall_s
+        if on_step is not None:
+            on_step(step)
     return wall
 
 
@@ -260,28 +269,49 @@ def merge_status(previous: dict, steps: list[Step], wall: dict, results_hash: st
     """The ``plan_status.json`` after running ``steps``: each step's status and MLflow run.
 
     A plan of the same configuration (``results_hash``: another ``--methods``, an added
-    ablation) adds to the steps of the earlier plans, replacing those it reran; a plan of
-    another configuration starts afresh, so the report never mixes configurations.
+    ablation, a rerun) adds to the steps of the earlier plans, replacing those it ran (steps
+    still pending keep their earlier entry); a plan of another configuration starts afresh,
+    so the report never mixes configurations. A step that failed or was blocked keeps the
+    run of its last good result (the report shows it and lists the step as failed or
+    blocked). ``compute_s`` sums a step's wall time over the invocations that ran or checked
+    it (not those that found it done): the compute behind its result.
+    ``stage_wall_s`` is this invocation's wall time per stage.
     """
-    info = {
-        s.name: {
+    earlier = previous.get("steps", {}) if previous.get("results_hash") == results_hash else {}
+    info = dict(earlier)
+    for s in steps:
+        if s.status == "pending":
+            continue
+        before = earlier.get(s.name, {})
+        entry = {
             "status": s.status,
             "error": s.error,
             "wall_s": round(s.wall_s, 2),
             "stage": s.stage,
             "run_id": s.run_id,
+            "compute_s": round(
+                before.get("compute_s", 0.0) + (s.wall_s if s.status != "done" else 0.0), 2
+            ),
             "method": s.method,
             "task": s.task,
         }
-        for s in steps
-    }
-    if previous.get("results_hash") == results_hash:
-        info = {**previous.get("steps", {}), **info}
+        if s.status in ("failed", "blocked") and not s.run_id and before.get("run_id"):
+            entry["run_id"] = before["run_id"]
+        info[s.name] = entry
     return {
         "results_hash": results_hash,
         "steps": info,
         "stage_wall_s": {k: round(v, 1) for k, v in wall.items()},
     }
+
+
+def stage_compute(status: dict) -> dict[str, float]:
+    """Per stage, the summed ``compute_s`` of its steps in ``plan_status.json``."""
+    total: dict[str, float] = {}
+    for entry in status.get("steps", {}).values():
+        stage = entry.get("stage", "?")
+        total[stage] = total.get(stage, 0.0) + float(entry.get("compute_s", entry.get("wall_s", 0)))
+    return {k: round(v, 1) for k, v in total.items()}
 
 
 def plan_status(

@@ -10,6 +10,7 @@ from pathlib import Path
 from benchmark.config import Config
 from benchmark.errors import StageError, UserError
 from benchmark.io import read_json
+from benchmark.pipeline.plan import stage_compute
 from benchmark.pipeline.tracking import Tracker, collect, git_commit, machine
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,22 @@ def plan_run_ids(plan_status: dict) -> set[str] | None:
     return ids or None
 
 
+def skipped_lines(plan_status: dict) -> list[str]:
+    """One line per failed or blocked step of the plan, saying whether the report still
+    shows the result of its last good run (kept by :func:`benchmark.pipeline.plan.merge_status`)
+    or has none for it."""
+    return [
+        f"{name}: {info['status']} ({info['error']})"
+        + (
+            f"; the result of its last good run {info['run_id']} is shown"
+            if info.get("run_id")
+            else ""
+        )
+        for name, info in plan_status.get("steps", {}).items()
+        if info["status"] in ("failed", "blocked")
+    ]
+
+
 def _gather(cfg: Config, tracker: Tracker, work: Path, plan_status: dict | None, select_by_plan):
     """The plan's status and everything the report reads from MLflow."""
     status_file = cfg.profile_dir / "plan_status.json"
@@ -166,17 +183,14 @@ def make_report(
             f"no probe results in {tracker.uri} (experiment {tracker.experiment}) to report: "
             f"run `python -m benchmark run --profile {cfg.profile}` first"
         )
-    skipped = [
-        f"{name}: {info['status']} ({info['error']})"
-        for name, info in plan_status.get("steps", {}).items()
-        if info["status"] in ("failed", "blocked")
-    ]
+    skipped = skipped_lines(plan_status)
     provenance = {
         "profile": cfg.profile,
         "config_hash": cfg.hash(),
         "git_commit": git_commit(),
         "versions": package_versions(),
         "machine": machine(),
+        "stage_compute_s": stage_compute(plan_status),
         "stage_wall_s": plan_status.get("stage_wall_s", {}),
         "skipped": skipped,
         "tracking_uri": tracker.uri,

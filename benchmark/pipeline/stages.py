@@ -11,11 +11,9 @@ they open for as long as the command runs.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import shutil
-import time
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,7 +28,9 @@ from benchmark.pipeline.context import Context
 from benchmark.pipeline.tracking import git_commit
 from benchmark.pretrain.loop import PretrainedModel
 from benchmark.pretrain.pairs import PairCorpus
+from benchmark.separation import model_identity
 from benchmark.separation.sources import build_sources, source_activity, sources_root
+from benchmark.separation.train_umx import TRAINING_TIME
 
 log = logging.getLogger(__name__)
 
@@ -273,6 +273,18 @@ def corpus_items(ctx: Context, tasks, corpus: str) -> list[AudioItem]:
     return list(items.values())
 
 
+def corpus_unreadable(ctx: Context, tasks, corpus: str) -> list[tuple[str, str]]:
+    """``(clip_id, reason)`` of the clips of :func:`corpus_items` whose audio files are listed
+    but missing or empty (the feature build counts them as bad clips)."""
+    datasets = [load_task_dataset(ctx, t) for t in tasks if t.corpus == corpus]
+    if corpus == pretrain_corpus(ctx.cfg):
+        datasets.append(pretrain_dataset(ctx))
+    unreadable: dict[str, str] = {}
+    for dataset in datasets:
+        unreadable.update(dataset.unreadable())
+    return sorted(unreadable.items())
+
+
 def mixture_store(ctx: Context, corpus: str) -> FeatureStore:
     """Stage ``features``: the log-mel store of ``corpus`` (built or found), once per context."""
     return ctx.once(("mix", corpus), lambda: _mixture_store(ctx, corpus))
@@ -280,7 +292,9 @@ def mixture_store(ctx: Context, corpus: str) -> FeatureStore:
 
 def _mixture_store(ctx: Context, corpus: str) -> FeatureStore:
     cfg = ctx.cfg
-    items = corpus_items(ctx, task_registry(ctx).values(), corpus)
+    tasks = task_registry(ctx).values()
+    items = corpus_items(ctx, tasks, corpus)
+    unreadable = corpus_unreadable(ctx, tasks, corpus)
     # The synthetic generator's version keys its own corpora only (task files, folders: none).
     version = data_paths(ctx).corpus_version if corpus in BUILTIN_CORPORA else ""
     return build_mixtures(
@@ -292,6 +306,7 @@ def _mixture_store(ctx: Context, corpus: str) -> FeatureStore:
         workers=cfg.data.num_workers,
         max_bad_fraction=cfg.data.max_bad_fraction,
         progress=ctx.progress,
+        missing=[(clip_id, reason.replace("_", " ")) for clip_id, reason in unreadable],
     )
 
 
@@ -350,15 +365,6 @@ def pretrain_clips(ctx: Context) -> tuple[list, list]:
 # -- separation -------------------------------------------------------------------------
 
 
-def _dir_digest(folder: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(folder.glob("*")):
-        if p.is_file():
-            h.update(p.name.encode())
-            h.update(p.read_bytes())
-    return h.hexdigest()[:16]
-
-
 def separation_for(cfg: Config, separator: str) -> SeparationConfig:
     """The separation settings of a method's ``separator``: "config" (``cfg.separation``),
     "random_mask", "oracle" (the corpus's true stems) or "trained:<fraction>" (Open-Unmix
@@ -409,28 +415,40 @@ def train_separator_stage(ctx: Context, sep: SeparationConfig | None = None) -> 
     sep = sep or cfg.separation
     paths = ctx.once(("synthetic",), lambda: synthetic_paths(cfg, ctx.progress))
     out = trained_separator_dir(cfg, paths, sep)
-    if (out / "quality.json").is_file():
-        return out
-    synth = load_mtat(paths.mtat_root, filtered=True, split_dir=paths.mtat_split_dir)
-    train, valid = synth.split("train"), synth.split("valid")
-    t0 = time.perf_counter()
     key = f"train-separator:{out.name}"
-    tags = {"train_steps": sep.train_steps}
-    run = tracker.run(key, "train-separator", "train-separator", tags) if tracker else nullcontext()
-    with run as handle:
-        train_separator(
-            paths.stems_root,
-            [c.clip_id for c in train],
-            [c.clip_id for c in valid],
-            out,
-            sep,
-            progress=ctx.progress,
+    trained = (out / "quality.json").is_file()  # the directory appears whole (atomic rename)
+    existing = tracker.find(key) if tracker else None
+    if trained and (tracker is None or (existing and existing.info.status == "FINISHED")):
+        return out
+    run = (
+        tracker.run(
+            key,
+            "train-separator",
+            "train-separator",
+            {"train_steps": sep.train_steps},
+            supersede=True,
         )
+        if tracker
+        else nullcontext()
+    )
+    with run as handle:
+        if not trained:  # else a killed process trained it and did not close its run
+            synth = load_mtat(paths.mtat_root, filtered=True, split_dir=paths.mtat_split_dir)
+            train, valid = synth.split("train"), synth.split("valid")
+            train_separator(
+                paths.stems_root,
+                [c.clip_id for c in train],
+                [c.clip_id for c in valid],
+                out,
+                sep,
+                progress=ctx.progress,
+                num_threads=cfg.compute.torch_threads,
+            )
         if handle:
             handle.tag("model_dir", out)
-            quality = read_json(out / "quality.json")
-            handle.artifact_dict(quality, "quality.json")
-            handle.metrics({"wall_s": time.perf_counter() - t0})
+            handle.artifact_dict(read_json(out / "quality.json"), "quality.json")
+            if (out / TRAINING_TIME).is_file():  # the training's time, also when resumed
+                handle.metrics({"wall_s": read_json(out / TRAINING_TIME)["train_time_s"]})
     return out
 
 
@@ -449,10 +467,10 @@ def resolve_separation(ctx: Context, separator: str):
         return sep, "random_mask"
     if sep.separator == "umx" and sep.umx_model == TRAINED_SEPARATOR:
         model_dir = train_separator_stage(ctx, sep)
-        return replace(sep, umx_model=str(model_dir)), _dir_digest(model_dir)
+        return replace(sep, umx_model=str(model_dir)), model_identity(model_dir)
     if sep.separator == "umx" and Path(sep.umx_model).expanduser().is_dir():
         model_dir = Path(sep.umx_model).expanduser()
-        return replace(sep, umx_model=str(model_dir)), _dir_digest(model_dir)
+        return replace(sep, umx_model=str(model_dir)), model_identity(model_dir)
     return sep, sep.umx_model if sep.separator == "umx" else sep.separator
 
 
@@ -563,6 +581,7 @@ def _source_store(ctx: Context, separator: str) -> FeatureStore:
         corpus_version=_pretrain_version(ctx),
         max_bad_fraction=cfg.data.max_bad_fraction,
         progress=ctx.progress,
+        num_threads=cfg.compute.torch_threads,
     )
     activity = source_activity(store)
     warnings = activity_warnings(activity)
@@ -680,6 +699,9 @@ def run_pretrain(
             f"run `python -m benchmark pretrain --profile {cfg.profile} --method {method_name}"
             f" --seed {seed}` (with the same overrides) first"
         )
+    # Otherwise the run is resumed (a killed process left it open: training continues from
+    # the checkpoint, zero steps if the weights were complete) or, FINISHED without its
+    # weights, redone under a new run.
     if resume_only and not (run_dir / "checkpoint.pt").is_file():
         raise StageError(
             f"nothing to resume for {method_name} seed {seed}: no checkpoint in {run_dir}"
@@ -699,14 +721,19 @@ def run_pretrain(
         # same rule as every trained encoder's (precise BN on the pre-training corpus). The
         # run records it, and later the health of its embeddings, like any encoder's.
         with tracker.run(
-            key, "pretrain", f"pretrain-{method_name}-s{seed}", tags=tags, params=params
+            key,
+            "pretrain",
+            f"pretrain-{method_name}-s{seed}",
+            tags=tags,
+            params=params,
+            supersede=True,  # FINISHED, its weights gone: redone under a new run
         ) as h:
             final_path = materialize_untrained(cfg, method, corpus, run_dir, key, train_seed)
             h.tag("checkpoint", final_path.resolve())
             run_id = h.run_id
         return PretrainedModel(method_name, seed, key, final_path, run_id)
     with tracker.run(
-        key, "pretrain", f"pretrain-{method_name}-s{seed}", tags=tags, params=params
+        key, "pretrain", f"pretrain-{method_name}-s{seed}", tags=tags, params=params, supersede=True
     ) as h:
         result = pretrain(
             cfg,

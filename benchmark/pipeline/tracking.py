@@ -1,8 +1,18 @@
 """MLflow tracking: the only module of the project that imports mlflow.
 
-Every tracked step carries a tag ``bench.key``, the content key of its output. A step whose
-key already has a FINISHED run is done; an unfinished run with that key (a killed process)
-is resumed rather than duplicated, so reruns never add a second run for the same work.
+Every tracked step carries a tag ``bench.key``, the content key of its output, and
+``bench.owner``, the process that last opened it (:func:`benchmark.io.process_identity`).
+The rule for every tracked step (train-separator, separate, pretrain, tune, probe):
+
+* inside its run, a step logs what it logs and writes its artefact atomically; the run is
+  closed FINISHED after that, so a FINISHED run always has its artefact;
+* a step is done when its run is FINISHED and its artefact exists;
+* on a rerun, an unfinished run of the key (FAILED, KILLED, or RUNNING with a dead owner) is
+  resumed, never duplicated: the step runs again inside it, reusing what the killed process
+  finished (checkpoint, trials, model directory) and closes it; a run RUNNING in a live
+  process is left alone (:class:`~benchmark.errors.StageError`);
+* a FINISHED run whose artefact has gone is redone under a new run, and the old one is tagged
+  ``bench.superseded_by`` (the new one ``bench.supersedes``); lookups skip superseded runs.
 """
 
 from __future__ import annotations
@@ -21,6 +31,9 @@ import mlflow
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
+from benchmark.errors import StageError
+from benchmark.io import owner_is_alive, process_identity
+
 log = logging.getLogger(__name__)
 
 # The pre-training metrics the report draws: training and eval-mode validation loss and
@@ -38,6 +51,14 @@ _SEEDED = ["method", "task", "pretrain_seed", "probe_seed"]
 
 KEY_TAG = "bench.key"
 KIND_TAG = "bench.kind"
+OWNER_TAG = "bench.owner"
+SUPERSEDED_TAG = "bench.superseded_by"
+SUPERSEDES_TAG = "bench.supersedes"
+# Test hook (tests/benchmark/pipeline/test_interrupted.py): with this variable set to a step
+# kind, the process ends (os._exit) right before closing the first run of that kind, as if
+# killed between "artefact written" and "run closed".
+EXIT_BEFORE_CLOSE_ENV = "BENCH_TEST_EXIT_BEFORE_CLOSE"
+EXIT_BEFORE_CLOSE_STATUS = 86
 
 # MLflow's SQLite store logs schema migrations at INFO on first use; keep the console quiet.
 for _name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent"):
@@ -127,8 +148,17 @@ class Tracker:
         )
 
     def find(self, key: str):
-        """The run holding ``key`` (finished ones first), or None."""
+        """The run holding ``key`` (finished ones first, superseded ones never), or None.
+
+        A run is superseded once another run of its key names it in ``bench.supersedes``,
+        even before it carries ``bench.superseded_by`` (a process killed between creating
+        the new run and tagging the old one): the rerun then resumes the new run.
+        """
         runs = self.runs(f"tags.`{KEY_TAG}` = '{key}'")
+        replaced = {r.data.tags[SUPERSEDES_TAG] for r in runs if SUPERSEDES_TAG in r.data.tags}
+        runs = [
+            r for r in runs if SUPERSEDED_TAG not in r.data.tags and r.info.run_id not in replaced
+        ]
         runs.sort(key=lambda r: (r.info.status != "FINISHED", r.info.start_time))
         return runs[0] if runs else None
 
@@ -139,21 +169,56 @@ class Tracker:
     # -- writing ----------------------------------------------------------------------
     @contextlib.contextmanager
     def run(
-        self, key: str, kind: str, name: str, tags: dict | None = None, params: dict | None = None
+        self,
+        key: str,
+        kind: str,
+        name: str,
+        tags: dict | None = None,
+        params: dict | None = None,
+        *,
+        supersede: bool = False,
     ):
-        """Open (or resume) the run for ``key``; FINISHED on success, FAILED on error."""
+        """Open the run of ``key``: a new one, or the unfinished one left by a dead process
+        (resumed); FINISHED on leaving the block, FAILED on an error. Write the step's
+        artefact inside the block, last.
+
+        ``supersede``: a FINISHED run of ``key`` (whose artefact has gone, or a forced rerun)
+        is replaced by a new run; the old one is tagged ``bench.superseded_by``.
+        Raises :class:`StageError` when a live process has the run open, ``RuntimeError`` (a
+        caller's bug) when the run is FINISHED and ``supersede`` is false.
+        """
         existing = self.find(key)
+        supersedes = None
         if existing is not None and existing.info.status == "FINISHED":
-            raise RuntimeError(f"run {existing.info.run_id} for {kind} {name} is already finished")
+            if not supersede:
+                raise RuntimeError(
+                    f"run {existing.info.run_id} for {kind} {name} is already finished"
+                )
+            supersedes, existing = existing.info.run_id, None
         if existing is not None:
+            self._check_not_live(existing, kind, name)
             run_id = existing.info.run_id
+            self.client.set_tag(run_id, OWNER_TAG, process_identity())
             self.client.update_run(run_id, status="RUNNING")
             log.info("resuming MLflow run %s (%s %s)", run_id, kind, name)
+            supersedes = existing.data.tags.get(SUPERSEDES_TAG)
+            if supersedes:  # the killed process may not have tagged the old run yet
+                self.client.set_tag(supersedes, SUPERSEDED_TAG, run_id)
         else:
-            all_tags = {KEY_TAG: key, KIND_TAG: kind, "mlflow.runName": name}
+            all_tags = {
+                KEY_TAG: key,
+                KIND_TAG: kind,
+                OWNER_TAG: process_identity(),
+                "mlflow.runName": name,
+            }
+            if supersedes:
+                all_tags[SUPERSEDES_TAG] = supersedes
             run_id = self.client.create_run(
                 self.experiment_id, tags=all_tags, run_name=name
             ).info.run_id
+            if supersedes:
+                self.client.set_tag(supersedes, SUPERSEDED_TAG, run_id)
+                log.info("run %s of %s %s is redone as run %s", supersedes, kind, name, run_id)
             if params:
                 self.log_params(run_id, params)
         if tags:
@@ -165,7 +230,34 @@ class Tracker:
         except BaseException:
             self.client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.FAILED))
             raise
+        if os.environ.get(EXIT_BEFORE_CLOSE_ENV) == kind:
+            os._exit(EXIT_BEFORE_CLOSE_STATUS)
         self.client.set_terminated(run_id, status="FINISHED")
+
+    def _check_not_live(self, run, kind: str, name: str) -> None:
+        """Raise StageError when ``run`` is RUNNING in a process that still runs."""
+        owner = run.data.tags.get(OWNER_TAG)
+        if run.info.status != "RUNNING" or owner is None or owner == process_identity():
+            return
+        if owner_is_alive(owner) is not False:
+            raise StageError(
+                f"MLflow run {run.info.run_id} ({kind} {name}) is open in process {owner} "
+                "(host:pid:start), which still runs or runs on another host; wait for it to "
+                "finish, or stop it and rerun"
+            )
+
+    def fail_orphans(self) -> list[str]:
+        """Mark FAILED the runs left RUNNING by processes that died (a rerun of their step
+        resumes them); returns their ids."""
+        failed = []
+        for run in self.runs("attributes.status = 'RUNNING'"):
+            owner = run.data.tags.get(OWNER_TAG)
+            if owner is None or owner_is_alive(owner) is False:
+                self.client.set_terminated(run.info.run_id, status="FAILED")
+                failed.append(run.info.run_id)
+        if failed:
+            log.info("marked %d runs of killed processes FAILED: %s", len(failed), failed)
+        return failed
 
     def log_once(self, run_id: str, metrics: dict[str, float]) -> None:
         """Log ``metrics`` into a (possibly finished) run unless it already has all of them."""
@@ -266,7 +358,8 @@ def select_results(runs: list, run_ids: set[str] | None = None) -> list:
     those pretrain/probe runs: results of other configurations in the same experiment never
     mix in. Without, one probe run per (method, task, seed) and one pretrain run per
     (method, seed), the newest (a forced rerun replaces the run it supersedes).
-    Other kinds (separation records) are kept as they are.
+    Other kinds (separation records) are kept unless superseded (a record redone because its
+    artefact had gone is read once, from its new run).
     """
     finished = [r for r in runs if r.info.status == "FINISHED"]
     tracked = ("probe", "pretrain", "probe-snapshot")
@@ -274,7 +367,11 @@ def select_results(runs: list, run_ids: set[str] | None = None) -> list:
         return [
             r
             for r in finished
-            if r.data.tags.get(KIND_TAG) not in tracked or r.info.run_id in run_ids
+            if (
+                r.info.run_id in run_ids
+                if r.data.tags.get(KIND_TAG) in tracked
+                else SUPERSEDED_TAG not in r.data.tags
+            )
         ]
     newest: dict = {}
     rest = []
@@ -286,7 +383,7 @@ def select_results(runs: list, run_ids: set[str] | None = None) -> list:
             newest[(kind, *key, t.get("pretrain_step"))] = r
         elif kind == "pretrain":
             newest[(kind, t.get("method"), t.get("seed"))] = r
-        else:
+        elif SUPERSEDED_TAG not in t:
             rest.append(r)
     return rest + list(newest.values())
 
@@ -393,8 +490,12 @@ def collect(tracker: Tracker, workdir: Path, run_ids: set[str] | None = None) ->
                 pretrain_data.setdefault(tags["pretrain_data"], []).append(method)
             for name in PRETRAIN_CURVES:
                 if name in run.data.metrics:
-                    for m in tracker.client.get_metric_history(run.info.run_id, name):
-                        curve_rows.append((method, seed, m.step, name, m.value))
+                    history = tracker.client.get_metric_history(run.info.run_id, name)
+                    # A resumed run logs again the steps between its last checkpoint and the
+                    # kill (the same values): one point per step.
+                    by_step = {m.step: m.value for m in sorted(history, key=lambda m: m.timestamp)}
+                    for step, value in sorted(by_step.items()):
+                        curve_rows.append((method, seed, step, name, value))
             exact = run.data.metrics.get("separation.exact") == 1.0
             for name, value in run.data.metrics.items():
                 if name.startswith("separation.si_sdr."):

@@ -5,6 +5,7 @@ import inspect
 import numpy as np
 import optuna
 import pytest
+from optuna.trial import TrialState
 
 import benchmark.evaluation.tuning as tuning
 from benchmark.evaluation.metrics import primary_score_fn
@@ -75,15 +76,92 @@ def test_rerun_resumes_without_redoing_or_exceeding(storage):
     again = _tune(storage, "m/t", train, valid, 3)
     assert again.trials == first.trials, "a finished study runs no further trial"
 
-    # A run killed in the middle of a trial leaves it RUNNING in the storage.
-    optuna.create_study(study_name="m/t", storage=storage, load_if_exists=True).ask()
-    resumed = _tune(storage, "m/t", train, valid, 5)
-    states = [t["state"] for t in resumed.trials]
-    assert states == ["COMPLETE"] * 3 + ["FAIL"] + ["COMPLETE"] * 2
-    assert resumed.trials[:3] == first.trials
-    # A resumed TPE sampler must not replay the first trials' random start-up draws.
-    first_params = [t["params"] for t in first.trials]
-    assert all(t["params"] not in first_params for t in resumed.trials[4:])
+    # A larger budget adds trials after the first ones; no trial repeats another's draws.
+    more = _tune(storage, "m/t", train, valid, 5)
+    assert [t["state"] for t in more.trials] == ["COMPLETE"] * 5
+    assert more.trials[:3] == first.trials
+    params = [tuple(t["params"].values()) for t in more.trials]
+    assert len(set(params)) == 5
+
+
+def _without_durations(trials):
+    return [{k: v for k, v in t.items() if k != "duration_s"} for t in trials]
+
+
+def _dead_process() -> str:
+    """The :func:`benchmark.io.process_identity` of a process that has ended."""
+    import socket
+    import subprocess
+
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return f"{socket.gethostname()}:{proc.pid}:"
+
+
+@pytest.mark.parametrize("startup", [10, 2])  # random start-up draws only / TPE's model too
+def test_trial_n_is_the_same_with_or_without_an_interruption_before_it(
+    storage, monkeypatch, startup
+):
+    """Issue #13: a resumed study reseeded TPE from the number of existing trials and drew
+    other trials than an uninterrupted one (lr 0.00831 instead of 0.000443), which won."""
+    monkeypatch.setattr(tuning, "TPE_STARTUP_TRIALS", startup, raising=False)
+    train, valid, _ = _splits(0)
+    options = dict(baseline_params=ProbeParams(lr=5e-4))
+    whole = _tune(storage, "whole", train, valid, 5, **options)
+    _tune(storage, "cut", train, valid, 2, **options)  # the process ends after two trials
+    resumed = _tune(storage, "cut", train, valid, 5, **options)
+    assert _without_durations(resumed.trials) == _without_durations(whole.trials)
+    assert resumed.best_params == whole.best_params
+
+
+@pytest.mark.parametrize("owner", ["dead process", "none yet"])
+def test_a_trial_killed_while_running_is_run_again_under_its_own_number(
+    storage, monkeypatch, owner
+):
+    """A kill during trial 2 leaves it RUNNING; the rerun runs trial 2 again (same number,
+    same parameters) instead of failing it and drawing other trials after it."""
+    monkeypatch.setattr(tuning, "TPE_STARTUP_TRIALS", 2, raising=False)
+    train, valid, _ = _splits(0)
+    whole = _tune(storage, "whole", train, valid, 4)
+    _tune(storage, "cut", train, valid, 2)
+    # What the killed process left: trial 2 created (by the study's own sampler), maybe
+    # with its owner recorded, and never finished.
+    study = optuna.load_study(study_name="cut", storage=storage)
+    trial = study.ask()
+    if owner == "dead process":
+        study.sampler = tuning.LaggedTPESampler(0, tuning.search_space(SPEC), n_startup_trials=2)
+        trial = optuna.trial.Trial(study, trial._trial_id)
+        trial.set_user_attr(tuning.OWNER_ATTR, _dead_process())
+        tuning.suggest_params(trial, SPEC)
+    resumed = _tune(storage, "cut", train, valid, 4)
+    assert [t["state"] for t in resumed.trials] == ["COMPLETE"] * 4
+    assert _without_durations(resumed.trials) == _without_durations(whole.trials)
+
+
+def test_sampled_parameters_are_a_pure_function_of_seed_number_and_history():
+    """What parallel workers (issue #16) rely on: trial n's parameters are
+    trial_params(seed, n, COMPLETE trials numbered below n - lag), nothing else."""
+    space = tuning.search_space(SPEC)
+    for lag in (0, 2):
+        study = optuna.create_study(
+            direction="maximize",
+            sampler=tuning.LaggedTPESampler(3, space, lag=lag, n_startup_trials=2),
+        )
+        for n in range(6):
+            trial = study.ask()
+            params = tuning.suggest_params(trial, SPEC)
+            # a diverging trial now and then: FAIL trials are not part of the history
+            study.tell(trial, state=TrialState.FAIL) if n == 3 else study.tell(trial, -params.lr)
+        trials = study.get_trials()
+        for t in trials:
+            history = [
+                h for h in trials if h.number < t.number - lag and h.state.name == "COMPLETE"
+            ]
+            assert t.params == tuning.trial_params(3, t.number, history, space, 2), (lag, t.number)
+        if lag == 0:
+            first = [t.params for t in trials]
+    assert first[:2] == [t.params for t in trials[:2]]  # random start-up: seed and number only
+    assert first[2:] != [t.params for t in trials[2:]]  # the lag changes what TPE has seen
 
 
 def test_equal_budget_for_every_method(storage):
@@ -176,3 +254,24 @@ def test_invalid_budget_raises(storage):
     train, valid, _ = _splits(0)
     with pytest.raises(ValueError, match="num_trials"):
         _tune(storage, "m/t", train, valid, 0)
+
+
+def test_ctrl_c_during_a_trial_leaves_it_to_be_run_again_under_its_number(storage, monkeypatch):
+    """Optuna's own loop marks a trial FAIL on Ctrl-C, and the rerun would then draw the next
+    trial under another number: interrupted by Ctrl-C must equal uninterrupted too."""
+    train, valid, _ = _splits(0)
+    whole = _tune(storage, "whole", train, valid, 3)
+    calls = []
+    train_probe = tuning.train_probe
+
+    def interrupted_in_the_second_trial(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return train_probe(*args, **kwargs)
+
+    monkeypatch.setattr(tuning, "train_probe", interrupted_in_the_second_trial)
+    with pytest.raises(KeyboardInterrupt):
+        _tune(storage, "cut", train, valid, 3)
+    resumed = _tune(storage, "cut", train, valid, 3)
+    assert _without_durations(resumed.trials) == _without_durations(whole.trials)

@@ -130,3 +130,71 @@ def test_studies_end_to_end_on_the_smoke_scale(tmp_path):
     status = json.loads((tmp_path / "runs" / "smoke" / "plan_status.json").read_text())["steps"]
     redone = [name for name, info in status.items() if info["status"] == "ran"]
     assert all(name.split(":")[0] in ("data", "features", "separate") for name in redone), redone
+
+
+def test_a_failed_or_blocked_step_keeps_its_last_good_run():
+    """Issue #13: plan_status overwrote the run ids of five probes with "blocked", and the
+    report silently dropped their rows."""
+    from benchmark.pipeline.plan import merge_status
+
+    good = merge_status({}, [_step("probe:cola:s0:fma:p0", "a")], {}, "H")
+    blocked = _step("probe:cola:s0:fma:p0", "", "blocked")
+    blocked.error = "needs tune:cola:s0:fma"
+    after = merge_status(good, [blocked], {}, "H")["steps"]["probe:cola:s0:fma:p0"]
+    assert after["run_id"] == "a" and after["status"] == "blocked"
+    assert after["error"] == "needs tune:cola:s0:fma"
+
+
+def test_report_lists_a_blocked_step_and_reads_its_last_good_run():
+    from benchmark.pipeline.report import plan_run_ids, skipped_lines
+
+    status = {
+        "steps": {
+            "probe:cola:s0:fma:p0": {
+                "status": "blocked",
+                "error": "needs tune:cola:s0:fma",
+                "run_id": "a",
+                "stage": "probe",
+            },
+            "probe:cola:s0:fma:p1": {"status": "ran", "error": "", "run_id": "b", "stage": "probe"},
+        }
+    }
+    assert plan_run_ids(status) == {"a", "b"}
+    assert skipped_lines(status) == [
+        "probe:cola:s0:fma:p0: blocked (needs tune:cola:s0:fma); the result of its last good "
+        "run a is shown"
+    ]
+
+
+def test_cache_stages_are_checked_and_compute_adds_up_over_invocations():
+    """Issue #13: `run` counted cache checks as steps that ran, and the report's wall time
+    per stage showed only the last invocation (0.3 s per stage after a resume)."""
+    from benchmark.pipeline import stages
+    from benchmark.pipeline.plan import Step, execute, merge_status
+
+    def steps(pretrain_status):
+        return [
+            Step("features:fma", "features", lambda: object()),
+            Step("pretrain:cola:s0", "pretrain", lambda: stages.Outcome(pretrain_status, "r")),
+            Step("probe:cola:s0:fma:p0", "probe", lambda: "ran"),
+        ]
+
+    first = steps("ran")
+    recorded = []
+    execute(first, on_step=recorded.append)
+    assert [s.status for s in first] == ["checked", "ran", "ran"]
+    assert recorded == first
+
+    from benchmark.pipeline.plan import stage_compute
+
+    for s, wall in zip(first, (10.0, 100.0, 1.0), strict=True):
+        s.wall_s = wall
+    status = merge_status({}, first, {}, "H")
+    second = steps("done")
+    execute(second)
+    for s, wall in zip(second, (0.5, 0.25, 2.0), strict=True):
+        s.wall_s = wall
+    status = merge_status(status, second, {"pretrain": 0.25}, "H")
+    # a step found done adds nothing; a cache check and a step run again add their time
+    assert stage_compute(status) == {"features": 10.5, "pretrain": 100.0, "probe": 3.0}
+    assert status["stage_wall_s"] == {"pretrain": 0.2}
