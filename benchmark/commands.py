@@ -138,7 +138,10 @@ def cmd_features(args, cfg):
     for corpus in sorted(corpora | {stages.pretrain_corpus(cfg)}):
         store = stages.mixture_store(ctx, corpus)
         rep = store.report()
-        print(f"{corpus}: {len(store)} clips in {store.root} ({rep['num_bad']} skipped)")
+        print(
+            f"{corpus}: {len(store)} clips in {store.root} ({rep['num_bad']} skipped, of which "
+            f"{rep.get('num_missing', 0)} missing or empty files)"
+        )
 
 
 def cmd_train_separator(args, cfg):
@@ -155,7 +158,11 @@ def cmd_train_separator(args, cfg):
 
 
 def _separate_args(p):
-    p.add_argument("--separator", default=None, help="umx | oracle | random_mask (default: config)")
+    p.add_argument(
+        "--separator",
+        default=None,
+        help="umx | oracle | random_mask | trained:<fraction> (default: config)",
+    )
 
 
 def cmd_separate(args, cfg):
@@ -165,10 +172,11 @@ def cmd_separate(args, cfg):
     from benchmark.separation.sources import source_activity
 
     sep = args.separator or cfg.separation.separator
-    cfg = replace(
-        cfg, separation=replace(cfg.separation, separator="umx" if sep == "random_mask" else sep)
-    )
-    store = stages.source_store(_context(cfg), "random_mask" if sep == "random_mask" else "config")
+    if sep in ("random_mask", "oracle") or sep.startswith(stages.TRAINED_SEPARATOR + ":"):
+        store = stages.source_store(_context(cfg), sep)  # a method's separator spec
+    else:
+        cfg = replace(cfg, separation=replace(cfg.separation, separator=sep))
+        store = stages.source_store(_context(cfg), "config")
     print(
         json.dumps(
             {
@@ -391,7 +399,7 @@ def cmd_run(args, cfg):
     from benchmark.pipeline import stages
     from benchmark.pipeline.context import open_context
     from benchmark.pipeline.executors import make_executor, printable
-    from benchmark.pipeline.plan import finish
+    from benchmark.pipeline.plan import finish, read_status, record_status
     from benchmark.pipeline.report import score_summary
 
     if args.executor or args.workers:
@@ -412,7 +420,14 @@ def cmd_run(args, cfg):
         return 0
     executor = make_executor(cfg)
     t0 = time.perf_counter()
-    launch = executor.launch(cfg, steps, ctx)
+    ctx.tracker.fail_orphans()  # runs left open by killed processes; their steps resume them
+    base = read_status(cfg)  # plan_status.json as this invocation found it
+
+    def record(step) -> None:
+        # After every step that ends here, so that a kill loses at most the step it interrupted.
+        record_status(cfg, steps, base)
+
+    launch = executor.launch(cfg, steps, ctx, on_step=record)
     if not launch.finished:
         print(
             f"submitted {len(launch.jobs)} step(s) of profile {cfg.profile} to Slurm "
@@ -427,16 +442,17 @@ def cmd_run(args, cfg):
         print(f"progress: python -m benchmark status {again}")
         return 0
     failed = [s for s in steps if s.status in ("failed", "blocked")]
+    counts = {k: sum(s.status == k for s in steps) for k in ("ran", "done", "checked")}
     # The steps' outcome first: whatever the report does, the user learns what failed.
     print(
-        f"finished in {time.perf_counter() - t0:.0f} s: "
-        f"{sum(s.status == 'ran' for s in steps)} steps ran, "
-        f"{sum(s.status == 'done' for s in steps)} were done, {len(failed)} failed or blocked"
+        f"finished in {time.perf_counter() - t0:.0f} s: {counts['ran']} steps ran, "
+        f"{counts['done']} were done, {counts['checked']} cache steps checked, "
+        f"{len(failed)} failed or blocked"
     )
     for s in failed:
         print(f"  {s.status}: {s.name}: {s.error}")
     try:
-        _, paths = finish(cfg, ctx.tracker, steps)
+        _, paths = finish(cfg, ctx.tracker, steps, base=base)
     except StageError as exc:
         print(f"report: not built: {exc}")
         return 1

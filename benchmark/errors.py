@@ -48,6 +48,10 @@ class StoreReadError(RuntimeError):
     """A store that is missing, incomplete or corrupt on read."""
 
 
+class CheckpointError(RuntimeError):
+    """A weights file that will not be loaded (it holds pickled code); names the file."""
+
+
 class SeparationError(RuntimeError):
     """A separator cannot produce sources; the message names the clip or model and the problem."""
 
@@ -60,5 +64,6 @@ EXPECTED_FAILURES: tuple[type[Exception], ...] = (
     StoreBuildError,
     StoreReadError,
     SeparationError,
+    CheckpointError,
     FileNotFoundError,
 )

@@ -18,7 +18,9 @@ Input contract
     ids (optional: each clip its own cluster); used for the test-set components. Optional.
 ``per_tag``: DataFrame ``method, task, tag, roc_auc, pr_auc`` (+ seed columns); optional.
 ``provenance``: dict with ``profile``, ``config_hash``, ``git_commit``, ``versions``
-    (package -> version), ``machine``, ``stage_wall_s`` (stage -> seconds), ``skipped``
+    (package -> version), ``machine``, ``stage_compute_s`` (stage -> seconds of compute behind
+    the results, summed over invocations), ``stage_wall_s`` (stage -> seconds of the last
+    invocation), ``skipped``
     (list of str: missing or skipped results known to the caller). Absent keys are reported
     as "not recorded"; other keys are listed as they are.
 ``extras``: dict of optional DataFrames: ``pretrain_curves`` (method, seed, step, metric,
@@ -34,6 +36,8 @@ Input contract
     control (the baseline trained again under another name: expected never flagged);
     ``expected_methods`` / ``expected_tasks``: what should be there, so that every absent
     (method, task) cell is listed as missing rather than silently omitted.
+``studies``: the inputs of the paper's study sections (convergence, separator quality,
+    ablations, source specialisation; :mod:`reports.study_sections`); None leaves them out.
 
 Statistics: see :mod:`reports.compare` and :mod:`reports.variance`.
 """
@@ -69,6 +73,7 @@ from reports.sections import (
     task_blocks,
     variance_blocks,
 )
+from reports.study_sections import study_blocks
 from reports.variance import calibrate, components
 
 __all__ = ["PRIMARY", "build_report", "calibration_table"]
@@ -176,6 +181,7 @@ def build_report(
     seed: int = 0,
     calibration_reps: int = 4000,
     *,
+    studies: Mapping | None = None,
     expected_pairs: Sequence[tuple[str, str]] | None = None,
     data_notes: Sequence[str] = (),
     published_columns: Sequence[tuple[str, str]] | None = None,
@@ -284,6 +290,14 @@ def build_report(
         summary, comparison, expected_methods or [], published_columns, published_note
     )
     blocks += cross_task_blocks(summary, aggregate, primary, baseline, alpha)
+    if studies is not None:
+        # The paper's analyses beyond its tables (reports.study_sections documents ``studies``).
+        study, study_drawn, study_skipped = study_blocks(
+            out_dir, studies, scores, predictions, sets, comparison, summary, primary, alpha
+        )
+        blocks += study
+        paths.update(study_drawn)
+        not_drawn.update(study_skipped)
     blocks += [("h", 2, "Notes on the test-set components"), ("ul", notes)]
     blocks.append(("h", 2, "Figures"))
     for name, path in drawn.items():

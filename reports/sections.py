@@ -79,6 +79,7 @@ def provenance_blocks(provenance: Mapping, absent: list[str]) -> list[tuple]:
         "machine",
         "versions",
         "stage_wall_s",
+        "stage_compute_s",
         "skipped",
     )
     lines = [
@@ -96,12 +97,31 @@ def provenance_blocks(provenance: Mapping, absent: list[str]) -> list[tuple]:
     )
     lines += [f"{k}: {v}" for k, v in provenance.items() if k not in known]
     blocks: list[tuple] = [("h", 2, "Provenance"), ("ul", lines)]
-    wall = provenance.get("stage_wall_s")
-    if wall:
+    compute = provenance.get("stage_compute_s") or {}
+    wall = provenance.get("stage_wall_s") or {}
+    if compute or wall:
+        stages = list(compute) + [k for k in wall if k not in compute]
+
+        def cell(table, stage):
+            return f"{float(table[stage]):.1f}" if stage in table else "-"
+
         table = pd.DataFrame(
-            {"stage": list(wall), "wall time (s)": [f"{float(v):.1f}" for v in wall.values()]}
+            {
+                "stage": stages,
+                "compute (s)": [cell(compute, k) for k in stages],
+                "last invocation (s)": [cell(wall, k) for k in stages],
+            }
         )
-        blocks += [("p", "Wall time per stage:"), ("table", table)]
+        blocks += [
+            (
+                "p",
+                "Wall time per stage: compute is the time of every recorded invocation that "
+                "ran (or, for cache stages, checked) the steps behind these results, summed "
+                "over reruns; a step cut short by a kill is not recorded. The last "
+                "invocation may only have found them done.",
+            ),
+            ("table", table),
+        ]
     else:
         blocks.append(("p", "Wall time per stage: not recorded."))
     blocks += [("p", "Missing or skipped results:"), ("ul", absent)]

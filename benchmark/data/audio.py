@@ -40,13 +40,27 @@ def load_audio(
             start, stop = round(span[0] * sr), round(span[1] * sr)
             data, sr = sf.read(str(path), start=start, stop=stop, dtype="float32", always_2d=True)
     except Exception as exc:  # soundfile raises several types (LibsndfileError, RuntimeError)
-        raise AudioError(f"{path}: cannot decode audio ({exc})") from None
+        raise AudioError(_decode_failure(path, exc)) from None
     if data.size == 0:
         raise AudioError(f"{path}: no audio samples")
     mono = data.mean(axis=1)
     if not np.all(np.isfinite(mono)):
         raise AudioError(f"{path}: audio holds NaN or infinite samples")
     return resample(mono, sr, sample_rate)
+
+
+def _decode_failure(path: Path, exc: Exception) -> str:
+    """One line saying why ``path`` could not be read."""
+    if not path.exists():
+        return f"{path}: audio file not found"
+    if not path.is_file():
+        return f"{path}: not a regular file"
+    # libsndfile says "File does not exist or is not a regular file (possibly a pipe?)" for a
+    # file it cannot parse (a truncated MP3, say), which misleads: the file is there.
+    detail = str(exc).split("': ", 1)[-1]
+    if "does not exist" in detail or "regular file" in detail:
+        return f"{path}: could not be decoded (the file is truncated or corrupt)"
+    return f"{path}: could not be decoded (truncated or corrupt? {detail})"
 
 
 def resample(wave: np.ndarray, orig_sr: int, new_sr: int) -> np.ndarray:

@@ -55,6 +55,10 @@ FMA_GENRES: tuple[str, ...] = (
     "Rock",
 )  # fmt: skip
 
+# Skip reasons that mean bad audio in the user's tree (counted against data.max_bad_fraction
+# by the feature build); the known-broken and known-empty clips are documented exclusions.
+UNREADABLE_REASONS = ("missing_audio", "empty_audio")
+
 MTAT_BROKEN = {"35644", "55753", "57881"}  # 35644 missing, 55753 and 57881 corrupt (section 6)
 FMA_EMPTY = {"099134", "108925", "133297"}  # tracks of fma_small that hold no audio
 
@@ -103,6 +107,15 @@ class Dataset:
     vocabulary: tuple[str, ...]
     multilabel: bool
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> number of clips
+    skipped_ids: dict[str, tuple[str, ...]] = field(default_factory=dict)  # reason -> clip ids
+
+    def unreadable(self) -> list[tuple[str, str]]:
+        """``(clip_id, reason)`` of the clips skipped for missing or empty audio files."""
+        return [
+            (clip_id, reason)
+            for reason in UNREADABLE_REASONS
+            for clip_id in self.skipped_ids.get(reason, ())
+        ]
 
     def split(self, name: str) -> list[Clip]:
         """Clips of one split, in load order. Raises ValueError for an unknown split name."""
@@ -163,7 +176,8 @@ def finish_dataset(
     name: str, clips: list[Clip], vocabulary: Sequence[str], multilabel: bool, skips: Skips
 ) -> Dataset:
     """Build the Dataset and log its per-split counts and one warning per skip reason."""
-    ds = Dataset(name, clips, tuple(vocabulary), multilabel, skips.counts())
+    ids = {reason: tuple(found) for reason, found in skips.ids.items()}
+    ds = Dataset(name, clips, tuple(vocabulary), multilabel, skips.counts(), ids)
     for reason, ids in skips.ids.items():
         shown = ", ".join(ids[:_SHOW_IDS]) + (", ..." if len(ids) > _SHOW_IDS else "")
         log.warning("%s: skipped %d clip(s) (%s): %s", name, len(ids), reason, shown)

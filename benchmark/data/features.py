@@ -88,10 +88,14 @@ def build_mixtures(
     workers: int = 1,
     max_bad_fraction: float = 0.01,
     progress: bool = True,
+    missing: Sequence[tuple[str, str]] = (),
 ) -> FeatureStore:
     """Stage ``features``: the log-mel of every clip's mixture, one entry ``(clip_id, "mix")``.
 
     ``corpus_version`` (e.g. the synthetic generator's version) joins every content key.
+    ``missing``: ``(clip_id, reason)`` of the listed clips without usable files (the dataset
+    loaders skip them); they count as bad clips. Raises :class:`StoreBuildError` when more
+    than ``max_bad_fraction`` of the listed clips are bad.
     """
     key = section_hash(cfg, extra={"kind": MIX, "corpus": corpus_version})
     root = store_root(cache_dir, MIX, dataset, key)
@@ -111,5 +115,6 @@ def build_mixtures(
         max_bad_fraction=max_bad_fraction,
         desc=f"features {dataset}",
         progress=progress,
+        missing=missing,
     )
     return FeatureStore(root)

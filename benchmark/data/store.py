@@ -14,9 +14,10 @@ so a changed file rebuilds only its shard. A shard is written ``.npy`` first and
 last, each atomically; the ``.json`` is the commit marker and holds the byte length and CRC-32
 of the ``.npy``, so a truncated or corrupt shard is detected and rebuilt, never read.
 
-Bad clips (undecodable, empty, non-finite, shorter than one crop) are skipped with a warning
-naming the file and counted in the build report; more than ``max_bad_fraction`` of them fails
-the build with :class:`StoreBuildError`.
+Bad clips (undecodable, empty, non-finite, shorter than one crop, and listed clips whose files
+are missing, passed as ``missing``) are skipped with a warning naming the file and counted in
+the build report; more than ``max_bad_fraction`` of them fails the build with
+:class:`StoreBuildError`.
 """
 
 from __future__ import annotations
@@ -83,14 +84,16 @@ def file_key(path: Path, *parts) -> str:
 @dataclass
 class BuildReport:
     num_jobs: int = 0
-    num_bad: int = 0
+    num_bad: int = 0  # bad clips: the jobs that failed and the missing ones
     bad: list[tuple[str, str]] = field(default_factory=list)  # (clip_id, reason)
     shards_built: int = 0
     shards_reused: int = 0
+    num_missing: int = 0  # listed clips that never became jobs (missing or empty files)
 
     def to_dict(self) -> dict:
         return {
             "num_jobs": self.num_jobs,
+            "num_missing": self.num_missing,
             "num_bad": self.num_bad,
             "bad": [list(b) for b in self.bad],
             "shards_built": self.shards_built,
@@ -124,17 +127,17 @@ def shard_is_valid(root: Path, key: str, verify_checksum: bool = True) -> bool:
     return not verify_checksum or _crc32_file(npy) == info.get("crc32")
 
 
-def _build_shard(root: Path, key: str, jobs: Sequence[Job], extract: Extractor) -> dict:
-    """Extract every job of one shard and write it (in a worker process, or inline).
+def _build_shard(
+    root: Path, key: str, jobs: Sequence[Job], extract: Extractor, num_threads: int
+) -> dict:
+    """Extract every job of one shard and write it (in a worker process or in this one)."""
+    # The same thread count wherever the shard is built (features depend on it), restored
+    # afterwards: the caller's thread count is not ours to change.
+    with torch_threads(num_threads):
+        return _extract_and_write(root, key, jobs, extract)
 
-    One torch thread while extracting: the pool already fills the cores, and features are
-    the same whichever way they were built. Scoped: run inline, the caller's setting stays.
-    """
-    with torch_threads(1):
-        return _extract_shard(root, key, jobs, extract)
 
-
-def _extract_shard(root: Path, key: str, jobs: Sequence[Job], extract: Extractor) -> dict:
+def _extract_and_write(root: Path, key: str, jobs: Sequence[Job], extract: Extractor) -> dict:
     entries, blocks, bad = [], [], []
     offset = 0
     for job in jobs:
@@ -190,12 +193,19 @@ def build(
     max_bad_fraction: float = 0.01,
     desc: str = "features",
     progress: bool = True,
+    num_threads: int = 1,
+    missing: Sequence[tuple[str, str]] = (),
 ) -> BuildReport:
     """Build (or resume) the store at ``root`` from ``jobs``; finished shards are reused.
 
+    ``missing``: ``(clip_id, reason)`` of listed clips that never became jobs (e.g. audio
+    files that are missing or empty); they are bad clips like the ones that fail to decode.
+
     ``extract`` must be a picklable top-level function (or ``functools.partial`` of one) when
-    ``workers > 1``. Raises :class:`StoreBuildError` when more than ``max_bad_fraction`` of
-    the jobs are bad.
+    ``workers > 1``. It runs on ``num_threads`` torch threads whether a shard is built in a
+    worker process or in this one (this process's count is restored afterwards); with
+    ``workers > 1`` keep the default 1: the pool already fills the cores.
+    Raises :class:`StoreBuildError` when more than ``max_bad_fraction`` of the jobs are bad.
     """
     root = Path(root)
     (root / "shards").mkdir(parents=True, exist_ok=True)
@@ -206,7 +216,7 @@ def build(
     chunks = [ordered[i : i + shard_size] for i in range(0, len(ordered), shard_size)]
     keys = [stable_hash([STORE_VERSION, [j.key for j in c]]) for c in chunks]
 
-    report = BuildReport(num_jobs=len(ordered))
+    report = BuildReport(num_jobs=len(ordered), num_missing=len(missing))
     todo = [(k, c) for k, c in zip(keys, chunks, strict=True) if not shard_is_valid(root, k)]
     report.shards_reused = len(chunks) - len(todo)
     if todo:
@@ -215,30 +225,35 @@ def build(
     bar = tqdm(total=total, desc=desc, unit="clip", disable=not progress or not todo)
     if workers > 1 and len(todo) > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = [(pool.submit(_build_shard, root, k, c, extract), c) for k, c in todo]
+            futures = [
+                (pool.submit(_build_shard, root, k, c, extract, num_threads), c) for k, c in todo
+            ]
             for fut, c in futures:
                 fut.result()
                 bar.update(len(c))
     else:
         for k, c in todo:
-            _build_shard(root, k, c, extract)
+            _build_shard(root, k, c, extract, num_threads)
             bar.update(len(c))
     bar.close()
     report.shards_built = len(todo)
 
+    report.bad = [(clip_id, reason) for clip_id, reason in missing]
     for k in keys:
         for clip_id, reason in read_json(_shard_paths(root, k)[1])["bad"]:
             report.bad.append((clip_id, reason))
     report.num_bad = len(report.bad)
+    listed = report.num_jobs + report.num_missing
     for clip_id, reason in report.bad[:20]:
         log.warning("%s: skipped %s: %s", desc, clip_id, reason)
     if report.num_bad > 20:
         log.warning("%s: ... and %d more skipped clips", desc, report.num_bad - 20)
     atomic_write_json(root / "manifest.json", {"shards": keys, "report": report.to_dict()})
-    if report.num_jobs and report.num_bad / report.num_jobs > max_bad_fraction:
+    if listed and report.num_bad / listed > max_bad_fraction:
         raise StoreBuildError(
-            f"{desc}: {report.num_bad} of {report.num_jobs} clips are bad "
-            f"(> {max_bad_fraction:.1%}); first: {report.bad[:3]}; see {root / 'manifest.json'}"
+            f"{desc}: {report.num_bad} of {listed} clips are bad ({report.num_missing} missing "
+            f"or empty files; > {max_bad_fraction:.1%}); first: {report.bad[:3]}; see "
+            f"{root / 'manifest.json'}"
         )
     return report
 

@@ -25,6 +25,7 @@ from benchmark.io import (
     file_digest,
     pick_device,
     read_json,
+    torch_threads,
 )
 from benchmark.pretrain.loop import PretrainedModel
 
@@ -122,10 +123,14 @@ def _embed_store(
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     with atomic_path(out / "features32.npy", suffix=".npy") as tmp32:
         # float32 features first (a temporary file: memory stays flat on any corpus).
-        if model.external is not None:
-            feats = _embed_external(cfg, model, store, hop, tmp32, audio_paths, progress, counts)
-        else:
-            feats = _embed_encoder(cfg, model, store, hop, tmp32, progress, counts)
+        # Pinned threads: the embeddings must not depend on the caller's thread count.
+        with torch_threads(cfg.compute.torch_threads):
+            if model.external is not None:
+                feats = _embed_external(
+                    cfg, model, store, hop, tmp32, audio_paths, progress, counts
+                )
+            else:
+                feats = _embed_encoder(cfg, model, store, hop, tmp32, progress, counts)
         offset, scale = _affine(feats)
         health = embedding_health(_clip_means(feats, offsets))
         with atomic_path(out / "embeddings.npy", suffix=".npy") as tmp16:

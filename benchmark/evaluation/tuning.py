@@ -1,32 +1,37 @@
 """Hyper-parameter search for probes with Optuna: the only module of the project importing optuna.
 
-Every (method, task) gets the same budget: the same search space, the same number of COMPLETE
-trials and the same TPE sampler seed, so no method is favoured by a luckier or longer search.
-A trial trains a probe on the training split and returns its best validation score; the test
-split is never an input here, so tuning cannot peek at it.
+Every (method, task) gets the same budget: the same search space, the first ``num_trials``
+COMPLETE trials by number and the same sampler seed, so no method is favoured by a luckier or
+longer search. A trial trains a probe on the training split and returns its best validation
+score; the test split is never an input here, so tuning cannot peek at it.
 
 Studies live in an Optuna RDB storage (any SQLAlchemy URL, by default
-``sqlite:///runs/optuna.db``; PostgreSQL for many processes) and are resumable: rerunning
-:func:`tune_probe` with the same study name after a kill runs only the missing trials.
+``sqlite:///runs/optuna.db``; PostgreSQL for many processes) and are resumable. Several worker
+processes may share one study (``workers``). One rule covers a rerun after a kill and any
+number of workers:
 
-Several worker processes may share one study (``workers``), and give the same trials as one:
-
-- *Parameters* of trial n come from a TPE sampler seeded with ``(sampler_seed, n)`` and fitted
-  on the COMPLETE trials numbered below ``n - lag`` only, once all of those have finished
-  (:class:`LaggedTPESampler`). They depend neither on how many workers there are nor on which
-  finished first. With W workers, ``lag >= W - 1`` keeps waits rare; more workers than that
-  wait for stragglers. (Plain ``TPESampler(seed)`` in every worker would draw the same
-  start-up points in each, and later points that depend on timing: docs/SCALEOUT_PHASE1.md.)
+- *Parameters* (:func:`trial_params`, :class:`LaggedTPESampler`): trial ``n``'s are a pure
+  function of the sampler seed, ``n`` and the COMPLETE trials numbered below ``n - lag``: a
+  TPE sampler seeded with ``(seed, n)`` fitted on exactly those trials, once every trial
+  numbered below ``n - lag`` has finished. So trial ``n`` is the same whether or not the study
+  was interrupted before it, whichever worker draws it and however many workers there are.
+  With W workers, ``lag >= W - 1`` keeps the waits rare. (A sampler seeded once per process
+  would draw other trials after a resumption, and the same start-up points in every worker:
+  docs/SCALEOUT_PHASE1.md.)
 - *The budget* is the first ``num_trials`` COMPLETE trials by number, counted once every
-  trial numbered below the last of them has finished. Parallel workers may start up to W - 1
-  trials more; those are wasted time, never counted, and the best trial is the best of the
-  counted ones, so the budget stays exactly equal for every method.
-- *Heartbeats*: every running trial's worker writes a heartbeat to the storage; a trial whose
-  heartbeat stood still for ``grace_s`` seconds (its worker was killed) is marked FAIL by the
-  other workers, never left RUNNING.
-
-The numbers are identical for any number of workers as long as no worker dies: a killed
-worker's trial fails and the next number takes its place.
+  trial numbered below the last of them has finished (:func:`counted_trials`). Parallel
+  workers may start up to W - 1 trials more (:func:`_work`); those are wasted time, never
+  counted, and the best trial is the best of the counted ones, so the budget stays exactly
+  equal for every method.
+- *An interrupted call* (Ctrl-C, a kill, a preemption: the workers die with the step): the
+  rerun runs every trial left RUNNING by a dead process again, under its own number and with
+  its own parameters, before the study goes on (:func:`_orphans`). Nothing is marked FAIL, so
+  the study ends as an uninterrupted one.
+- *Heartbeats*: every running trial's process writes a heartbeat to the storage. A worker that
+  dies while the call goes on leaves its trial to the others: they mark it FAIL once its
+  heartbeat stood still for ``grace_s`` seconds, never leaving it RUNNING, and the next number
+  takes its place in the budget (which stays exact; the trials after it then differ from an
+  uninterrupted study's).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -45,7 +51,8 @@ from pathlib import Path
 import numpy as np
 import optuna
 from optuna.distributions import FloatDistribution
-from optuna.trial import TrialState
+from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enabled
+from optuna.trial import FrozenTrial, TrialState
 
 from benchmark.evaluation.probe import (
     ProbeDivergedError,
@@ -54,6 +61,7 @@ from benchmark.evaluation.probe import (
     WindowSet,
     train_probe,
 )
+from benchmark.io import owner_is_alive, process_identity
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +75,12 @@ SEARCH_SPACE = {
     "dropout": {"low": 0.0, "high": 0.5, "log": False},
 }
 LAG = 3  # default lag of :class:`LaggedTPESampler`: up to 4 workers rarely wait (ours)
-HEARTBEAT_S = 5.0  # a running trial's worker writes a heartbeat this often, s (ours)
+HEARTBEAT_S = 5.0  # a running trial's process writes a heartbeat this often, s (ours)
 GRACE_S = 60.0  # a trial whose heartbeat stood still this long is failed, s (ours)
+# Trials before TPE models the history (optuna's default); until then draws are random.
+TPE_STARTUP_TRIALS = 10
+OWNER_ATTR = "bench.owner"  # user attribute: the process running a trial (benchmark.io)
+WAIT_POLL_S = 0.2  # how often a worker looks whether the trials it samples from have finished
 
 
 @dataclass
@@ -92,75 +104,103 @@ class TuneResult:
     beyond_budget: int = 0
 
 
+def search_space(spec: ProbeSpec) -> dict[str, FloatDistribution]:
+    """:data:`SEARCH_SPACE` as Optuna distributions (dropout only for mlp probes)."""
+    return {
+        name: FloatDistribution(**bounds)
+        for name, bounds in SEARCH_SPACE.items()
+        if name != "dropout" or spec.kind == "mlp"
+    }
+
+
 def suggest_params(trial: optuna.Trial, spec: ProbeSpec) -> ProbeParams:
     """Draw one point of :data:`SEARCH_SPACE` (dropout only for mlp probes)."""
     values = {
-        name: trial.suggest_float(name, **bounds)
-        for name, bounds in SEARCH_SPACE.items()
-        if name != "dropout" or spec.kind == "mlp"
+        name: trial.suggest_float(name, dist.low, dist.high, log=dist.log)
+        for name, dist in search_space(spec).items()
     }
     return ProbeParams(**values)
 
 
-def search_space(spec: ProbeSpec) -> dict[str, FloatDistribution]:
-    """:data:`SEARCH_SPACE` as Optuna distributions, for ``spec``'s probe (the same names and
-    bounds that :func:`suggest_params` draws)."""
-    return {
-        name: FloatDistribution(b["low"], b["high"], log=b["log"])
-        for name, b in SEARCH_SPACE.items()
-        if name != "dropout" or spec.kind == "mlp"
-    }
+def trial_seed(sampler_seed: int, number: int) -> int:
+    """The TPE seed of trial ``number``."""
+    return int(np.random.SeedSequence([sampler_seed, number]).generate_state(1)[0])
+
+
+def trial_params(
+    sampler_seed: int,
+    number: int,
+    history: list[FrozenTrial],
+    space: dict[str, FloatDistribution],
+    n_startup_trials: int = TPE_STARTUP_TRIALS,
+) -> dict[str, float]:
+    """The parameters of trial ``number``: a pure function of its arguments.
+
+    A TPE sampler seeded with :func:`trial_seed` is fitted on ``history`` (the COMPLETE trials
+    the caller allows, see :class:`LaggedTPESampler`) in an in-memory study and asked once.
+    """
+    replay = optuna.create_study(
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(
+            seed=trial_seed(sampler_seed, number), n_startup_trials=n_startup_trials
+        ),
+    )
+    replay.add_trials(history)
+    return dict(replay.ask(fixed_distributions=dict(space)).params)
 
 
 class LaggedTPESampler(optuna.samplers.BaseSampler):
-    """TPE that gives trial n the same parameters whatever the number or speed of workers.
+    """TPE that gives trial ``n`` the same parameters whatever happened before it and whatever
+    the number or speed of workers.
 
-    Trial n is sampled by a ``TPESampler`` seeded with ``(seed, n)``, fitted (in an in-memory
-    replay study) on the COMPLETE trials numbered below ``n - lag``, once all trials numbered
-    below ``n - lag`` have finished; while it waits it keeps its own trial's heartbeat fresh
-    and fails stale trials of dead workers. The space is fixed (``space``); a parameter
-    outside it is an error.
+    Trial ``n`` gets :func:`trial_params` of the COMPLETE trials numbered below ``n - lag``,
+    once every trial numbered below ``n - lag`` has finished (the worker waits for them, and
+    meanwhile fails the stale trials of dead workers, see the module docstring). One worker:
+    any ``lag`` works, ``0`` is sequential TPE with a per-trial seed. ``W`` workers:
+    ``lag >= W - 1`` keeps the waits rare, at the price of a history ``lag`` trials older than
+    sequential TPE's. The search space is fixed; a parameter outside it is an error.
     """
 
-    def __init__(self, seed: int, lag: int, space: dict[str, FloatDistribution]):
+    def __init__(
+        self,
+        seed: int,
+        space: dict[str, FloatDistribution],
+        lag: int = 0,
+        n_startup_trials: int = TPE_STARTUP_TRIALS,
+    ):
         if lag < 0:
             raise ValueError(f"lag must be >= 0, got {lag}")
-        self.seed, self.lag, self.space = seed, lag, dict(space)
+        self.seed, self.space, self.lag = seed, dict(space), lag
+        self.n_startup_trials = n_startup_trials
 
-    def infer_relative_search_space(self, study, trial):
+    def infer_relative_search_space(self, study, trial) -> dict[str, FloatDistribution]:
         return dict(self.space)
 
-    def sample_relative(self, study, trial, search_space):
+    def sample_relative(self, study, trial, search_space) -> dict[str, float]:
         if not search_space:
             return {}
-        _heartbeat(study, trial)  # from the start: a worker may die while it waits here
         horizon = trial.number - self.lag
+        waited = False
         while True:
             past = [t for t in study.get_trials(deepcopy=False) if t.number < horizon]
             if all(t.state.is_finished() for t in past):
                 break
-            _heartbeat(study, trial)
-            _fail_stale_trials(study)
-            time.sleep(0.2)
-        trial_seed = int(np.random.SeedSequence([self.seed, trial.number]).generate_state(1)[0])
-        replay = optuna.create_study(
-            direction=study.direction, sampler=optuna.samplers.TPESampler(seed=trial_seed)
-        )
-        replay.add_trials([t for t in past if t.state == TrialState.COMPLETE])
-        return dict(replay.ask(fixed_distributions=self.space).params)
+            if not waited:
+                log.info("trial %d waits for trials below %d to finish", trial.number, horizon)
+                waited = True
+            _fail_stale_trials(study)  # a dead worker's trial would be waited for forever
+            time.sleep(WAIT_POLL_S)
+        history = [t for t in past if t.state == TrialState.COMPLETE]
+        return trial_params(self.seed, trial.number, history, self.space, self.n_startup_trials)
 
     def sample_independent(self, study, trial, param_name, param_distribution):
         raise ValueError(f"{param_name} is outside the fixed search space {sorted(self.space)}")
 
 
-def _heartbeat(study: optuna.Study, trial) -> None:
-    """Record a heartbeat of ``trial`` (Optuna starts its own only once sampling is done)."""
-    storage = study._storage
-    if optuna.storages._heartbeat.is_heartbeat_enabled(storage):
-        storage.record_heartbeat(trial._trial_id)
-
-
 def _fail_stale_trials(study: optuna.Study) -> None:
+    """Mark FAIL the RUNNING trials whose heartbeat stood still for the grace period."""
+    if not is_heartbeat_enabled(study._storage):
+        return
     with warnings.catch_warnings():  # "experimental" in Optuna 4 and 5
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
@@ -238,6 +278,7 @@ class _Search:
     num_trials: int
     sampler_seed: int
     lag: int
+    n_startup_trials: int
     probe_seed: int
     max_epochs: int
     batch_size: int
@@ -251,12 +292,16 @@ class _Search:
         return optuna.load_study(
             study_name=self.study_name,
             storage=open_storage(self.storage, self.heartbeat_s, self.grace_s),
-            sampler=LaggedTPESampler(self.sampler_seed, self.lag, search_space(self.spec)),
+            sampler=LaggedTPESampler(
+                self.sampler_seed, search_space(self.spec), self.lag, self.n_startup_trials
+            ),
         )
 
     def objective(self, trial: optuna.Trial) -> float:
-        params = suggest_params(trial, self.spec)
+        # Who runs it, before sampling (which may wait): see _orphans.
+        trial.set_user_attr(OWNER_ATTR, process_identity())
         trial.set_user_attr("pid", os.getpid())
+        params = suggest_params(trial, self.spec)
         try:
             result = train_probe(
                 self.spec,
@@ -299,19 +344,53 @@ def _diverged(trials: list) -> int:
     return sum(t.state == TrialState.FAIL and "diverged" in t.user_attrs for t in trials)
 
 
+def _ask(study: optuna.Study) -> optuna.Trial:
+    """``study.ask()``, which pops the lowest WAITING trial (the baseline) first."""
+    with warnings.catch_warnings():  # our loop is Study.optimize's, with heartbeats of its own
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
+        return study.ask()
+
+
+def _run_trial(
+    search: _Search, study: optuna.Study, trial: optuna.Trial, callback=None
+) -> FrozenTrial:
+    """Run ``trial`` to its end, with a heartbeat while it runs; a diverged probe is a FAIL.
+
+    Any other exception, Ctrl-C included, leaves the trial RUNNING, to be run again under its
+    own number by the rerun (Optuna's own loop would mark it FAIL, and the next trial would
+    take another number)."""
+    with get_heartbeat_thread(trial._trial_id, study._storage):
+        try:
+            finished = study.tell(trial, search.objective(trial))
+        except ProbeDivergedError as exc:
+            log.warning("%s: trial %d failed: %s", search.study_name, trial.number, exc)
+            finished = study.tell(trial, state=TrialState.FAIL)
+    if callback is not None:
+        callback(study, finished)
+    return finished
+
+
 def _work(search: _Search, study: optuna.Study, callback=None) -> None:
     """One worker: run trials until the budget is settled (see :func:`counted_trials`) or more
-    than ``num_trials`` trials diverged."""
-    callbacks = [callback] if callback is not None else []
+    than ``num_trials`` trials diverged.
+
+    A new trial starts only while the COMPLETE and running trials together are fewer than
+    ``num_trials`` (a queued one always): otherwise the worker waits for them, and starts
+    another only if one of them fails. So workers start at most W - 1 trials beyond the
+    budget (W workers deciding at the same moment), however long a lower trial runs."""
     while True:
         trials = study.get_trials(deepcopy=False)
         if counted_trials(trials, search.num_trials) is not None:
             return
         if _diverged(trials) > search.num_trials:
             return
-        study.optimize(
-            search.objective, n_trials=1, catch=(ProbeDivergedError,), callbacks=callbacks
-        )
+        _fail_stale_trials(study)  # as Optuna's loop does before each trial
+        queued = any(t.state == TrialState.WAITING for t in trials)
+        live = (TrialState.COMPLETE, TrialState.RUNNING)
+        if not queued and sum(t.state in live for t in trials) >= search.num_trials:
+            time.sleep(WAIT_POLL_S)
+            continue
+        _run_trial(search, study, _ask(study), callback)
 
 
 def _die_with_parent(parent: int) -> None:
@@ -333,7 +412,10 @@ def _worker_main(payload: bytes, parent: int) -> None:
 
     search: _Search = cloudpickle.loads(payload)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # a process of our own
-    _work(search, search.load_study())
+    try:
+        _work(search, search.load_study())
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group: the step says so
+        sys.exit(130)
 
 
 def _start_workers(search: _Search, count: int) -> list:
@@ -413,30 +495,33 @@ def tune_probe(
         max_epochs, batch_size, patience, windows_per_clip, standardize: passed to
             ``train_probe``.
         score_fn: the task's primary metric, ``score_fn(valid.targets, clip_scores) -> float``.
-        baseline_params: if given and the study holds no COMPLETE trial yet, enqueued as the
-            next trial (trial 0 of a new study), e.g. the paper's lr, so the tuned probe is
-            never worse on validation than the default one; it counts towards ``num_trials``
-            like any trial.
+        baseline_params: if given, enqueued as trial 0 of a new study (one without trials),
+            e.g. the paper's lr, so the tuned probe is never worse on validation than the
+            default one; it counts towards ``num_trials`` like any trial.
         on_trial: called in this process with each trial's dict (see :class:`TuneResult`) that
             finished in this run, whichever worker ran it, in order of trial number as far as
             they finish in order (e.g. to log it to MLflow).
         device: passed to ``train_probe``.
         workers: processes sharing the study: this one and ``workers - 1`` spawned ones (each
-            gets a pickled copy of ``train`` and ``valid``). Any number gives the same trials.
+            gets a pickled copy of ``train`` and ``valid``). Any number gives the same trials
+            (see the module docstring for a worker that dies meanwhile).
         lag: see :class:`LaggedTPESampler`; part of what a result depends on.
         heartbeat_s, grace_s: trial heartbeats (see the module docstring).
 
     Returns:
-        A :class:`TuneResult`.
+        A :class:`TuneResult` whose best trial is the best of the counted trials.
 
     Raises:
         ValueError: if ``num_trials < 1``, ``workers < 1`` or ``lag < 0``.
         RuntimeError: if more than ``num_trials`` trials diverged, or every worker ended
             before the budget was met.
 
-    One call per study at a time (the plan's step lock sees to it): trials left RUNNING by an
-    earlier, killed call are marked FAIL at the start. Within the call, a worker killed mid-trial
-    leaves its trial to the heartbeat: the other workers fail it after ``grace_s``.
+    One call per study at a time (the plan's step lock sees to it). A trial left RUNNING by an
+    earlier call (its ``bench.owner`` attribute names a dead process on this host, this
+    process, another host, or nothing) is run again by this process under its own number with
+    its own parameters, while the workers go on with the next trials; a trial of a live
+    process on this host is waited for. Within the call, a worker killed mid-trial leaves its
+    trial to the heartbeat: the other workers fail it after ``grace_s``.
     """
     if num_trials < 1:
         raise ValueError(f"num_trials must be >= 1, got {num_trials}")
@@ -458,6 +543,7 @@ def tune_probe(
         num_trials=num_trials,
         sampler_seed=sampler_seed,
         lag=lag,
+        n_startup_trials=TPE_STARTUP_TRIALS,
         probe_seed=probe_seed,
         max_epochs=max_epochs,
         batch_size=batch_size,
@@ -475,12 +561,13 @@ def tune_probe(
     )
     study = search.load_study()
     existing = study.get_trials(deepcopy=False)
-    for trial in existing:
-        if trial.state == TrialState.RUNNING:
-            study.tell(trial.number, state=TrialState.FAIL)
-    pending = (TrialState.COMPLETE, TrialState.WAITING)
-    if baseline_params is not None and not any(t.state in pending for t in existing):
+    if baseline_params is not None and not existing:
         study.enqueue_trial(_baseline_point(baseline_params, spec))
+    # Claimed before any worker starts: from here on their heartbeats are this process's.
+    orphans = _orphans(study)
+    beats = [get_heartbeat_thread(trial._trial_id, study._storage) for trial in orphans]
+    for beat in beats:
+        beat.start()
 
     finished_before = {t.number for t in existing if t.state.is_finished()}
     reported: set[int] = set()
@@ -489,6 +576,7 @@ def tune_probe(
         """Log (and pass to ``on_trial``) every trial that finished since the last call."""
         trials = study.get_trials(deepcopy=False)
         done = sum(t.state == TrialState.COMPLETE for t in trials)
+        best = _best(trials, num_trials)
         for trial in sorted(trials, key=lambda t: t.number):
             if (
                 not trial.state.is_finished()
@@ -499,24 +587,33 @@ def tune_probe(
             reported.add(trial.number)
             info = _trial_dict(trial)
             log.info(
-                "%s: trial %d %s value=%s (%d/%d complete) %s",
+                "%s: trial %d %s value=%s (%d/%d complete, best %s) %s",
                 study_name,
                 trial.number,
                 info["state"],
                 _fmt(info["value"]),
                 done,
                 num_trials,
+                _fmt(best.value if best else None),
                 ", ".join(f"{k}={v:.3g}" for k, v in info["params"].items()),
             )
             if on_trial is not None:
                 on_trial(info)
 
     started = time.perf_counter()
-    procs = _start_workers(search, workers - 1)
+    procs: list = []
     try:
+        procs = _start_workers(search, workers - 1)
+        # The orphans first, in number order (the workers meanwhile draw the next numbers).
+        for trial, beat in zip(orphans, beats, strict=True):
+            _run_trial(search, study, trial, callback=report_new)
+            beat.join()
         _work(search, study, callback=report_new)
         codes = _stop_workers(procs, timeout=3600)
     finally:
+        for beat in beats:  # after an exception: a heartbeat thread would keep us alive
+            with contextlib.suppress(AssertionError, RuntimeError):
+                beat.join()
         _stop_workers(procs, timeout=0)
     report_new(study)
     trials = study.get_trials(deepcopy=False)
@@ -539,14 +636,53 @@ def tune_probe(
         time.perf_counter() - started,
         workers,
     )
-    # The best of the counted trials; a tie goes to the lowest number.
-    best = max(counted, key=lambda t: (t.value, -t.number))
+    best = _best(counted, num_trials)
     return TuneResult(
         best_params=ProbeParams(**best.params),
         best_value=float(best.value),
         trials=[_trial_dict(t) for t in sorted(trials, key=lambda t: t.number) if t.number <= last],
         beyond_budget=sum(t.number > last for t in trials),
     )
+
+
+def _orphans(study: optuna.Study) -> list[optuna.Trial]:
+    """The RUNNING trials that no live process runs, in number order, claimed by this process
+    to be run again under their own numbers: their owner died, was this very process (Ctrl-C),
+    is unknown, or ran on another host (one call per study at a time: a trial of another host
+    is a dead call's, e.g. a Slurm job requeued onto another node). A trial of a live process
+    on this host is left to it.
+
+    Their parameters are stored already, or are drawn again by the sampler exactly as before
+    (a pure function of the trial number and the history), so the study continues as if it
+    had not been interrupted.
+    """
+    here = process_identity()
+    orphans = []
+    for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = frozen.user_attrs.get(OWNER_ATTR)
+        if owner is not None and owner != here and owner_is_alive(owner) is True:
+            continue
+        log.info(
+            "%s: trial %d was left running by %s; running it again",
+            study.study_name,
+            frozen.number,
+            owner or "an unknown process",
+        )
+        # Trial(study, id) is how Study.optimize itself wraps a trial; FrozenTrial keeps the
+        # id private.
+        trial = optuna.trial.Trial(study, frozen._trial_id)
+        trial.set_user_attr(OWNER_ATTR, here)
+        trial.set_user_attr("pid", os.getpid())
+        orphans.append(trial)
+    return orphans
+
+
+def _best(trials: list[FrozenTrial], num_trials: int) -> FrozenTrial | None:
+    """The best of the first ``num_trials`` COMPLETE ``trials`` by number so far (the budget;
+    a parallel study may hold more), the lower number on a tie; None before any completes."""
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    budget = sorted(complete, key=lambda t: t.number)[:num_trials]
+    return max(budget, key=lambda t: (t.value, -t.number)) if budget else None
 
 
 def _fmt(value: float | None) -> str:
@@ -564,7 +700,3 @@ def _baseline_point(params: ProbeParams, spec: ProbeSpec) -> dict:
     if spec.kind == "mlp":
         point["dropout"] = params.dropout
     return point
-
-
-def _num_complete(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))

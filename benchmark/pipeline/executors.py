@@ -35,7 +35,17 @@ from benchmark.config import Config, ExecutorConfig, from_dict
 from benchmark.errors import ConfigError
 from benchmark.pipeline import slurm, state
 from benchmark.pipeline.context import Context, open_context
-from benchmark.pipeline.plan import STAGES, TRACKED, Step, execute, finish, parse_step, run_step
+from benchmark.pipeline.plan import (
+    STAGES,
+    SUCCEEDED,
+    TRACKED,
+    Step,
+    execute,
+    finish,
+    parse_step,
+    run_step,
+    settle,
+)
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +107,9 @@ class LocalExecutor:
 
     kind = "local"
 
-    def launch(self, cfg: Config, steps: list[Step], ctx: Context) -> Launch:
-        execute(steps, ctx)
+    def launch(self, cfg: Config, steps: list[Step], ctx: Context, on_step=None) -> Launch:
+        """``on_step(step)``: called after each step (see :func:`execute`)."""
+        execute(steps, ctx, on_step)
         return Launch(finished=True)
 
 
@@ -134,7 +145,10 @@ class ProcessExecutor:
         self.workers = workers
         self.devices = devices
 
-    def launch(self, cfg: Config, steps: list[Step], ctx: Context | None = None) -> Launch:
+    def launch(
+        self, cfg: Config, steps: list[Step], ctx: Context | None = None, on_step=None
+    ) -> Launch:
+        """``on_step(step)``: called in this process as each step ends or is blocked."""
         import multiprocessing
 
         devices = visible_gpus() if self.devices is None else self.devices
@@ -154,7 +168,9 @@ class ProcessExecutor:
                         if bad:
                             step.status, step.error = "blocked", f"needs {', '.join(bad)}"
                             log.warning("skipping %s: %s", step.name, step.error)
-                        elif all(s in ("ran", "done") for s in deps):
+                            if on_step is not None:
+                                on_step(step)
+                        elif all(s in SUCCEEDED for s in deps):
                             running[pool.submit(step.fn, *step.args)] = (step, time.perf_counter())
                         else:
                             still.append(step)
@@ -165,6 +181,8 @@ class ProcessExecutor:
                     for future in finished:
                         step, t0 = running.pop(future)
                         _settle(step, future, t0)
+                        if on_step is not None:
+                            on_step(step)
             except BaseException:
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
@@ -179,7 +197,8 @@ def _settle(step: Step, future: Future, t0: float) -> None:
         step.wall_s = time.perf_counter() - t0
         log.error("step %s failed: %s", step.name, step.error)
         return
-    step.status, step.run_id, step.wall_s = result.status, result.run_id, result.wall_s
+    settle(step, result)
+    step.wall_s = result.wall_s
 
 
 # -- Slurm ------------------------------------------------------------------------------------
@@ -236,6 +255,7 @@ def steps_from_records(cfg: Config, plan: list[tuple[str, str, list[str]]]) -> l
         else:
             step.status, step.error = record["status"], record.get("error", "")
             step.run_id, step.wall_s = record.get("run_id", ""), record.get("wall_s", 0.0)
+            step.compute_s = record.get("compute_s")
         steps.append(step)
     return steps
 
@@ -264,7 +284,9 @@ class SlurmExecutor:
     def __init__(self, config: ExecutorConfig):
         self.config = config
 
-    def launch(self, cfg: Config, steps: list[Step], ctx: Context) -> Launch:
+    def launch(self, cfg: Config, steps: list[Step], ctx: Context, on_step=None) -> Launch:
+        """Submits and returns: no step ends here (``on_step`` is never called); each job
+        leaves its step's record, and the report job writes ``plan_status.json``."""
         if not slurm.available():
             raise ConfigError("executor.kind=slurm: no Slurm here (squeue is not on the PATH)")
         return submit_plan(cfg, steps, ctx.require_tracker())
@@ -302,7 +324,7 @@ def submit_plan(cfg: Config, steps: list[Step], tracker) -> Launch:
                 job_of[step.name] = launch.kept[step.name] = job
             elif (
                 record
-                and record["status"] in ("ran", "done")
+                and record["status"] in SUCCEEDED
                 and (
                     step.stage not in TRACKED
                     or not record["run_id"]
@@ -312,15 +334,28 @@ def submit_plan(cfg: Config, steps: list[Step], tracker) -> Launch:
                 launch.done.append(step.name)
             else:
                 todo.append(step)
-        for stage in STAGES:
-            groups: dict[tuple[str, ...], list[Step]] = {}
-            for step in (s for s in todo if s.stage == stage):
-                needs = tuple(sorted({job_of[d] for d in step.deps if d in job_of}))
-                groups.setdefault(needs, []).append(step)
-            for needs, members in groups.items():
-                ids = _submit_group(executor, e, stage, needs, members, cfg_dict)
-                for step, job in zip(members, ids, strict=True):
-                    job_of[step.name] = launch.jobs[step.name] = job
+        # Stage by stage, in waves: a step is submitted once every step it needs that is to be
+        # submitted has its job (a study's step may need a step of a later stage, e.g. a
+        # separator's quality, stage separate, needs the pre-training run it is logged into).
+        unsubmitted = {s.name for s in todo}
+        while unsubmitted:
+            before = len(unsubmitted)
+            for stage in STAGES:
+                groups: dict[tuple[str, ...], list[Step]] = {}
+                for step in todo:
+                    if step.stage != stage or step.name not in unsubmitted:
+                        continue
+                    if any(d in unsubmitted for d in step.deps):
+                        continue
+                    needs = tuple(sorted({job_of[d] for d in step.deps if d in job_of}))
+                    groups.setdefault(needs, []).append(step)
+                for needs, members in groups.items():
+                    ids = _submit_group(executor, e, stage, needs, members, cfg_dict)
+                    for step, job in zip(members, ids, strict=True):
+                        job_of[step.name] = launch.jobs[step.name] = job
+                        unsubmitted.discard(step.name)
+            if len(unsubmitted) == before:
+                raise ValueError(f"the plan's dependencies form a cycle: {sorted(unsubmitted)}")
         old_report = submitted.get("report", {}).get("job", "")
         if old_report and live.get(old_report) in slurm.QUEUED:
             slurm.cancel([old_report])
@@ -374,7 +409,7 @@ def printable(launch: Launch) -> list[str]:
     lines = []
     by_stage: dict[str, list[str]] = {}
     for name, job in launch.jobs.items():
-        by_stage.setdefault(name.partition(":")[0], []).append(job)
+        by_stage.setdefault(parse_step(name)[0], []).append(job)
     for stage in STAGES:
         if stage in by_stage:
             jobs = by_stage[stage]

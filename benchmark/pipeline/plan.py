@@ -12,11 +12,20 @@ what is missing.
 Step names: ``data``, ``features:<corpus>``, ``separate:<separator>``,
 ``pretrain:<method>:s<seed>``, ``embed:<method>:s<seed>:<task>``,
 ``tune:<method>:s<seed>:<task>`` (once per method and task, on its first pre-training seed),
-``probe:<method>:s<seed>:<task>:p<probe seed>``. A method name may hold ``:`` (``hear:x``).
+``probe:<method>:s<seed>:<task>:p<probe seed>``; the studies add
+``quality:<method>:s<seed>`` (stage separate: the separator's measured quality, logged into the
+run), ``snapshot:<method>:s<seed>:@<step>`` (stage pretrain: the run's encoder at a
+pre-training step) and ``probe@<step>:<method>:s<seed>:<task>:p<probe seed>`` (stage probe: a
+probe of that snapshot). A method name may hold ``:`` (``hear:x``).
+
+A step's status: "ran" or "done" (found finished) for the tracked stages, "checked" for the
+cache stages (data, features, separate, embed: built now or found built), "failed",
+"blocked" (a step it needs failed).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import sys
@@ -27,7 +36,7 @@ from dataclasses import dataclass, field, replace
 
 from benchmark.config import Config, from_dict
 from benchmark.io import atomic_write_json, read_json
-from benchmark.pipeline import probing, stages, state
+from benchmark.pipeline import probing, stages, state, studies
 from benchmark.pipeline.context import Context, open_context
 from benchmark.pipeline.tracking import Tracker
 from benchmark.pretrain.loop import PretrainedModel
@@ -37,17 +46,25 @@ log = logging.getLogger(__name__)
 # In dependency order: a step depends on steps of earlier stages only.
 STAGES = ("data", "features", "separate", "pretrain", "embed", "tune", "probe")
 TRACKED = ("pretrain", "tune", "probe")  # stages whose steps leave an MLflow run
+SUCCEEDED = ("ran", "done", "checked")  # the statuses of a step whose dependants may run
 
 _METHOD = r"(?P<method>.+)"  # may hold ':' (an external encoder, hear:<module>)
 _TASK = r"(?P<task>[^:]+)"
+# kind (the name up to its first ':' or '@') -> (stage, pattern of the whole name)
 _NAMES = {
-    "data": r"data",
-    "features": r"features:(?P<corpus>[^:]+)",
-    "separate": r"separate:(?P<separator>[^:]+)",
-    "pretrain": rf"pretrain:{_METHOD}:s(?P<seed>\d+)",
-    "embed": rf"embed:{_METHOD}:s(?P<seed>\d+):{_TASK}",
-    "tune": rf"tune:{_METHOD}:s(?P<seed>\d+):{_TASK}",
-    "probe": rf"probe:{_METHOD}:s(?P<seed>\d+):{_TASK}:p(?P<probe_seed>\d+)",
+    "data": ("data", r"data"),
+    "features": ("features", r"features:(?P<corpus>[^:]+)"),
+    "separate": ("separate", r"separate:(?P<separator>[^:]+)"),
+    "quality": ("separate", rf"quality:{_METHOD}:s(?P<seed>\d+)"),
+    "pretrain": ("pretrain", rf"pretrain:{_METHOD}:s(?P<seed>\d+)"),
+    "snapshot": ("pretrain", rf"snapshot:{_METHOD}:s(?P<seed>\d+):@(?P<snapshot_step>\d+)"),
+    "embed": ("embed", rf"embed:{_METHOD}:s(?P<seed>\d+):{_TASK}"),
+    "tune": ("tune", rf"tune:{_METHOD}:s(?P<seed>\d+):{_TASK}"),
+    "probe": ("probe", rf"probe:{_METHOD}:s(?P<seed>\d+):{_TASK}:p(?P<probe_seed>\d+)"),
+    "probe@": (
+        "probe",
+        rf"probe@(?P<snapshot_step>\d+):{_METHOD}:s(?P<seed>\d+):{_TASK}:p(?P<probe_seed>\d+)",
+    ),
 }
 
 
@@ -71,25 +88,38 @@ def pretrain_seeds(cfg: Config, method) -> tuple[int, ...]:
 def parse_step(name: str) -> tuple[str, dict]:
     """``(stage, fields)`` of a step name, e.g. ``("pretrain", {"method": "cola", "seed": 0})``;
     ``ValueError`` naming the name otherwise."""
-    stage = name.partition(":")[0]
-    match = re.fullmatch(_NAMES[stage], name) if stage in _NAMES else None
+    _kind, stage, fields = _parse(name)
+    return stage, fields
+
+
+def _parse(name: str) -> tuple[str, str, dict]:
+    """``(kind, stage, fields)`` of a step name (see :data:`_NAMES`)."""
+    head = name.partition(":")[0]
+    kind = "probe@" if head.startswith("probe@") else head
+    stage, pattern = _NAMES.get(kind, ("", ""))
+    match = re.fullmatch(pattern, name) if pattern else None
     if match is None:
         raise ValueError(
             f"not a plan step: {name!r} (e.g. data, features:mtat, pretrain:cola:s0, "
             "embed:cola:s0:fma, tune:cola:s0:fma, probe:cola:s0:fma:p0)"
         )
-    fields = {k: int(v) if k.endswith("seed") else v for k, v in match.groupdict().items()}
-    return stage, fields
+    fields = {
+        k: int(v) if k.endswith(("seed", "step")) else v for k, v in match.groupdict().items()
+    }
+    return kind, stage, fields
 
 
 @dataclass(frozen=True)
 class StepResult:
-    """How a step ended: ``status`` "ran" or "done" (found finished), its MLflow run (tracked
-    stages), its wall time in seconds."""
+    """How a step ended: ``status`` "ran", "done" (found finished) or "checked" (a cache
+    stage), its MLflow run (tracked stages), its wall time in seconds, and ``compute_s``: its
+    wall time summed over every run of it under this configuration that ran or checked it
+    (not those that found it done), the compute behind its result (kept in its record)."""
 
     status: str
     run_id: str = ""
     wall_s: float = 0.0
+    compute_s: float | None = None
 
 
 def run_step(cfg: Config | dict, name: str, ctx: Context | None = None) -> StepResult:
@@ -105,20 +135,29 @@ def run_step(cfg: Config | dict, name: str, ctx: Context | None = None) -> StepR
     ``SystemExit``) records nothing: the step is not finished, and resumes when run again.
     """
     cfg = cfg if isinstance(cfg, Config) else from_dict(cfg)
-    stage, fields = parse_step(name)
+    kind, stage, fields = _parse(name)
     with state.step_lock(cfg, name, stage):
         if ctx is None:
             ctx = open_context(cfg, progress=sys.stderr.isatty())
+        before = state.read_record(cfg, name) or {}
+        compute = float(before.get("compute_s", before.get("wall_s", 0.0)))
         t0 = time.perf_counter()
         try:
-            status, run_id = _RUNNERS[stage](ctx, **fields)
+            # The lock is ours: an MLflow run of this step left open on another host is its
+            # dead holder's (Tracker.step_locked), to be resumed.
+            with ctx.tracker.step_locked() if ctx.tracker else contextlib.nullcontext():
+                status, run_id = _RUNNERS[kind](ctx, **fields)
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
-            state.write_record(cfg, name, stage, "failed", error=error, wall_s=_since(t0))
+            wall_s = _since(t0)
+            state.write_record(
+                cfg, name, stage, "failed", error=error, wall_s=wall_s, compute_s=compute + wall_s
+            )
             raise
         wall_s = _since(t0)
-        state.write_record(cfg, name, stage, status, run_id or "", wall_s=wall_s)
-    return StepResult(status, run_id or "", wall_s)
+        compute += wall_s if status != "done" else 0.0
+        state.write_record(cfg, name, stage, status, run_id or "", wall_s=wall_s, compute_s=compute)
+    return StepResult(status, run_id or "", wall_s, round(compute, 2))
 
 
 def _since(t0: float) -> float:
@@ -130,6 +169,15 @@ def _model(ctx: Context, method: str, seed: int) -> PretrainedModel:
     return ctx.once(
         ("model", method, seed),
         lambda: stages.run_pretrain(ctx, method, seed, build_sources=False, find_only=True),
+    )
+
+
+def _snapshot(ctx: Context, method: str, seed: int, at: int) -> PretrainedModel:
+    """The encoder of a finished run after ``at`` updates (:func:`studies.snapshot_model`),
+    once per context (the snapshot step, or the first of its probes without it)."""
+    return ctx.once(
+        ("snapshot", method, seed, at),
+        lambda: studies.snapshot_model(ctx, _model(ctx, method, seed), at),
     )
 
 
@@ -149,17 +197,22 @@ def _run_data(ctx):
     if not stages.needs_builtin_data(ctx, list(ctx.cfg.benchmark.tasks), trains):
         return "done", ""
     stages.data_paths(ctx)
-    return "ran", ""
+    return "checked", ""
 
 
 def _run_features(ctx, corpus):
     stages.mixture_store(ctx, corpus)
-    return "ran", ""
+    return "checked", ""
 
 
 def _run_separate(ctx, separator):
     stages.source_store(ctx, separator)
-    return "ran", ""
+    return "checked", ""
+
+
+def _run_quality(ctx, method, seed):
+    # Logged into the pre-training run, which holds the step's result: "ran" or "done".
+    return studies.record_separator_quality(ctx, _model(ctx, method, seed)), ""
 
 
 def _run_pretrain(ctx, method, seed):
@@ -167,14 +220,19 @@ def _run_pretrain(ctx, method, seed):
     return ("done" if model.cached else "ran"), model.run_id or ""
 
 
+def _run_snapshot(ctx, method, seed, snapshot_step):
+    _snapshot(ctx, method, seed, snapshot_step)  # a kept snapshot, evaluated once and cached
+    return "done", ""
+
+
 def _run_embed(ctx, method, seed, task):
     probing.embedded(ctx, _model(ctx, method, seed), stages.get_task(ctx, task))
-    return "ran", ""
+    return "checked", ""
 
 
 def _run_tune(ctx, method, seed, task):
     out = probing.run_tune(ctx, _model(ctx, method, seed), stages.get_task(ctx, task))
-    return ("done" if out.get("cached") else "ran"), ""
+    return ("done" if out["cached"] else "ran"), out.get("run_id") or ""
 
 
 def _run_probe(ctx, method, seed, task, probe_seed):
@@ -184,14 +242,30 @@ def _run_probe(ctx, method, seed, task, probe_seed):
     return out.status, out.run_id or ""
 
 
+def _run_snapshot_probe(ctx, snapshot_step, method, seed, task, probe_seed):
+    first = _model(ctx, method, _tuning_seed(ctx.cfg, method))
+    out = probing.run_probe(
+        ctx,
+        _snapshot(ctx, method, seed, snapshot_step),
+        stages.get_task(ctx, task),
+        probe_seed,
+        tuned_from=first,
+        snapshot_step=snapshot_step,
+    )
+    return out.status, out.run_id or ""
+
+
 _RUNNERS: dict[str, Callable[..., tuple[str, str]]] = {
     "data": _run_data,
     "features": _run_features,
     "separate": _run_separate,
+    "quality": _run_quality,
     "pretrain": _run_pretrain,
+    "snapshot": _run_snapshot,
     "embed": _run_embed,
     "tune": _run_tune,
     "probe": _run_probe,
+    "probe@": _run_snapshot_probe,
 }
 
 
@@ -205,12 +279,13 @@ class Step:
     deps: list[str] = field(default_factory=list)
     fn: Callable[..., StepResult] = run_step
     args: tuple = ()
-    status: str = "pending"  # pending | done | ran | failed | blocked
+    status: str = "pending"  # pending | checked (a cache stage) | done | ran | failed | blocked
     error: str = ""
     wall_s: float = 0.0
-    run_id: str = ""  # the MLflow run of a tracked step (pretrain, probe)
+    run_id: str = ""  # the MLflow run of a tracked step (pretrain, tune, probe)
     method: str = ""  # pretrain, embed, tune, probe: the method (names may hold ':', e.g. hear:x)
     task: str = ""  # embed, tune, probe: the task
+    compute_s: float | None = None  # see StepResult (None: not known, merge_status sums)
 
 
 def build_plan(ctx: Context, methods=None, tasks=None, only=None) -> list[Step]:
@@ -237,7 +312,7 @@ def build_plan(ctx: Context, methods=None, tasks=None, only=None) -> list[Step]:
     steps: list[Step] = []
 
     def add(name: str, deps: list[str], method: str = "", task: str = "") -> None:
-        stage = name.partition(":")[0]
+        stage = _parse(name)[1]
         steps.append(
             Step(name, stage, list(deps), run_step, (step_cfg, name), method=method, task=task)
         )
@@ -247,6 +322,14 @@ def build_plan(ctx: Context, methods=None, tasks=None, only=None) -> list[Step]:
     tune = cfg.benchmark.tune or cfg.probe.params == "tuned"
     trains = any(get_method(m).pretrained for m in method_names)
     pre_corpus = stages.pretrain_corpus(cfg)
+    # The convergence study (benchmark.convergence_methods): snapshots of these methods' runs.
+    # (A method without pre-training has no snapshots: the same encoder at every step.)
+    converging = [
+        m
+        for m in cfg.benchmark.convergence_methods
+        if m in method_names and get_method(m).pretrained
+    ]
+    at = snapshot_steps_of(cfg) if converging else []
 
     add("data", [])
     corpora = {stages.get_task(ctx, t).corpus for t in task_names}
@@ -264,6 +347,9 @@ def build_plan(ctx: Context, methods=None, tasks=None, only=None) -> list[Step]:
             deps = [f"features:{pre_corpus}"] if method.pretrained else ["data"]
             deps += [f"separate:{method.separator}"] if method.sources else []
             add(step_name("pretrain", m, seed), deps, m)
+            if method.sources:
+                # The separator's measured quality, logged into the run (separator study).
+                add(f"quality:{m}:s{seed}", [step_name("pretrain", m, seed)], m)
         for seed in seeds:
             embedded_corpus: dict[str, str] = {}
             for t in task_names:
@@ -283,6 +369,8 @@ def build_plan(ctx: Context, methods=None, tasks=None, only=None) -> list[Step]:
                     probe_deps.append(step_name("tune", m, first, t))
                 for ps in cfg.probe.seeds:
                     add(step_name("probe", m, seed, t, ps), probe_deps, m, t)
+    for m in converging:
+        _add_snapshot_steps(ctx, add, m, task_names, at, tune)
     if only:
         wanted = set(only)
         unknown = wanted - set(STAGES)
@@ -300,28 +388,74 @@ def build_plan(ctx: Context, methods=None, tasks=None, only=None) -> list[Step]:
     return steps
 
 
-def execute(steps: list[Step], ctx: Context | None = None) -> dict[str, float]:
+def snapshot_steps_of(cfg: Config) -> list[int]:
+    from benchmark.pretrain.loop import snapshot_steps
+
+    return snapshot_steps(cfg.pretrain)
+
+
+def _add_snapshot_steps(ctx, add, m, task_names, at, tune) -> None:
+    """The convergence study's steps for method ``m``: each run's encoder at each snapshot
+    step, probed on every task with the method's tuned parameters (tuned once, on its final
+    encoder: the study varies the encoder only)."""
+    from methods import get_method
+
+    cfg = ctx.cfg
+    first = min(pretrain_seeds(cfg, get_method(m)))
+    for seed in pretrain_seeds(cfg, get_method(m)):
+        for step in at:
+            name = f"snapshot:{m}:s{seed}:@{step}"
+            add(name, [step_name("pretrain", m, seed)], m)
+            for t in task_names:
+                corpus = stages.get_task(ctx, t).corpus
+                deps = [name, f"features:{corpus}", step_name("pretrain", m, first)]
+                deps += [step_name("tune", m, first, t)] if tune else []
+                for ps in cfg.probe.seeds:
+                    add(f"probe@{step}:{m}:s{seed}:{t}:p{ps}", deps, m, t)
+
+
+def settle(step: Step, result) -> None:
+    """Set ``step``'s status and MLflow run from what its call returned: a
+    :class:`StepResult`, a :class:`stages.Outcome`, "done" or "ran"; anything else is a cache
+    stage's store: "checked"."""
+    if isinstance(result, StepResult):
+        step.status, step.run_id, step.compute_s = result.status, result.run_id, result.compute_s
+    elif isinstance(result, stages.Outcome):
+        step.status, step.run_id = result.status, result.run_id or ""
+    else:
+        step.status = result if result in ("done", "ran") else "checked"
+
+
+def execute(
+    steps: list[Step],
+    ctx: Context | None = None,
+    on_step: Callable[[Step], None] | None = None,
+) -> dict[str, float]:
     """Run the steps in order in this process (the ``local`` executor); a failure blocks its
     dependants only. ``ctx``: the command's context, shared by the steps (None: each step opens
-    its own). Returns wall time per stage."""
+    its own). ``on_step(step)`` is called after each step, blocked ones included (e.g. to
+    record it at once). Returns wall time per stage."""
     by_name = {s.name: s for s in steps}
     for step in steps:
         blocked = [d for d in step.deps if by_name[d].status in ("failed", "blocked")]
         if blocked:
             step.status, step.error = "blocked", f"needs {', '.join(blocked)}"
             log.warning("skipping %s: %s", step.name, step.error)
-            continue
-        t0 = time.perf_counter()
-        try:
-            result = step.fn(*step.args, ctx=ctx) if ctx is not None else step.fn(*step.args)
-            step.status, step.run_id = result.status, result.run_id
-        except KeyboardInterrupt:
-            raise
-        except Exception as exc:  # isolate: one failing step must not stop the others
-            step.status, step.error = "failed", f"{type(exc).__name__}: {exc}"
-            log.error("step %s failed: %s", step.name, step.error)
-            log.debug("%s", traceback.format_exc())
-        step.wall_s = time.perf_counter() - t0
+        else:
+            t0 = time.perf_counter()
+            try:
+                settle(
+                    step, step.fn(*step.args, ctx=ctx) if ctx is not None else step.fn(*step.args)
+                )
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:  # isolate: one failing step must not stop the others
+                step.status, step.error = "failed", f"{type(exc).__name__}: {exc}"
+                log.error("step %s failed: %s", step.name, step.error)
+                log.debug("%s", traceback.format_exc())
+            step.wall_s = time.perf_counter() - t0
+        if on_step is not None:
+            on_step(step)
     return stage_walls(steps)
 
 
@@ -329,7 +463,7 @@ def stage_walls(steps: list[Step]) -> dict[str, float]:
     """Wall time per stage: the sum of its steps' (with parallel workers, more than elapsed)."""
     wall: dict[str, float] = {}
     for s in steps:
-        if s.status in ("ran", "done", "failed"):
+        if s.status in (*SUCCEEDED, "failed"):
             wall[s.stage] = wall.get(s.stage, 0.0) + s.wall_s
     return wall
 
@@ -338,23 +472,39 @@ def merge_status(previous: dict, steps: list[Step], wall: dict, results_hash: st
     """The ``plan_status.json`` after running ``steps``: each step's status and MLflow run.
 
     A plan of the same configuration (``results_hash``: another ``--methods``, an added
-    ablation) adds to the steps of the earlier plans, replacing those it reran; a plan of
-    another configuration starts afresh, so the report never mixes configurations.
+    ablation, a rerun) adds to the steps of the earlier plans, replacing those it ran (steps
+    still pending keep their earlier entry); a plan of another configuration starts afresh,
+    so the report never mixes configurations. A step that failed or was blocked keeps the
+    run of its last good result (the report shows it and lists the step as failed or
+    blocked). ``compute_s`` sums a step's wall time over the invocations that ran or checked
+    it (not those that found it done): the compute behind its result (a step's own record of
+    it, ``Step.compute_s``, when it has one).
+    ``stage_wall_s`` is this invocation's wall time per stage.
     """
-    info = {
-        s.name: {
+    earlier = previous.get("steps", {}) if previous.get("results_hash") == results_hash else {}
+    info = dict(earlier)
+    for s in steps:
+        if s.status == "pending":
+            continue
+        before = earlier.get(s.name, {})
+        entry = {
             "status": s.status,
             "error": s.error,
             "wall_s": round(s.wall_s, 2),
             "stage": s.stage,
             "run_id": s.run_id,
+            "compute_s": round(
+                s.compute_s
+                if s.compute_s is not None
+                else before.get("compute_s", 0.0) + (s.wall_s if s.status != "done" else 0.0),
+                2,
+            ),
             "method": s.method,
             "task": s.task,
         }
-        for s in steps
-    }
-    if previous.get("results_hash") == results_hash:
-        info = {**previous.get("steps", {}), **info}
+        if s.status in ("failed", "blocked") and not s.run_id and before.get("run_id"):
+            entry["run_id"] = before["run_id"]
+        info[s.name] = entry
     return {
         "results_hash": results_hash,
         "steps": info,
@@ -362,9 +512,50 @@ def merge_status(previous: dict, steps: list[Step], wall: dict, results_hash: st
     }
 
 
-def finish(cfg: Config, tracker: Tracker, steps: list[Step]) -> tuple[dict, dict]:
-    """Record the plan in ``plan_status.json`` (see :func:`merge_status`) and build the
-    report from exactly its runs. Returns (the status, report file name -> path).
+# Per stage, the summed compute of plan_status.json (in state: the report reads it too).
+stage_compute = state.stage_compute
+
+
+def read_status(cfg: Config) -> dict:
+    """``plan_status.json`` of ``cfg``'s profile, or {} before the first plan."""
+    status_file = cfg.profile_dir / "plan_status.json"
+    return read_json(status_file) if status_file.is_file() else {}
+
+
+def _write_status(cfg: Config, steps: list[Step], base: dict | None) -> dict:
+    """Merge ``steps`` into ``plan_status.json`` and write it (the report lock held).
+
+    ``base``: the file as this invocation found it when it started (None: as it is now). A
+    step's entry is merged onto ``base``, so that recording after every step never adds one
+    invocation's compute twice; what other invocations of the same configuration recorded
+    meanwhile (steps this one did not run, or found done) is kept from the file as it is now.
+    """
+    current = read_status(cfg)
+    status = merge_status(
+        current if base is None else base, steps, stage_walls(steps), cfg.results_hash()
+    )
+    if base is not None and current.get("results_hash") == status["results_hash"]:
+        mine = {s.name for s in steps if s.status != "pending"}
+        for name, entry in current.get("steps", {}).items():
+            if name not in mine:
+                status["steps"][name] = entry
+    atomic_write_json(cfg.profile_dir / "plan_status.json", status)
+    return status
+
+
+def record_status(cfg: Config, steps: list[Step], base: dict) -> dict:
+    """Write ``plan_status.json`` now (after each step, so that a kill loses at most the step
+    it interrupted; see :func:`_write_status` for ``base``). Returns the status."""
+    with state.report_lock(cfg):
+        return _write_status(cfg, steps, base)
+
+
+def finish(
+    cfg: Config, tracker: Tracker, steps: list[Step], base: dict | None = None
+) -> tuple[dict, dict]:
+    """Record the plan in ``plan_status.json`` (see :func:`merge_status` and, for ``base``,
+    :func:`record_status`) and build the report from exactly its runs. Returns (the status,
+    report file name -> path).
 
     Two finishing plans of one configuration (two report jobs) take turns, so neither loses
     the other's steps from ``plan_status.json``. A plan without probe results (``--only
@@ -376,9 +567,7 @@ def finish(cfg: Config, tracker: Tracker, steps: list[Step]) -> tuple[dict, dict
 
     status_file = cfg.profile_dir / "plan_status.json"
     with state.report_lock(cfg):
-        previous = read_json(status_file) if status_file.is_file() else {}
-        status = merge_status(previous, steps, stage_walls(steps), cfg.results_hash())
-        atomic_write_json(status_file, status)
+        status = _write_status(cfg, steps, base)
         if not any(s.stage == "probe" and s.status in ("ran", "done") for s in steps):
             log.info("no probe results in this plan: no report")
             return status, {}
@@ -425,7 +614,8 @@ def step_states(ctx: Context, steps: list[Step]) -> list[StepState]:
         tags = run.data.tags
         if tags.get("results_hash", wanted) != wanted:
             return False
-        if tags.get("bench.kind") in ("tune", "probe") and tags.get("task") in identity:
+        kinds = ("tune", "probe", "probe-snapshot")
+        if tags.get("bench.kind") in kinds and tags.get("task") in identity:
             return tags.get("task_identity", "") == identity[tags["task"]]
         return True
 
@@ -449,7 +639,7 @@ def step_states(ctx: Context, steps: list[Step]) -> list[StepState]:
             found = StepState(s.name, "queued" if job_state in slurm.QUEUED else "running", where)
         elif (
             record
-            and record["status"] in ("ran", "done")
+            and record["status"] in SUCCEEDED
             and (s.stage not in TRACKED or not record["run_id"] or record["run_id"] in finished_ids)
         ):
             found = StepState(s.name, "done", f"job {record['job']}" if record["job"] else "")
@@ -465,8 +655,12 @@ def step_states(ctx: Context, steps: list[Step]) -> list[StepState]:
             found = StepState(s.name, "failed", f"job {job} {job_state}")
         elif s.stage in TRACKED and s.name in seen:
             found = StepState(s.name, "done", "found in MLflow")
-        elif s.stage == "pretrain" and getattr(get_method(s.method), "external", False):
+        elif s.name.startswith("pretrain:") and getattr(get_method(s.method), "external", False):
             found = StepState(s.name, "to do", "an external encoder: nothing to pre-train")
+        elif s.name.startswith("snapshot:"):
+            found = StepState(
+                s.name, "to do", "checked when run (a kept snapshot with batch-norm statistics)"
+            )
         else:
             found = StepState(s.name, "to do", "" if s.stage in TRACKED else "checked when run")
         out.append(found)
@@ -483,6 +677,11 @@ def _tracked_name(t: dict) -> str:
     if kind == "probe":
         return step_name(
             "probe", t.get("method"), t.get("pretrain_seed"), t.get("task"), t.get("probe_seed")
+        )
+    if kind == "probe-snapshot":
+        return (
+            f"probe@{t.get('pretrain_step')}:{t.get('method')}:s{t.get('pretrain_seed')}:"
+            f"{t.get('task')}:p{t.get('probe_seed')}"
         )
     return ""
 

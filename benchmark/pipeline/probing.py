@@ -81,7 +81,7 @@ def _training(cfg: Config) -> dict:
 
 def tuned_path(cfg, method_name, task_name, emb_key) -> Path:
     key = tune_key(cfg, task_name, emb_key)
-    return cfg.profile_dir / "tuned" / f"{method_name}-{task_name}-{key}.json"
+    return cfg.workspace_dir / "tuned" / f"{method_name}-{task_name}-{key}.json"
 
 
 def embedded(ctx: Context, model: PretrainedModel, task):
@@ -134,18 +134,25 @@ def tuning_model(models: dict[int, PretrainedModel]) -> PretrainedModel:
 
 def run_tune(ctx: Context, model: PretrainedModel, task) -> dict:
     """Equal-budget Optuna search of the probe's hyper-parameters on the validation split
-    (of ``model``: the method's tuning run, :func:`tuning_model`)."""
+    (of ``model``: the method's tuning run, :func:`tuning_model`).
+
+    Returns the tuned-parameters file's content (``best_params``, ``best_value``, ``trials``,
+    ``study``) plus ``cached`` (found done) and ``run_id`` (its MLflow run). Done means: the
+    file exists and its run is FINISHED; otherwise the run is resumed (a complete study runs
+    no further trial) or, FINISHED without its file, redone under a new run.
+    """
     from benchmark.evaluation.tuning import init_storage, tune_probe
 
     cfg, tracker = ctx.cfg, ctx.require_tracker()
     dataset, emb = embedded(ctx, model, task)
     path = tuned_path(cfg, model.method, task.name, emb["key"])
-    if path.is_file():
-        return {**read_json(path), "cached": True}
-    with sqlite_lock(cfg.optuna_storage):
-        init_storage(cfg.optuna_storage)
     t = cfg.tune
     key = tune_key(cfg, task.name, emb["key"])
+    previous = tracker.find(f"tune:{key}")
+    if path.is_file() and previous is not None and previous.info.status == "FINISHED":
+        return {**read_json(path), "cached": True, "run_id": previous.info.run_id}
+    with sqlite_lock(cfg.optuna_storage):  # parallel steps creating its schema at once fail
+        init_storage(cfg.optuna_storage)
     study = f"{cfg.profile}-{model.method}-s{model.seed}-{task.name}-{key}"
     with tracker.run(
         f"tune:{key}",
@@ -161,6 +168,7 @@ def run_tune(ctx: Context, model: PretrainedModel, task) -> dict:
             "results_hash": cfg.results_hash(),
         },
         params={"tune": to_dict(t)},
+        supersede=True,
     ) as h:
         result = tune_probe(
             study,
@@ -190,8 +198,9 @@ def run_tune(ctx: Context, model: PretrainedModel, task) -> dict:
         }
         h.artifact_dict(out, "tuning.json")
         h.metrics({"best_valid": result.best_value, "trials_beyond_budget": result.beyond_budget})
-    atomic_write_json(path, out)
-    return out
+        atomic_write_json(path, out)  # the artefact, last: the run closes after it
+        run_id = h.run_id
+    return {**out, "cached": False, "run_id": run_id}
 
 
 def run_probe(
@@ -203,13 +212,19 @@ def run_probe(
     force: bool = False,
     params_mode: str | None = None,
     tuned_from: PretrainedModel | None = None,
+    snapshot_step: int | None = None,
 ) -> Outcome:
     """Train and test one probe seed; status 'done' (already there) or 'ran', and its run.
 
-    ``force`` reruns a finished probe (the new run supersedes it); ``params_mode`` overrides
-    ``probe.params``; ``tuned_from`` is the model whose tuning gives the parameters
-    (:func:`tuning_model`: the method's first pre-training run; default ``model``). Raises
-    :class:`StageError` when tuned parameters are asked for and missing."""
+    ``force`` reruns a finished probe (the new run supersedes it, the old one is tagged
+    ``bench.superseded_by``); ``params_mode`` overrides ``probe.params``; ``tuned_from`` is
+    the model whose tuning gives the parameters (:func:`tuning_model`: the method's first
+    pre-training run; default ``model``); ``snapshot_step``: ``model`` is the run's encoder at
+    that pre-training step (the convergence study), recorded as a run of kind
+    ``probe-snapshot`` that the leaderboard's tables never read. The probe's artefacts are its MLflow metrics and
+    predictions, logged before the run closes; an unfinished run (a killed process) is
+    resumed and the probe trained again. Raises :class:`StageError` when tuned parameters
+    are asked for and missing."""
     from benchmark.evaluation.metrics import score
     from benchmark.evaluation.probe import predict_clips, train_probe
 
@@ -249,15 +264,17 @@ def run_probe(
         "results_hash": cfg.results_hash(),
         "git_commit": git_commit(),
     }
-    if force and previous is not None and previous.info.status == "FINISHED":
-        key = f"{key}:forced:{time.time_ns()}"
-        tags["supersedes"] = previous.info.run_id
+    kind, name = "probe", f"probe-{model.method}-{task.name}-s{model.seed}-p{probe_seed}"
+    if snapshot_step is not None:
+        kind, name = "probe-snapshot", f"{name}-step{snapshot_step}"
+        tags["pretrain_step"] = snapshot_step
     with tracker.run(
         key,
-        "probe",
-        f"probe-{model.method}-{task.name}-s{model.seed}-p{probe_seed}",
+        kind,
+        name,
         tags=tags,
         params={"probe": to_dict(p), "params": params.__dict__, "spec": spec.__dict__},
+        supersede=force,  # the forced run replaces the finished one
     ) as h:
         t0 = time.perf_counter()
         result = train_probe(

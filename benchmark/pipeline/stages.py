@@ -11,15 +11,14 @@ they open for as long as the command runs.
 
 from __future__ import annotations
 
-import hashlib
 import logging
+import math
 import shutil
-import time
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from benchmark.config import Config, stable_hash, to_dict
+from benchmark.config import Config, SeparationConfig, stable_hash, to_dict
 from benchmark.data.datasets import Dataset
 from benchmark.data.features import AudioItem, build_mixtures
 from benchmark.data.store import FeatureStore
@@ -29,7 +28,9 @@ from benchmark.pipeline.context import Context
 from benchmark.pipeline.tracking import git_commit
 from benchmark.pretrain.loop import PretrainedModel
 from benchmark.pretrain.pairs import PairCorpus
+from benchmark.separation import model_identity
 from benchmark.separation.sources import build_sources, source_activity, sources_root
+from benchmark.separation.train_umx import TRAINING_TIME
 
 log = logging.getLogger(__name__)
 
@@ -272,6 +273,18 @@ def corpus_items(ctx: Context, tasks, corpus: str) -> list[AudioItem]:
     return list(items.values())
 
 
+def corpus_unreadable(ctx: Context, tasks, corpus: str) -> list[tuple[str, str]]:
+    """``(clip_id, reason)`` of the clips of :func:`corpus_items` whose audio files are listed
+    but missing or empty (the feature build counts them as bad clips)."""
+    datasets = [load_task_dataset(ctx, t) for t in tasks if t.corpus == corpus]
+    if corpus == pretrain_corpus(ctx.cfg):
+        datasets.append(pretrain_dataset(ctx))
+    unreadable: dict[str, str] = {}
+    for dataset in datasets:
+        unreadable.update(dataset.unreadable())
+    return sorted(unreadable.items())
+
+
 def mixture_store(ctx: Context, corpus: str) -> FeatureStore:
     """Stage ``features``: the log-mel store of ``corpus`` (built or found), once per context."""
     return ctx.once(("mix", corpus), lambda: _mixture_store(ctx, corpus))
@@ -279,7 +292,9 @@ def mixture_store(ctx: Context, corpus: str) -> FeatureStore:
 
 def _mixture_store(ctx: Context, corpus: str) -> FeatureStore:
     cfg = ctx.cfg
-    items = corpus_items(ctx, task_registry(ctx).values(), corpus)
+    tasks = task_registry(ctx).values()
+    items = corpus_items(ctx, tasks, corpus)
+    unreadable = corpus_unreadable(ctx, tasks, corpus)
     # The synthetic generator's version keys its own corpora only (task files, folders: none).
     version = data_paths(ctx).corpus_version if corpus in BUILTIN_CORPORA else ""
     return build_mixtures(
@@ -291,6 +306,7 @@ def _mixture_store(ctx: Context, corpus: str) -> FeatureStore:
         workers=cfg.data.num_workers,
         max_bad_fraction=cfg.data.max_bad_fraction,
         progress=ctx.progress,
+        missing=[(clip_id, reason.replace("_", " ")) for clip_id, reason in unreadable],
     )
 
 
@@ -349,18 +365,34 @@ def pretrain_clips(ctx: Context) -> tuple[list, list]:
 # -- separation -------------------------------------------------------------------------
 
 
-def _dir_digest(folder: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(folder.glob("*")):
-        if p.is_file():
-            h.update(p.name.encode())
-            h.update(p.read_bytes())
-    return h.hexdigest()[:16]
+def separation_for(cfg: Config, separator: str) -> SeparationConfig:
+    """The separation settings of a method's ``separator``: "config" (``cfg.separation``),
+    "random_mask", "oracle" (the corpus's true stems) or "trained:<fraction>" (Open-Unmix
+    trained here for that fraction of ``separation.train_steps``: the separator-quality
+    study's lower budgets). Raises :class:`StageError` for anything else."""
+    sep = cfg.separation
+    if separator == "config":
+        return sep
+    if separator in ("random_mask", "oracle"):
+        return replace(sep, separator=separator)
+    if separator.startswith(TRAINED_SEPARATOR + ":"):
+        try:
+            fraction = float(separator.partition(":")[2])
+        except ValueError:
+            fraction = math.nan
+        if not 0.0 < fraction <= 1.0:
+            raise StageError(f"separator {separator!r}: the fraction must lie in (0, 1]")
+        steps = max(1, round(fraction * sep.train_steps))
+        return replace(sep, separator="umx", umx_model=TRAINED_SEPARATOR, train_steps=steps)
+    raise StageError(
+        f"unknown separator {separator!r} (config, random_mask, oracle or trained:<fraction>)"
+    )
 
 
-def trained_separator_dir(cfg: Config, paths: DataPaths) -> Path:
-    """Where the separator trained on the synthetic corpus ``paths`` of ``cfg`` lives."""
-    s = to_dict(cfg.separation)
+def trained_separator_dir(cfg: Config, paths: DataPaths, sep: SeparationConfig | None = None):
+    """Where the separator trained on the synthetic corpus ``paths`` with ``sep``'s training
+    settings (default ``cfg.separation``'s) lives."""
+    s = to_dict(sep or cfg.separation)
     key = stable_hash(
         {k: v for k, v in s.items() if k.startswith("train_")}
         | {"corpus": paths.corpus_version, "stems": str(paths.stems_root)}
@@ -368,8 +400,9 @@ def trained_separator_dir(cfg: Config, paths: DataPaths) -> Path:
     return cfg.cache_dir / "separators" / f"umx-{key}"
 
 
-def train_separator_stage(ctx: Context) -> Path:
-    """Train Open-Unmix on the synthetic corpus's true stems, once per config.
+def train_separator_stage(ctx: Context, sep: SeparationConfig | None = None) -> Path:
+    """Train Open-Unmix on the synthetic corpus's true stems, once per config (``sep``: other
+    training settings than ``ctx.cfg.separation``'s, e.g. a shorter budget).
 
     Whatever the pre-training data, the stems come from the synthetic corpus of
     ``data.synth_size``/``data.synth_seed`` (generated if needed): real recordings have no true
@@ -379,60 +412,93 @@ def train_separator_stage(ctx: Context) -> Path:
     from benchmark.separation import train_separator
 
     cfg, tracker = ctx.cfg, ctx.tracker
+    sep = sep or cfg.separation
     paths = ctx.once(("synthetic",), lambda: synthetic_paths(cfg, ctx.progress))
-    out = trained_separator_dir(cfg, paths)
-    if (out / "quality.json").is_file():
-        return out
-    synth = load_mtat(paths.mtat_root, filtered=True, split_dir=paths.mtat_split_dir)
-    train, valid = synth.split("train"), synth.split("valid")
-    t0 = time.perf_counter()
+    out = trained_separator_dir(cfg, paths, sep)
     key = f"train-separator:{out.name}"
-    run = tracker.run(key, "train-separator", "train-separator") if tracker else nullcontext()
-    with run as handle:
-        train_separator(
-            paths.stems_root,
-            [c.clip_id for c in train],
-            [c.clip_id for c in valid],
-            out,
-            cfg.separation,
-            progress=ctx.progress,
+    trained = (out / "quality.json").is_file()  # the directory appears whole (atomic rename)
+    existing = tracker.find(key) if tracker else None
+    if trained and (tracker is None or (existing and existing.info.status == "FINISHED")):
+        return out
+    run = (
+        tracker.run(
+            key,
+            "train-separator",
+            "train-separator",
+            {"train_steps": sep.train_steps},
+            supersede=True,
         )
+        if tracker
+        else nullcontext()
+    )
+    with run as handle:
+        if not trained:  # else a killed process trained it and did not close its run
+            synth = load_mtat(paths.mtat_root, filtered=True, split_dir=paths.mtat_split_dir)
+            train, valid = synth.split("train"), synth.split("valid")
+            train_separator(
+                paths.stems_root,
+                [c.clip_id for c in train],
+                [c.clip_id for c in valid],
+                out,
+                sep,
+                progress=ctx.progress,
+                num_threads=cfg.compute.torch_threads,
+            )
         if handle:
             handle.tag("model_dir", out)
-            quality = read_json(out / "quality.json")
-            handle.artifact_dict(quality, "quality.json")
-            handle.metrics({"wall_s": time.perf_counter() - t0})
+            handle.artifact_dict(read_json(out / "quality.json"), "quality.json")
+            if (out / TRAINING_TIME).is_file():  # the training's time, also when resumed
+                handle.metrics({"wall_s": read_json(out / TRAINING_TIME)["train_time_s"]})
     return out
 
 
-def _trained_dir_if_any(ctx: Context) -> Path | None:
+def _trained_dir_if_any(ctx: Context, sep: SeparationConfig | None = None) -> Path | None:
     """The trained separator's folder without training it (None when it is not there)."""
-    out = trained_separator_dir(ctx.cfg, synthetic_layout(ctx.cfg))
+    out = trained_separator_dir(ctx.cfg, synthetic_layout(ctx.cfg), sep)
     return out if (out / "quality.json").is_file() else None
 
 
 def resolve_separation(ctx: Context, separator: str):
-    """The SeparationConfig actually used and what identifies its weights (trains the
-    ``trained`` separator first when it is not there yet)."""
-    sep = ctx.cfg.separation
-    if separator == "random_mask":
-        return replace(sep, separator="random_mask"), "random_mask"
+    """The SeparationConfig actually used for a method's ``separator`` (:func:`separation_for`)
+    and what identifies its weights (trains a ``trained`` separator first when it is not
+    there yet)."""
+    sep = separation_for(ctx.cfg, separator)
+    if sep.separator == "random_mask":
+        return sep, "random_mask"
     if sep.separator == "umx" and sep.umx_model == TRAINED_SEPARATOR:
-        model_dir = train_separator_stage(ctx)
-        return replace(sep, umx_model=str(model_dir)), _dir_digest(model_dir)
+        model_dir = train_separator_stage(ctx, sep)
+        return replace(sep, umx_model=str(model_dir)), model_identity(model_dir)
     if sep.separator == "umx" and Path(sep.umx_model).expanduser().is_dir():
         model_dir = Path(sep.umx_model).expanduser()
-        return replace(sep, umx_model=str(model_dir)), _dir_digest(model_dir)
+        return replace(sep, umx_model=str(model_dir)), model_identity(model_dir)
     return sep, sep.umx_model if sep.separator == "umx" else sep.separator
 
 
+def separator_quality(ctx: Context, separator: str) -> dict | None:
+    """Measured quality of a method's ``separator`` on the validation clips' true stems, from
+    the ``quality.json`` of a separator trained here (which also scores random masks on the
+    same clips): that separator's entry (``mean_si_sdr_db``: source -> dB, ...);
+    ``{"oracle": True}`` for the true stems; None when nothing here measured it (downloaded
+    weights, real data)."""
+    sep = separation_for(ctx.cfg, separator)
+    if sep.separator == "oracle":
+        return {"oracle": True}
+    if sep.separator == "umx" and sep.umx_model == TRAINED_SEPARATOR:
+        return read_json(train_separator_stage(ctx, sep) / "quality.json")["umx"]
+    if sep.separator == "random_mask" and ctx.cfg.separation.umx_model == TRAINED_SEPARATOR:
+        # Scored beside the profile's trained separator; never trained for this alone.
+        found = _trained_dir_if_any(ctx)
+        return read_json(found / "quality.json")["random_mask"] if found is not None else None
+    return None
+
+
 def sources_ready(ctx: Context, separator: str) -> bool:
-    """Whether stage ``separate`` has built the sources for ``separator`` ("config" or
-    "random_mask") under this config (without building or training anything)."""
+    """Whether stage ``separate`` has built the sources for ``separator`` (see
+    :func:`separation_for`) under this config (without building or training anything)."""
     cfg = ctx.cfg
-    sep = cfg.separation
-    if separator != "random_mask" and sep.separator == "umx" and sep.umx_model == TRAINED_SEPARATOR:
-        if _trained_dir_if_any(ctx) is None:
+    sep = separation_for(cfg, separator)
+    if sep.separator == "umx" and sep.umx_model == TRAINED_SEPARATOR:
+        if _trained_dir_if_any(ctx, sep) is None:
             return False
     sep_cfg, identity = resolve_separation(ctx, separator)
     root = sources_root(
@@ -453,7 +519,7 @@ def _stems_root(ctx: Context) -> Path | None:
 
 def separate_command(cfg: Config, separator: str) -> str:
     """The command that builds the sources a method needs."""
-    extra = " --separator random_mask" if separator == "random_mask" else ""
+    extra = f" --separator {separator}" if separator != "config" else ""
     return f"python -m benchmark separate --profile {cfg.profile}{extra}"
 
 
@@ -515,6 +581,7 @@ def _source_store(ctx: Context, separator: str) -> FeatureStore:
         corpus_version=_pretrain_version(ctx),
         max_bad_fraction=cfg.data.max_bad_fraction,
         progress=ctx.progress,
+        num_threads=cfg.compute.torch_threads,
     )
     activity = source_activity(store)
     warnings = activity_warnings(activity)
@@ -533,7 +600,7 @@ def _source_store(ctx: Context, separator: str) -> FeatureStore:
                 key,
                 "separate",
                 f"separate-{sep_cfg.separator}",
-                tags={"separator": sep_cfg.separator, "corpus": corpus},
+                tags={"separator": sep_cfg.separator, "spec": separator, "corpus": corpus},
             ) as h:
                 h.artifact_dict(
                     {"activity": activity, "warnings": warnings, "report": store.report()},
@@ -620,18 +687,26 @@ def run_pretrain(
         )
     corpus, valid, identity = pair_corpora(ctx, method)
     key = pretrain_key(cfg, method, seed, identity)
-    run_dir = cfg.profile_dir / "pretrain" / f"{method_name}-s{seed}-{key}"
+    run_dir = cfg.workspace_dir / "pretrain" / f"{method_name}-s{seed}-{key}"
     existing = tracker.find(key)
     if is_complete(run_dir, key) and existing is not None and existing.info.status == "FINISHED":
         return PretrainedModel(
             method_name, seed, key, run_dir / "final.pt", existing.info.run_id, cached=True
         )
-    if existing is not None and existing.info.status == "FINISHED":
-        # A tracking server outlives runs dirs: its run is finished, the weights are gone.
+    recorded = existing.data.tags.get("checkpoint") if existing is not None else None
+    if (
+        existing is not None
+        and existing.info.status == "FINISHED"
+        and recorded
+        and Path(recorded) != (run_dir / "final.pt").resolve()
+    ):
+        # A tracking server outlives runs dirs: its run was trained in another runs dir
+        # (a FINISHED run whose weights are gone from this one is redone, superseding it).
         raise StageError(
             f"MLflow run {existing.info.run_id} ({tracker.uri}) holds a finished pre-training "
-            f"of {method_name} seed {seed}, but its weights are not in {run_dir}: point "
-            "paths.runs_dir at the runs dir it was trained in, or delete that MLflow run"
+            f"of {method_name} seed {seed} whose weights are in {Path(recorded).parent}, not in "
+            f"{run_dir}: point paths.runs_dir at the runs dir it was trained in, or delete that "
+            "MLflow run"
         )
     if find_only:
         raise StageError(
@@ -639,6 +714,9 @@ def run_pretrain(
             f"run `python -m benchmark pretrain --profile {cfg.profile} --method {method_name}"
             f" --seed {seed}` (with the same overrides) first"
         )
+    # Otherwise the run is resumed (a killed process left it open: training continues from
+    # the checkpoint, zero steps if the weights were complete) or, FINISHED without its
+    # weights, redone under a new run.
     if resume_only and not (run_dir / "checkpoint.pt").is_file():
         raise StageError(
             f"nothing to resume for {method_name} seed {seed}: no checkpoint in {run_dir}"
@@ -658,14 +736,19 @@ def run_pretrain(
         # same rule as every trained encoder's (precise BN on the pre-training corpus). The
         # run records it, and later the health of its embeddings, like any encoder's.
         with tracker.run(
-            key, "pretrain", f"pretrain-{method_name}-s{seed}", tags=tags, params=params
+            key,
+            "pretrain",
+            f"pretrain-{method_name}-s{seed}",
+            tags=tags,
+            params=params,
+            supersede=True,  # FINISHED, its weights gone: redone under a new run
         ) as h:
             final_path = materialize_untrained(cfg, method, corpus, run_dir, key, train_seed)
             h.tag("checkpoint", final_path.resolve())
             run_id = h.run_id
         return PretrainedModel(method_name, seed, key, final_path, run_id)
     with tracker.run(
-        key, "pretrain", f"pretrain-{method_name}-s{seed}", tags=tags, params=params
+        key, "pretrain", f"pretrain-{method_name}-s{seed}", tags=tags, params=params, supersede=True
     ) as h:
         result = pretrain(
             cfg,

@@ -6,8 +6,8 @@ pool worker, a Slurm job on another node) ran it, the command that reports, resu
 progress finds out what happened:
 
 - ``<profile_dir>/plan/<results_hash>/steps/<step>.json``: the record of the step's last run
-  under this configuration (``status`` ran | done | failed, ``run_id``, ``error``, ``wall_s``,
-  ``host``, ``job``), written atomically;
+  under this configuration (``status`` ran | done | checked | failed, ``run_id``, ``error``,
+  ``wall_s``, ``compute_s`` summed over its runs, ``host``, ``job``), written atomically;
 - ``<profile_dir>/plan/<results_hash>/jobs.json``: the Slurm job of each submitted step, and
   ``plan.json``: the last plan submitted (for ``report`` by hand);
 - ``<cache_dir>/locks/<step>-<inputs>.lock``: the step's lock (:mod:`benchmark.pipeline.locks`),
@@ -28,7 +28,8 @@ from benchmark.io import atomic_write_json, read_json
 from benchmark.pipeline.locks import StepLock, slurm_job
 
 # The config sections that shape a stage's output (cumulative: each stage reads the earlier
-# stages' outputs). Worker counts never shape an output and are left out.
+# stages' outputs). Worker counts and the snapshots a run keeps never shape an output (of
+# the step: a pre-training run is the same run) and are left out.
 _INPUTS = {
     "data": ("data",),
     "features": ("data", "frontend"),
@@ -38,7 +39,7 @@ _INPUTS = {
     "tune": ("data", "frontend", "separation", "encoder", "pretrain", "probe", "tune"),
     "probe": ("data", "frontend", "separation", "encoder", "pretrain", "probe", "tune"),
 }
-_NOT_INPUTS = ("num_workers", "workers")
+_NOT_INPUTS = ("num_workers", "workers", "snapshot_fractions")
 
 
 def safe_name(step: str) -> str:
@@ -76,9 +77,18 @@ def record_path(cfg: Config, step: str) -> Path:
 
 
 def write_record(
-    cfg: Config, step: str, stage: str, status: str, run_id: str = "", error: str = "", wall_s=0.0
+    cfg: Config,
+    step: str,
+    stage: str,
+    status: str,
+    run_id: str = "",
+    error: str = "",
+    wall_s=0.0,
+    compute_s=None,
 ) -> dict:
-    """Record how ``step`` ended (``status`` ran | done | failed); returns the record."""
+    """Record how ``step`` ended (``status`` ran | done | checked | failed); returns the
+    record. ``compute_s``: its wall time summed over its runs that ran, checked or failed it
+    (default: this one's ``wall_s``)."""
     job, restart = slurm_job()
     record = {
         "step": step,
@@ -87,6 +97,7 @@ def write_record(
         "run_id": run_id or "",
         "error": error,
         "wall_s": round(float(wall_s), 2),
+        "compute_s": round(float(wall_s if compute_s is None else compute_s), 2),
         "host": socket.gethostname(),
         "job": job,
         "restart": restart,
@@ -151,3 +162,12 @@ def report_lock(cfg: Config) -> StepLock:
         heartbeat_s=e.lock_heartbeat_s,
         stale_s=e.lock_stale_s,
     )
+
+
+def stage_compute(status: dict) -> dict[str, float]:
+    """Per stage, the summed ``compute_s`` of its steps in ``plan_status.json``."""
+    total: dict[str, float] = {}
+    for entry in status.get("steps", {}).values():
+        stage = entry.get("stage", "?")
+        total[stage] = total.get(stage, 0.0) + float(entry.get("compute_s", entry.get("wall_s", 0)))
+    return {k: round(v, 1) for k, v in total.items()}

@@ -1,8 +1,18 @@
 """MLflow tracking: the only module of the project that imports mlflow.
 
-Every tracked step carries a tag ``bench.key``, the content key of its output. A step whose
-key already has a FINISHED run is done; an unfinished run with that key (a killed process)
-is resumed rather than duplicated, so reruns never add a second run for the same work.
+Every tracked step carries a tag ``bench.key``, the content key of its output, and
+``bench.owner``, the process that last opened it (:func:`benchmark.io.process_identity`).
+The rule for every tracked step (train-separator, separate, pretrain, tune, probe):
+
+* inside its run, a step logs what it logs and writes its artefact atomically; the run is
+  closed FINISHED after that, so a FINISHED run always has its artefact;
+* a step is done when its run is FINISHED and its artefact exists;
+* on a rerun, an unfinished run of the key (FAILED, KILLED, or RUNNING with a dead owner) is
+  resumed, never duplicated: the step runs again inside it, reusing what the killed process
+  finished (checkpoint, trials, model directory) and closes it; a run RUNNING in a live
+  process is left alone (:class:`~benchmark.errors.StageError`);
+* a FINISHED run whose artefact has gone is redone under a new run, and the old one is tagged
+  ``bench.superseded_by`` (the new one ``bench.supersedes``); lookups skip superseded runs.
 """
 
 from __future__ import annotations
@@ -22,6 +32,8 @@ from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from benchmark.errors import StageError
+from benchmark.io import owner_is_alive, process_identity
 from benchmark.pipeline.locks import sqlite_lock
 
 log = logging.getLogger(__name__)
@@ -41,6 +53,14 @@ _SEEDED = ["method", "task", "pretrain_seed", "probe_seed"]
 
 KEY_TAG = "bench.key"
 KIND_TAG = "bench.kind"
+OWNER_TAG = "bench.owner"
+SUPERSEDED_TAG = "bench.superseded_by"
+SUPERSEDES_TAG = "bench.supersedes"
+# Test hook (tests/benchmark/pipeline/test_interrupted.py): with this variable set to a step
+# kind, the process ends (os._exit) right before closing the first run of that kind, as if
+# killed between "artefact written" and "run closed".
+EXIT_BEFORE_CLOSE_ENV = "BENCH_TEST_EXIT_BEFORE_CLOSE"
+EXIT_BEFORE_CLOSE_STATUS = 86
 
 # MLflow's SQLite store logs schema migrations at INFO on first use; keep the console quiet.
 for _name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent"):
@@ -115,6 +135,7 @@ class Tracker:
             Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.uri = tracking_uri
         self.experiment = experiment
+        self._step_locked = False  # see step_locked
         # Opening a SQLite store creates or migrates its schema: one process at a time.
         with sqlite_lock(tracking_uri) if create else contextlib.nullcontext():
             self.client = MlflowClient(tracking_uri=tracking_uri)
@@ -155,8 +176,17 @@ class Tracker:
         )
 
     def find(self, key: str):
-        """The run holding ``key`` (finished ones first), or None."""
+        """The run holding ``key`` (finished ones first, superseded ones never), or None.
+
+        A run is superseded once another run of its key names it in ``bench.supersedes``,
+        even before it carries ``bench.superseded_by`` (a process killed between creating
+        the new run and tagging the old one): the rerun then resumes the new run.
+        """
         runs = self.runs(f"tags.`{KEY_TAG}` = '{key}'")
+        replaced = {r.data.tags[SUPERSEDES_TAG] for r in runs if SUPERSEDES_TAG in r.data.tags}
+        runs = [
+            r for r in runs if SUPERSEDED_TAG not in r.data.tags and r.info.run_id not in replaced
+        ]
         runs.sort(key=lambda r: (r.info.status != "FINISHED", r.info.start_time))
         return runs[0] if runs else None
 
@@ -167,21 +197,56 @@ class Tracker:
     # -- writing ----------------------------------------------------------------------
     @contextlib.contextmanager
     def run(
-        self, key: str, kind: str, name: str, tags: dict | None = None, params: dict | None = None
+        self,
+        key: str,
+        kind: str,
+        name: str,
+        tags: dict | None = None,
+        params: dict | None = None,
+        *,
+        supersede: bool = False,
     ):
-        """Open (or resume) the run for ``key``; FINISHED on success, FAILED on error."""
+        """Open the run of ``key``: a new one, or the unfinished one left by a dead process
+        (resumed); FINISHED on leaving the block, FAILED on an error. Write the step's
+        artefact inside the block, last.
+
+        ``supersede``: a FINISHED run of ``key`` (whose artefact has gone, or a forced rerun)
+        is replaced by a new run; the old one is tagged ``bench.superseded_by``.
+        Raises :class:`StageError` when a live process has the run open, ``RuntimeError`` (a
+        caller's bug) when the run is FINISHED and ``supersede`` is false.
+        """
         existing = self.find(key)
+        supersedes = None
         if existing is not None and existing.info.status == "FINISHED":
-            raise RuntimeError(f"run {existing.info.run_id} for {kind} {name} is already finished")
+            if not supersede:
+                raise RuntimeError(
+                    f"run {existing.info.run_id} for {kind} {name} is already finished"
+                )
+            supersedes, existing = existing.info.run_id, None
         if existing is not None:
+            self._check_not_live(existing, kind, name)
             run_id = existing.info.run_id
+            self.client.set_tag(run_id, OWNER_TAG, process_identity())
             self.client.update_run(run_id, status="RUNNING")
             log.info("resuming MLflow run %s (%s %s)", run_id, kind, name)
+            supersedes = existing.data.tags.get(SUPERSEDES_TAG)
+            if supersedes:  # the killed process may not have tagged the old run yet
+                self.client.set_tag(supersedes, SUPERSEDED_TAG, run_id)
         else:
-            all_tags = {KEY_TAG: key, KIND_TAG: kind, "mlflow.runName": name}
+            all_tags = {
+                KEY_TAG: key,
+                KIND_TAG: kind,
+                OWNER_TAG: process_identity(),
+                "mlflow.runName": name,
+            }
+            if supersedes:
+                all_tags[SUPERSEDES_TAG] = supersedes
             run_id = self.client.create_run(
                 self.experiment_id, tags=all_tags, run_name=name
             ).info.run_id
+            if supersedes:
+                self.client.set_tag(supersedes, SUPERSEDED_TAG, run_id)
+                log.info("run %s of %s %s is redone as run %s", supersedes, kind, name, run_id)
             if params:
                 self.log_params(run_id, params)
         if tags:
@@ -193,7 +258,55 @@ class Tracker:
         except BaseException:
             self.client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.FAILED))
             raise
+        if os.environ.get(EXIT_BEFORE_CLOSE_ENV) == kind:
+            os._exit(EXIT_BEFORE_CLOSE_STATUS)
         self.client.set_terminated(run_id, status="FINISHED")
+
+    @contextlib.contextmanager
+    def step_locked(self):
+        """Within the block the caller holds the lock of the plan step whose runs it opens
+        (:func:`benchmark.pipeline.plan.run_step`): a run of the step left RUNNING by a
+        process on another host is then its dead holder's (the lock was taken over only once
+        that holder was gone, e.g. a Slurm job requeued onto another node), and is resumed."""
+        before, self._step_locked = self._step_locked, True
+        try:
+            yield
+        finally:
+            self._step_locked = before
+
+    def _check_not_live(self, run, kind: str, name: str) -> None:
+        """Raise StageError when ``run`` is RUNNING in a process that still runs (on another
+        host: unless this process holds the step's lock, see :meth:`step_locked`)."""
+        owner = run.data.tags.get(OWNER_TAG)
+        if run.info.status != "RUNNING" or owner is None or owner == process_identity():
+            return
+        alive = owner_is_alive(owner)
+        if alive is None and getattr(self, "_step_locked", False):
+            log.info(
+                "run %s was open on another host (%s), whose step lock we hold",
+                run.info.run_id,
+                owner,
+            )
+            return
+        if alive is not False:
+            raise StageError(
+                f"MLflow run {run.info.run_id} ({kind} {name}) is open in process {owner} "
+                "(host:pid:start), which still runs or runs on another host; wait for it to "
+                "finish, or stop it and rerun"
+            )
+
+    def fail_orphans(self) -> list[str]:
+        """Mark FAILED the runs left RUNNING by processes that died (a rerun of their step
+        resumes them); returns their ids."""
+        failed = []
+        for run in self.runs("attributes.status = 'RUNNING'"):
+            owner = run.data.tags.get(OWNER_TAG)
+            if owner is None or owner_is_alive(owner) is False:
+                self.client.set_terminated(run.info.run_id, status="FAILED")
+                failed.append(run.info.run_id)
+        if failed:
+            log.info("marked %d runs of killed processes FAILED: %s", len(failed), failed)
+        return failed
 
     def log_once(self, run_id: str, metrics: dict[str, float]) -> None:
         """Log ``metrics`` into a (possibly finished) run unless it already has all of them."""
@@ -294,29 +407,52 @@ def select_results(runs: list, run_ids: set[str] | None = None) -> list:
     those pretrain/probe runs: results of other configurations in the same experiment never
     mix in. Without, one probe run per (method, task, seed) and one pretrain run per
     (method, seed), the newest (a forced rerun replaces the run it supersedes).
-    Other kinds (separation records) are kept as they are.
+    Other kinds (separation records) are kept unless superseded (a record redone because its
+    artefact had gone is read once, from its new run).
     """
     finished = [r for r in runs if r.info.status == "FINISHED"]
-    tracked = ("probe", "pretrain")
+    tracked = ("probe", "pretrain", "probe-snapshot")
     if run_ids is not None:
         return [
             r
             for r in finished
-            if r.data.tags.get(KIND_TAG) not in tracked or r.info.run_id in run_ids
+            if (
+                r.info.run_id in run_ids
+                if r.data.tags.get(KIND_TAG) in tracked
+                else SUPERSEDED_TAG not in r.data.tags
+            )
         ]
     newest: dict = {}
     rest = []
     for r in sorted(finished, key=lambda r: r.info.start_time):
         t = r.data.tags
         kind = t.get(KIND_TAG)
-        if kind == "probe":
+        if kind in ("probe", "probe-snapshot"):
             key = (t.get("method"), t.get("task"), t.get("pretrain_seed"), t.get("probe_seed"))
-            newest[(kind, *key)] = r
+            newest[(kind, *key, t.get("pretrain_step"))] = r
         elif kind == "pretrain":
             newest[(kind, t.get("method"), t.get("seed"))] = r
-        else:
+        elif SUPERSEDED_TAG not in t:
             rest.append(r)
     return rest + list(newest.values())
+
+
+def _predictions(tracker: Tracker, run, workdir: Path) -> dict:
+    """A probe run's saved test predictions (``predictions.npz``)."""
+    import numpy as np
+
+    pred = download_artifact(
+        tracker.client, run.info.run_id, "predictions.npz", workdir / run.info.run_id
+    )
+    with np.load(pred, allow_pickle=False) as z:
+        return {
+            "clip_ids": [str(c) for c in z["clip_ids"]],
+            "targets": z["targets"],
+            "scores": z["scores"],
+            "vocabulary": [str(v) for v in z["vocabulary"]],
+            # cluster ids of the test clips (song, instrument, artist), when recorded
+            "groups": [str(g) for g in z["groups"]] if "groups" in z.files else None,
+        }
 
 
 def collect(tracker: Tracker, workdir: Path, run_ids: set[str] | None = None) -> dict:
@@ -329,11 +465,14 @@ def collect(tracker: Tracker, workdir: Path, run_ids: set[str] | None = None) ->
     (method, seed, step, metric, value: the :data:`PRETRAIN_CURVES` histories),
     ``pretrain_runs`` (method, seed, trained, collapsed), ``embedding_health`` (method, seed,
     corpus and :data:`HEALTH_STATS`), ``source_activity`` (separator, corpus, source, active,
-    total), ``separation_quality`` (DataFrames or None), ``task_info`` (task -> clips per
-    split, number of labels, tags or classes left out of the scores), ``pretrain_data`` (what
-    the pre-training runs read -> their methods) and ``num_runs``.
+    total), ``separation_quality``, ``snapshot_scores`` (as ``scores`` with ``step``: the
+    convergence study's probes of earlier encoders), ``separator_runs`` (method, seed, source,
+    si_sdr: the SI-SDR of each pre-training run's separator, source "exact" with inf for true
+    stems) (DataFrames or None), ``snapshot_predictions`` (as ``predictions``, keys ending in
+    the step), ``task_info`` (task -> clips per split, number of labels, tags or classes left
+    out of the scores), ``pretrain_data`` (what the pre-training runs read -> their methods)
+    and ``num_runs``.
     """
-    import numpy as np
     import pandas as pd
 
     runs = select_results(tracker.runs(), run_ids)
@@ -347,30 +486,31 @@ def collect(tracker: Tracker, workdir: Path, run_ids: set[str] | None = None) ->
         )
     score_rows, tag_rows, activity_rows, quality_rows = [], [], [], []
     curve_rows, pretrain_rows, health_rows = [], [], []
+    snapshot_rows, separation_rows = [], []
     task_info: dict[str, dict] = {}
     pretrain_data: dict[str, list[str]] = {}  # what pre-training read -> the methods
     predictions: dict = {}
+    snapshot_predictions: dict = {}
     for run in runs:
         kind = run.data.tags.get(KIND_TAG)
         tags = run.data.tags
-        if kind == "probe":
+        if kind == "probe-snapshot":
+            # The convergence study: a run's encoder at an earlier step (never a leaderboard row).
+            method, task, step = tags["method"], tags["task"], int(tags["pretrain_step"])
+            seeds = (int(tags["pretrain_seed"]), int(tags["probe_seed"]))
+            for metric in ("roc_auc", "pr_auc", "accuracy", "balanced_accuracy"):
+                if metric in run.data.metrics:
+                    snapshot_rows.append(
+                        (method, task, *seeds, step, metric, run.data.metrics[metric])
+                    )
+            snapshot_predictions[(method, task, *seeds, step)] = _predictions(tracker, run, workdir)
+        elif kind == "probe":
             method, task = tags["method"], tags["task"]
             seeds = (int(tags["pretrain_seed"]), int(tags["probe_seed"]))
             for metric in ("roc_auc", "pr_auc", "accuracy", "balanced_accuracy"):
                 if metric in run.data.metrics:
                     score_rows.append((method, task, *seeds, metric, run.data.metrics[metric]))
-            pred = download_artifact(
-                tracker.client, run.info.run_id, "predictions.npz", workdir / run.info.run_id
-            )
-            with np.load(pred, allow_pickle=False) as z:
-                predictions[(method, task, *seeds)] = {
-                    "clip_ids": [str(c) for c in z["clip_ids"]],
-                    "targets": z["targets"],
-                    "scores": z["scores"],
-                    "vocabulary": [str(v) for v in z["vocabulary"]],
-                    # cluster ids of the test clips (song, instrument, artist), when recorded
-                    "groups": [str(g) for g in z["groups"]] if "groups" in z.files else None,
-                }
+            predictions[(method, task, *seeds)] = _predictions(tracker, run, workdir)
             try:
                 details = load_artifact_dict(tracker.client, run.info.run_id, "details.json")
             except Exception:  # older runs without details
@@ -399,8 +539,18 @@ def collect(tracker: Tracker, workdir: Path, run_ids: set[str] | None = None) ->
                 pretrain_data.setdefault(tags["pretrain_data"], []).append(method)
             for name in PRETRAIN_CURVES:
                 if name in run.data.metrics:
-                    for m in tracker.client.get_metric_history(run.info.run_id, name):
-                        curve_rows.append((method, seed, m.step, name, m.value))
+                    history = tracker.client.get_metric_history(run.info.run_id, name)
+                    # A resumed run logs again the steps between its last checkpoint and the
+                    # kill (the same values): one point per step.
+                    by_step = {m.step: m.value for m in sorted(history, key=lambda m: m.timestamp)}
+                    for step, value in sorted(by_step.items()):
+                        curve_rows.append((method, seed, step, name, value))
+            exact = run.data.metrics.get("separation.exact") == 1.0
+            for name, value in run.data.metrics.items():
+                if name.startswith("separation.si_sdr."):
+                    separation_rows.append((method, seed, name.rsplit(".", 1)[1], value))
+            if exact:
+                separation_rows.append((method, seed, "exact", float("inf")))
             collapsed = tags.get("collapsed")
             pretrain_rows.append(
                 (method, seed, tags.get("trained", "true") == "true",
@@ -443,6 +593,12 @@ def collect(tracker: Tracker, workdir: Path, run_ids: set[str] | None = None) ->
         "embedding_health": frame(health_rows, ["method", "seed", "corpus", *HEALTH_STATS]),
         "source_activity": activity,
         "separation_quality": frame(quality_rows, ["separator", "source", "si_sdr"]),
+        "snapshot_scores": frame(
+            snapshot_rows,
+            ["method", "task", "pretrain_seed", "probe_seed", "step", "metric", "value"],
+        ),  # fmt: skip
+        "snapshot_predictions": snapshot_predictions,
+        "separator_runs": frame(separation_rows, ["method", "seed", "source", "si_sdr"]),
         "task_info": task_info,
         "pretrain_data": pretrain_data,
         "num_runs": len(runs),

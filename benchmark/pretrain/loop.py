@@ -25,8 +25,11 @@ validation does the same on a copy. ``random_init`` gets the same rule from mixt
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
+import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -38,7 +41,15 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
 from benchmark.config import Config, EncoderConfig, PretrainConfig, stable_hash
-from benchmark.io import atomic_path, atomic_write_json, pick_device, read_json, seed_everything
+from benchmark.io import (
+    atomic_torch_save,
+    atomic_write_json,
+    load_weights,
+    pick_device,
+    read_json,
+    seeded_torch,
+    torch_threads,
+)
 from benchmark.pretrain.encoder import ContrastiveModel, reestimate_batchnorm
 from benchmark.pretrain.losses import centroid_contrastive_loss, contrastive_loss, num_candidates
 from benchmark.pretrain.pairs import PairBatch, PairCorpus
@@ -47,6 +58,8 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
 FINAL = "final.pt"
+SNAPSHOT = "snapshot-{step:06d}.pt"  # the training weights at a snapshot step, as trained
+EVALUATED_SNAPSHOT = "snapshot-{step:06d}-bn.pt"  # the same with precise-BN statistics
 
 # Streams of step_rng: 0 training batches, 1 validation batches, 2 precise-BN batches.
 _VALID_STREAM, _BN_STREAM = 1, 2
@@ -65,6 +78,18 @@ def num_updates(p: PretrainConfig) -> int:
             f"pretrain.step_unit must be one of {sorted(per_step)}, got {p.step_unit!r}"
         )
     return p.steps * per_step[p.step_unit]
+
+
+def snapshot_steps(p: PretrainConfig) -> list[int]:
+    """The updates after which the loop keeps a snapshot (``p.snapshot_fractions`` of
+    :func:`num_updates`, rounded, at least 1; the last update is ``final.pt``'s, not a
+    snapshot). Raises ``ValueError`` for a fraction outside (0, 1]."""
+    total = num_updates(p)
+    bad = [f for f in p.snapshot_fractions if not 0.0 < f <= 1.0]
+    if bad:
+        raise ValueError(f"pretrain.snapshot_fractions must lie in (0, 1], got {bad}")
+    steps = {max(1, round(f * total)) for f in p.snapshot_fractions}
+    return sorted(s for s in steps if s < total)
 
 
 def step_rng(seed: int, step: int, stream: int = 0) -> np.random.Generator:
@@ -94,7 +119,10 @@ class _Batches(IterableDataset):
     def __iter__(self) -> Iterator[tuple[int, PairBatch]]:
         info = get_worker_info()
         wid, num = (info.id, info.num_workers) if info else (0, 1)
-        if info is not None:  # a worker process: one thread each; never the training process
+        if info is not None:
+            # A worker process is ours: one thread each, the workers already share the cores.
+            # Inline (no workers) this is the caller's process, whose threads we leave alone;
+            # batches are NumPy-made, so they do not depend on the thread count either way.
             torch.set_num_threads(1)
         for step in range(self.start + wid, self.stop, num):
             rng = step_rng(self.seed, step, self.stream)
@@ -132,7 +160,14 @@ def loss_fn(method) -> Callable:
 
 
 def build_model(enc: EncoderConfig, seed: int, device) -> ContrastiveModel:
-    seed_everything(seed)
+    """The initial model of ``seed`` on ``device``; the caller's random generators are left
+    as they were (the weights are those drawn after ``torch.manual_seed(seed)``)."""
+    with seeded_torch(seed):
+        return _new_model(enc, device)
+
+
+def _new_model(enc: EncoderConfig, device) -> ContrastiveModel:
+    """A model initialised from torch's global generator (seeded by the caller)."""
     model = ContrastiveModel(enc).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -197,13 +232,14 @@ def _save_checkpoint(path: Path, model, opt, sched, step: int, key: str) -> None
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
-    with atomic_path(path, suffix=".pt") as tmp:
-        torch.save(state, tmp)
+    atomic_torch_save(path, state)
 
 
 def load_checkpoint(path: Path, device="cpu") -> dict:
-    """Load a checkpoint without executing pickled code (``weights_only=True``)."""
-    return torch.load(path, map_location=device, weights_only=True)
+    """Load a checkpoint without executing pickled code (``weights_only=True``).
+
+    Raises :class:`benchmark.errors.CheckpointError` naming a file that holds code."""
+    return load_weights(path, map_location=device)
 
 
 def pretrain(
@@ -221,16 +257,34 @@ def pretrain(
     stop_after: int | None = None,
 ) -> PretrainResult:
     """Pre-train ``method`` for ``cfg.pretrain.steps`` steps, resuming ``run_dir`` if it holds
-    a checkpoint of the same ``key``. ``stop_after`` ends early (tests of resumption)."""
+    a checkpoint of the same ``key``. ``stop_after`` ends early (tests of resumption).
+
+    Runs on ``cfg.compute.torch_threads`` CPU threads with torch's generator seeded by ``seed``
+    (initial weights, then drop connect); the caller's thread count and generator states are
+    restored afterwards, so the result does not depend on what ran before in this process.
+    Raises :class:`benchmark.errors.CheckpointError` for a checkpoint holding code and
+    ``RuntimeError`` for a checkpoint of another ``key``.
+    """
+    device = device or pick_device()
+    with torch_threads(cfg.compute.torch_threads), seeded_torch(seed):
+        return _pretrain(
+            cfg, method, corpus, valid, run_dir, key, seed, on_metrics, device, progress, stop_after
+        )
+
+
+def _pretrain(
+    cfg, method, corpus, valid, run_dir, key, seed, on_metrics, device, progress, stop_after
+) -> PretrainResult:
+    """:func:`pretrain` inside its thread and generator context."""
     p: PretrainConfig = cfg.pretrain
     total = num_updates(p)
-    device = device or pick_device()
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(
         run_dir / "config.json",
         {"hash": key, "method": method.params(), "seed": seed, "config": cfg.to_dict()},
     )
-    model = build_model(cfg.encoder, seed, device)
+    # Drawn from the generator seeded above, which training then continues (drop connect).
+    model = _new_model(cfg.encoder, device)
     opt = torch.optim.Adam(model.parameters(), lr=p.lr)
     sched = torch.optim.lr_scheduler.MultiStepLR(
         opt, milestones=[max(1, math.floor(total * p.lr_decay_fraction))], gamma=0.5
@@ -253,6 +307,7 @@ def pretrain(
         log.info("%s seed %d: resuming at step %d of %d", method.name, seed, start, total)
     compute_loss = loss_fn(method)
     stop = total if stop_after is None else min(total, stop_after)
+    snapshots = set(snapshot_steps(p))
     t0 = time.perf_counter()
     model.train()
     bar = tqdm(
@@ -305,6 +360,10 @@ def pretrain(
                 method, seed, done, on_metrics,
             )  # fmt: skip
             model.train()
+        if done in snapshots:
+            # Before the checkpoint: a run killed in between redoes this step and rewrites the
+            # same snapshot (batches and drop connect are functions of (seed, step)).
+            atomic_torch_save(run_dir / SNAPSHOT.format(step=done), model.state_dict())
         if done % p.checkpoint_every == 0 or done == total:
             _save_checkpoint(ckpt_path, model, opt, sched, done, key)
         window_t += time.perf_counter() - paused
@@ -334,8 +393,7 @@ def _report_validation(metrics: dict, method, seed: int, step: int, on_metrics) 
 
 def _save_final(run_dir: Path, model, key: str, method, seed: int, steps: int, validation):
     """``final.pt`` (weights) then ``final.json`` (the commit marker), each atomically."""
-    with atomic_path(run_dir / FINAL, suffix=".pt") as tmp:
-        torch.save(model.state_dict(), tmp)
+    atomic_torch_save(run_dir / FINAL, model.state_dict())
     info = {"hash": key, "steps": steps, "method": method.name, "seed": seed}
     if validation is not None:
         info["validation"] = validation
@@ -446,10 +504,56 @@ def materialize_untrained(
     as ``final.pt`` + ``final.json`` in ``run_dir``. Returns the ``final.pt`` path."""
     device = device or pick_device()
     run_dir.mkdir(parents=True, exist_ok=True)
-    model = build_model(cfg.encoder, seed, device)
-    precise_bn(model, method, corpus, cfg.pretrain, seed, device)
+    # The statistics depend on the thread count like any forward pass: pinned, then restored.
+    with torch_threads(cfg.compute.torch_threads):
+        model = build_model(cfg.encoder, seed, device)
+        precise_bn(model, method, corpus, cfg.pretrain, seed, device)
     _save_final(run_dir, model, key, method, seed, 0, None)
     return run_dir / FINAL
+
+
+def evaluated_snapshot(
+    cfg: Config,
+    method,
+    corpus: PairCorpus,
+    run_dir: Path,
+    key: str,
+    seed: int,
+    step: int,
+    device=None,
+) -> Path:
+    """The encoder of a finished run at snapshot ``step``, as ``final.pt`` is made: its
+    weights then, with batch-norm statistics re-estimated by :func:`precise_bn` (the same
+    fixed batches of the method's own pairs). Written once as ``snapshot-<step>-bn.pt`` beside
+    the run's snapshot and returned.
+
+    A run that kept no snapshot at ``step`` (it finished before the snapshot existed, or under
+    other ``snapshot_fractions``) is replayed from scratch up to ``step`` in
+    ``<run_dir>/replay``: the loop's batches and random streams are functions of (seed, step),
+    so the replay's weights are the run's. ``seed`` is the seed the run trained with.
+    """
+    out = run_dir / EVALUATED_SNAPSHOT.format(step=step)
+    if out.is_file():
+        return out
+    device = device or pick_device()
+    raw = run_dir / SNAPSHOT.format(step=step)
+    if not raw.is_file():
+        replay = run_dir / "replay"
+        fraction = (step / num_updates(cfg.pretrain),)
+        snap_cfg = dataclasses.replace(
+            cfg, pretrain=dataclasses.replace(cfg.pretrain, snapshot_fractions=fraction)
+        )
+        log.info("%s s%d: replaying %d steps for a snapshot", method.name, seed, step)
+        pretrain(snap_cfg, method, corpus, None, replay, key, seed, device=device,
+                 progress=False, stop_after=step)  # fmt: skip
+        os.replace(replay / SNAPSHOT.format(step=step), raw)
+        shutil.rmtree(replay, ignore_errors=True)
+    model = ContrastiveModel(cfg.encoder).to(device)  # every weight is overwritten next
+    model.load_state_dict(load_weights(raw, map_location=device))
+    with torch_threads(cfg.compute.torch_threads):  # as final.pt's statistics are made
+        precise_bn(model, method, corpus, cfg.pretrain, seed, device)
+    atomic_torch_save(out, model.state_dict())
+    return out
 
 
 def is_complete(run_dir: Path, key: str) -> bool:
@@ -461,7 +565,7 @@ def load_encoder(cfg_enc: EncoderConfig, final_path: Path, device=None) -> Contr
     """The pre-trained model of a finished run, in eval mode."""
     device = device or pick_device()
     model = ContrastiveModel(cfg_enc).to(device)
-    model.load_state_dict(torch.load(final_path, map_location=device, weights_only=True))
+    model.load_state_dict(load_weights(final_path, map_location=device))
     return model.eval()
 
 

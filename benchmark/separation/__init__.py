@@ -40,6 +40,7 @@ from benchmark.separation.umx import (
     build_umx,
     load_local_umx,
     load_pretrained_umx,
+    model_identity,
 )
 
 # name -> factory(cfg, *, stems_root, device); the key is the separator's `name`
@@ -84,6 +85,7 @@ __all__ = [
     "evaluate_separator",
     "load_local_umx",
     "load_pretrained_umx",
+    "model_identity",
     "random_soft_masks",
     "score_separator",
     "si_sdr",

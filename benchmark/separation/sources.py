@@ -98,8 +98,13 @@ def sources_root(
 
 def _sources_key(cfg, sep_cfg, separator_identity: str, corpus_version: str) -> str:
     """Content key of separated sources (training settings of the separator excluded: its
-    weights enter through ``separator_identity``)."""
-    sep_key_cfg = {k: v for k, v in to_dict(sep_cfg).items() if not k.startswith("train_")}
+    weights enter through ``separator_identity``, which then also replaces ``umx_model``, the
+    model's name or folder: the same weights in another folder give the same sources)."""
+    sep_key_cfg = {
+        k: v
+        for k, v in to_dict(sep_cfg).items()
+        if not k.startswith("train_") and not (k == "umx_model" and separator_identity)
+    }
     return section_hash(
         cfg,
         extra={"sep": sep_key_cfg, "identity": separator_identity, "corpus": corpus_version},
@@ -118,11 +123,14 @@ def build_sources(
     corpus_version: str = "",
     max_bad_fraction: float = 0.01,
     progress: bool = True,
+    num_threads: int = 1,
 ) -> FeatureStore:
     """Stage ``separate``: per-source log-mel excerpts aligned with the mixtures, plus flags.
 
     ``separator_identity`` names what the config alone cannot (e.g. the hash of a locally
-    trained model's weights), so new weights invalidate the cache.
+    trained model's weights), so new weights invalidate the cache. The separator runs on
+    ``num_threads`` torch threads (its output depends on the count); the caller's count is
+    restored afterwards.
     Raises :class:`benchmark.errors.StoreBuildError` when too many clips are bad.
     """
     key = _sources_key(cfg, sep_cfg, separator_identity, corpus_version)
@@ -134,7 +142,7 @@ def build_sources(
         silence_threshold=sep_cfg.silence_threshold,
         separator=SeparatorOnFirstUse(sep_cfg, stems_root),
     )
-    # Separation runs in this process: torch already uses every core for one model.
+    # Separation runs in this process, one model on ``num_threads`` threads (not a pool).
     build(
         root,
         jobs,
@@ -144,6 +152,7 @@ def build_sources(
         max_bad_fraction=max_bad_fraction,
         desc=f"separate {dataset} ({sep_cfg.separator})",
         progress=progress,
+        num_threads=num_threads,
     )
     return FeatureStore(root)
 

@@ -13,7 +13,10 @@ stopping, and the four targets trained side by side on the same batches.
 
 The output directory is in the package's local-model format (see
 :mod:`benchmark.separation.umx`) plus ``quality.json``: SI-SDR per source on the validation
-clips for the trained model and for the random-mask baseline.
+clips for the trained model and for the random-mask baseline, and ``training_time.json``
+(wall time). Identity (:func:`benchmark.separation.umx.model_identity`) comes from the
+weights and hyper-parameters only, so retraining the same separator keeps every key that
+depends on it; the wall time lives in its own file for that reason.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from openunmix.utils import bandwidth_to_max_bin
 from tqdm import tqdm
 
 from benchmark.config import SeparationConfig, to_dict
-from benchmark.io import atomic_write_json, pick_device, seed_everything
+from benchmark.io import atomic_write_json, pick_device, seeded_torch, torch_threads
 from benchmark.separation.base import SAMPLE_RATE, SOURCES, SeparationError, load_stems
 from benchmark.separation.metrics import score_separator
 from benchmark.separation.random_mask import RandomMaskSeparator
@@ -47,6 +50,7 @@ TRAIN_BANDWIDTH_HZ = SAMPLE_RATE // 2  # the whole band (package: 16 kHz of 22.0
 TRAIN_WEIGHT_DECAY = 1e-5  # Adam weight decay (package default)
 GAIN_RANGE = (0.25, 1.25)  # random source gain (package's _augment_gain)
 LOSS_LOG_EVERY = 50  # steps per entry of the loss history (ours)
+TRAINING_TIME = "training_time.json"  # {"train_time_s": wall seconds}; not part of identity
 
 
 def _spectrogram_encoder() -> torch.nn.Module:
@@ -116,8 +120,9 @@ def _sample_batch(
     return batch
 
 
-def _target_json(target: str, cfg: SeparationConfig, history: list[float], seconds: float) -> dict:
-    """``<target>.json`` in the package's layout: hyper-parameters under ``args``."""
+def _target_json(target: str, cfg: SeparationConfig, history: list[float]) -> dict:
+    """``<target>.json`` in the package's layout: hyper-parameters under ``args`` (no wall
+    time: the file is part of the model's identity)."""
     args = {
         "target": target,
         "nfft": TRAIN_N_FFT,
@@ -141,7 +146,6 @@ def _target_json(target: str, cfg: SeparationConfig, history: list[float], secon
         "steps_trained": cfg.train_steps,
         "train_loss_history": history,
         "train_loss_every_steps": LOSS_LOG_EVERY,
-        "train_time_s": round(seconds, 1),
         "trainer": "benchmark.separation.train_separator",
     }
 
@@ -154,6 +158,7 @@ def train_separator(
     cfg: SeparationConfig,
     device=None,
     progress: bool = True,
+    num_threads: int | None = None,
 ) -> Path:
     """Train one small Open-Unmix per source on true stems; write a local model directory.
 
@@ -164,14 +169,23 @@ def train_separator(
     (deterministic on the CPU). Writes into ``out_dir``, atomically (a temporary sibling
     directory renamed at the end; an existing ``out_dir`` is replaced):
     ``separator.json``, ``<target>.json`` + ``<target>.pth`` per source (loadable with
-    ``separation.umx_model=<out_dir>``) and ``quality.json`` (mean SI-SDR per source on
+    ``separation.umx_model=<out_dir>``), ``training_time.json`` and ``quality.json`` (mean SI-SDR per source on
     ``clip_ids_valid`` for this model, with ``cfg.wiener``, and for the random-mask baseline;
     silent references skipped and counted).
+    ``num_threads``: torch CPU threads while training (None: the caller's); the weights depend
+    on it. The caller's thread count and random generators are restored afterwards.
     Returns ``out_dir``. Raises :class:`SeparationError` for missing or unusable stems.
     """
     out_dir = Path(out_dir)
     device = pick_device() if device is None else torch.device(device)
-    seed_everything(cfg.train_seed)
+    with torch_threads(num_threads), seeded_torch(cfg.train_seed):
+        return _train(
+            stems_root, list(clip_ids_train), list(clip_ids_valid), out_dir, cfg, device, progress
+        )
+
+
+def _train(stems_root, clip_ids_train, clip_ids_valid, out_dir, cfg, device, progress) -> Path:
+    """:func:`train_separator` inside its thread and generator context."""
     corpus, mean, scale = _load_corpus(stems_root, list(clip_ids_train), progress)
     max_bin = int(bandwidth_to_max_bin(SAMPLE_RATE, TRAIN_N_FFT, TRAIN_BANDWIDTH_HZ))
     models = {
@@ -225,9 +239,9 @@ def train_separator(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
-        _write_model(tmp_dir, models, cfg, history, seconds)
+        _write_model(tmp_dir, models, cfg, history)
+        atomic_write_json(tmp_dir / TRAINING_TIME, {"train_time_s": round(seconds, 1)})
         quality = _quality(tmp_dir, stems_root, list(clip_ids_valid), cfg, device)
-        quality["train_time_s"] = round(seconds, 1)
         atomic_write_json(tmp_dir / "quality.json", quality)
         _replace_dir(tmp_dir, out_dir)
     finally:
@@ -241,7 +255,6 @@ def _write_model(
     models: dict[str, OpenUnmix],
     cfg: SeparationConfig,
     history: dict[str, list[float]],
-    seconds: float,
 ) -> None:
     """The package's local-model layout: separator.json, <target>.json, <target>.pth."""
     separator_conf = {
@@ -255,7 +268,7 @@ def _write_model(
         model.eval()
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         torch.save(state, model_dir / f"{target}.pth")
-        meta = _target_json(target, cfg, history[target], seconds)
+        meta = _target_json(target, cfg, history[target])
         meta["separation_config"] = to_dict(cfg)
         atomic_write_json(model_dir / f"{target}.json", meta)
 

@@ -21,6 +21,7 @@ Two kinds of model, both run through the package's own ``openunmix.model.Separat
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import pickle
 import threading
@@ -34,7 +35,8 @@ from openunmix.model import OpenUnmix
 from openunmix.model import Separator as UnmixSeparator
 
 from benchmark.config import SeparationConfig
-from benchmark.io import pick_device
+from benchmark.errors import CheckpointError
+from benchmark.io import load_weights, pick_device
 from benchmark.separation.base import SAMPLE_RATE, SOURCES, SeparationError, Separator, check_wave
 
 PRETRAINED_MODELS = ("umxhq", "umxl", "umx")  # package hub models with the four targets
@@ -94,11 +96,11 @@ def load_pretrained_umx(
                 pretrained=True,
                 wiener_win_len=WIENER_WIN_LEN,
             )
-    except pickle.UnpicklingError as exc:
+    except pickle.UnpicklingError:
+        # torch's message would suggest weights_only=False, the unsafe way out: not repeated.
         raise SeparationError(
-            f"Open-Unmix '{name}': refusing the cached weights, they hold more than tensors "
-            f"(weights_only=True failed: {str(exc).splitlines()[0]}); delete them from "
-            f"{torch.hub.get_dir()}/checkpoints"
+            f"Open-Unmix '{name}': refusing the cached weights, they contain pickled code, not "
+            f"only tensors; delete them from {torch.hub.get_dir()}/checkpoints"
         ) from None
     except Exception as exc:  # urllib, http, ssl and hash errors all mean "no usable weights"
         raise SeparationError(
@@ -155,11 +157,11 @@ def load_state_dict_safely(path: Path, device=None) -> dict[str, torch.Tensor]:
     custom classes) or is not a state dict of tensors.
     """
     try:
-        state = torch.load(path, map_location=device or "cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
+        state = load_weights(path, map_location=device or "cpu")
+    except CheckpointError:
         raise SeparationError(
-            f"Open-Unmix weights {path}: refused, the file holds more than tensors "
-            f"(weights_only=True failed: {str(exc).splitlines()[0]})"
+            f"Open-Unmix weights {path}: refused, it contains pickled code, not only tensors; "
+            "it will not be loaded"
         ) from None
     except Exception as exc:  # torch raises RuntimeError/EOFError/... for damaged files
         raise SeparationError(f"Open-Unmix weights {path}: unreadable ({exc})") from None
@@ -168,6 +170,37 @@ def load_state_dict_safely(path: Path, device=None) -> dict[str, torch.Tensor]:
     ):
         raise SeparationError(f"Open-Unmix weights {path}: not a state dict of tensors")
     return state
+
+
+# Fields of a model's JSON files that record how long training took, not what was trained.
+TIMING_FIELDS = ("train_time_s",)
+
+
+def model_identity(model_dir: Path, targets: tuple[str, ...] = SOURCES) -> str:
+    """What identifies a local model directory's separations (16 hex digits): its STFT
+    settings (``separator.json``), each target's hyper-parameters (``<target>.json`` without
+    :data:`TIMING_FIELDS`) and weights file. Other files (``quality.json``, timings) do not
+    count, so retraining the same model gives the same identity.
+
+    Raises :class:`SeparationError` for a missing or malformed file.
+    """
+    model_dir = Path(model_dir).expanduser()
+    digest = hashlib.sha256()
+
+    def add(name: str, data: bytes) -> None:
+        digest.update(f"{name}:{len(data)}:".encode())
+        digest.update(data)
+
+    add(SEPARATOR_CONF, _canonical(read_separator_conf(model_dir)))
+    for target in targets:
+        meta = _read_json(model_dir / f"{target}.json", f"hyper-parameters of {target}")
+        add(f"{target}.json", _canonical({k: v for k, v in meta.items() if k not in TIMING_FIELDS}))
+        add(f"{target}.pth", _weights_file(model_dir, target).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _canonical(obj: dict) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
 
 def load_local_umx(

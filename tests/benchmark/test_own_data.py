@@ -73,7 +73,7 @@ def test_features_builds_only_the_named_tasks_and_the_pretraining_corpus(walkthr
     assert out.returncode == 0, out.stderr
     # the task's audio root is the pre-training folder: one store serves both
     (line,) = out.stdout.strip().splitlines()
-    assert line.startswith("own-fma_small-") and "(0 skipped)" in line
+    assert line.startswith("own-fma_small-") and "(0 skipped, of which 0 missing" in line
     wrong = _cli("features", "--profile", str(walkthrough / "mine.toml"), "--tasks", "nope")
     assert wrong.returncode == 2 and "unknown task 'nope'" in wrong.stderr
 

@@ -148,6 +148,7 @@ def report(tmp_path_factory):
             "git_commit": "deadbeef",
             "versions": {"numpy": np.__version__},
             "machine": "2-core CPU",
+            "stage_compute_s": {"pretrain": 812.5, "probe": 33.25},
             "stage_wall_s": {"pretrain": 12.5, "probe": 3.25},
             "skipped": ["nsynth: dataset not found"],
         },
@@ -233,6 +234,13 @@ def test_provenance_and_reading_guide(report):
                  "unit of replication is a pre-training run", "Nemenyi critical difference",
                  "paper: msa_multi, msa_vocals, single versus cola"):  # fmt: skip
         assert text in markdown, text
+
+
+def test_wall_time_shows_the_compute_behind_the_results_and_the_last_invocation(report):
+    """Issue #13: after a resume the table showed only the last rerun's 0.3 s per stage."""
+    markdown = report["markdown"]
+    assert "| stage | compute (s) | last invocation (s) |" in markdown
+    assert "| pretrain | 812.5 | 12.5 |" in markdown
 
 
 def test_published_rows_are_labelled_and_not_measured(report):

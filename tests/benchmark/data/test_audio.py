@@ -106,3 +106,19 @@ def test_load_audio_errors_name_the_file(tmp_path):
     sf.write(nan, np.full(16000, np.nan, np.float32), 16000, subtype="FLOAT")
     with pytest.raises(AudioError, match="NaN"):
         load_audio(nan)
+
+
+def test_truncated_mp3_is_called_truncated_or_corrupt(tmp_path):
+    """Issue #13: libsndfile says "File does not exist or is not a regular file (possibly a
+    pipe?)" for a truncated MP3, which sent users looking for a missing file."""
+    whole = tmp_path / "whole.mp3"
+    sf.write(whole, 0.1 * np.random.default_rng(0).standard_normal(48000), 16000)
+    cut = tmp_path / "cut.mp3"
+    cut.write_bytes(whole.read_bytes()[:400])
+    with pytest.raises(AudioError) as info:
+        load_audio(cut)
+    message = str(info.value)
+    assert message.startswith(f"{cut}: ") and "truncated or corrupt" in message
+    assert "does not exist" not in message and "regular file" not in message
+    with pytest.raises(AudioError, match="missing.mp3: audio file not found"):
+        load_audio(tmp_path / "missing.mp3")

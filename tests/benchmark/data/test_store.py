@@ -8,6 +8,7 @@ import textwrap
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from benchmark.config import FrontEndConfig
 from benchmark.data.features import AudioItem, build_mixtures
@@ -243,3 +244,48 @@ def test_an_inline_build_leaves_the_callers_torch_threads(tmp_path):
         assert seen == [1] and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_build_in_this_process_leaves_the_callers_torch_threads(tmp_path):
+    """Issue #13: a store built in the main process (one shard, or one worker) used to leave
+    torch on one thread, so every later step of that process ran on one thread."""
+    items = _write_clips(tmp_path / "audio", 2)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        build_mixtures(items, tmp_path / "cache", "x", CFG, workers=1, progress=False)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _threads_seen(payload):
+    return [Entry("mix", np.full((100, 64), torch.get_num_threads(), dtype=np.float32))]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_extraction_runs_on_the_threads_asked_for_wherever_it_runs(tmp_path, workers):
+    """In a worker or in this process, the extractor sees ``num_threads`` (features depend on
+    the thread count, so where a shard was built must not matter)."""
+    jobs = [Job(f"c{i}", f"k{i}", i) for i in range(4)]
+    build(tmp_path, jobs, _threads_seen, shard_size=2, workers=workers, progress=False)
+    store = FeatureStore(tmp_path)
+    assert {float(store.frames(i)[0, 0]) for i in range(len(store))} == {1.0}
+
+
+def test_missing_files_count_as_bad_clips(tmp_path):
+    """Issue #13: an MTAT tree with 21,095 of 21,105 listed files missing built with exit
+    status 0 and "(0 skipped)": the loaders skip missing files, and the build never saw them."""
+    items = _write_clips(tmp_path / "audio", 2)
+    missing = [("gone1", "missing audio"), ("gone2", "empty audio")]
+    store = build_mixtures(
+        items, tmp_path / "a", "x", CFG, max_bad_fraction=0.5, progress=False, missing=missing
+    )
+    report = store.report()
+    assert (report["num_bad"], report["num_missing"], report["num_jobs"]) == (2, 2, 2)
+    assert ["gone1", "missing audio"] in report["bad"]
+    with pytest.raises(StoreBuildError, match=r"3 of 5 clips are bad \(3 missing"):
+        build_mixtures(
+            items, tmp_path / "b", "x", CFG, max_bad_fraction=0.5, progress=False,
+            missing=[*missing, ("gone3", "missing audio")],
+        )  # fmt: skip

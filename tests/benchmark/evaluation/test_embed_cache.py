@@ -35,3 +35,37 @@ def test_a_store_that_gains_clips_gets_new_embeddings(tmp_path):
     assert grown.root == small.root and store_content(grown) != store_content(small)
     embeddings, offsets = _cached(_embed_store(cfg, model, grown, 98, progress=False))
     assert len(offsets) == 6 and offsets[-1] == len(embeddings) == 5 * 3  # 3 windows per clip
+
+
+def test_the_encoder_runs_on_compute_threads_and_the_caller_keeps_its_own(tmp_path, monkeypatch):
+    """Issue #13: a step's numbers depended on the thread count that earlier steps of the same
+    process had left; embedding runs on ``compute.torch_threads`` whatever the caller set."""
+    import benchmark.evaluation.embed as embed_module
+
+    cfg = resolve(
+        "smoke", [*TINY_PRETRAIN, f"paths.runs_dir={tmp_path / 'runs'}", "compute.torch_threads=2"]
+    )
+    weights = tmp_path / "final.pt"
+    torch.save(build_model(cfg.encoder, 0, torch.device("cpu")).state_dict(), weights)
+    model = PretrainedModel("random_init", 0, "floor", weights, None)
+    store = _store(tmp_path / "store", 2)
+    seen: list[int] = []
+    real = embed_module._encoder_for
+
+    class _Counting:
+        def __init__(self, net):
+            self.net, self.feature_dim = net, net.feature_dim
+
+        def features(self, x):
+            seen.append(torch.get_num_threads())
+            return self.net.features(x)
+
+    monkeypatch.setattr(embed_module, "_encoder_for", lambda *a: _Counting(real(*a)))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        _embed_store(cfg, model, store, 98, progress=False)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(previous)
+    assert seen and set(seen) == {2}

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import optuna
 import pytest
-from optuna.trial import TrialState as TS
+from optuna.trial import TrialState
 
 import benchmark.evaluation.tuning as tuning
 from benchmark.evaluation.metrics import primary_score_fn
@@ -79,15 +79,96 @@ def test_rerun_resumes_without_redoing_or_exceeding(storage):
     again = _tune(storage, "m/t", train, valid, 3)
     assert again.trials == first.trials, "a finished study runs no further trial"
 
-    # A run killed in the middle of a trial leaves it RUNNING in the storage.
-    optuna.create_study(study_name="m/t", storage=storage, load_if_exists=True).ask()
-    resumed = _tune(storage, "m/t", train, valid, 5)
-    states = [t["state"] for t in resumed.trials]
-    assert states == ["COMPLETE"] * 3 + ["FAIL"] + ["COMPLETE"] * 2
-    assert resumed.trials[:3] == first.trials
-    # A resumed TPE sampler must not replay the first trials' random start-up draws.
-    first_params = [t["params"] for t in first.trials]
-    assert all(t["params"] not in first_params for t in resumed.trials[4:])
+    # A larger budget adds trials after the first ones; no trial repeats another's draws.
+    more = _tune(storage, "m/t", train, valid, 5)
+    assert [t["state"] for t in more.trials] == ["COMPLETE"] * 5
+    assert more.trials[:3] == first.trials
+    params = [tuple(t["params"].values()) for t in more.trials]
+    assert len(set(params)) == 5
+
+
+def _without_durations(trials):
+    return [{k: v for k, v in t.items() if k != "duration_s"} for t in trials]
+
+
+def _dead_process() -> str:
+    """The :func:`benchmark.io.process_identity` of a process that has ended."""
+    import socket
+    import subprocess
+
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return f"{socket.gethostname()}:{proc.pid}:"
+
+
+# random start-up draws only / TPE's model too, on the newest history or a lagged one (#16)
+@pytest.mark.parametrize(("startup", "lag"), [(10, tuning.LAG), (2, 0), (2, 1)])
+def test_trial_n_is_the_same_with_or_without_an_interruption_before_it(
+    storage, monkeypatch, startup, lag
+):
+    """Issue #13: a resumed study reseeded TPE from the number of existing trials and drew
+    other trials than an uninterrupted one (lr 0.00831 instead of 0.000443), which won."""
+    monkeypatch.setattr(tuning, "TPE_STARTUP_TRIALS", startup, raising=False)
+    train, valid, _ = _splits(0)
+    options = dict(baseline_params=ProbeParams(lr=5e-4), lag=lag)
+    whole = _tune(storage, "whole", train, valid, 5, **options)
+    _tune(storage, "cut", train, valid, 2, **options)  # the process ends after two trials
+    resumed = _tune(storage, "cut", train, valid, 5, **options)
+    assert _without_durations(resumed.trials) == _without_durations(whole.trials)
+    assert resumed.best_params == whole.best_params
+
+
+@pytest.mark.parametrize("owner", ["dead process", "none yet"])
+def test_a_trial_killed_while_running_is_run_again_under_its_own_number(
+    storage, monkeypatch, owner
+):
+    """A kill during trial 2 leaves it RUNNING; the rerun runs trial 2 again (same number,
+    same parameters) instead of failing it and drawing other trials after it."""
+    monkeypatch.setattr(tuning, "TPE_STARTUP_TRIALS", 2, raising=False)
+    train, valid, _ = _splits(0)
+    lag = 0  # sequential TPE: trial 2's draw depends on trials 0 and 1
+    whole = _tune(storage, "whole", train, valid, 4, lag=lag)
+    _tune(storage, "cut", train, valid, 2, lag=lag)
+    # What the killed process left: trial 2 created (by the study's own sampler), maybe
+    # with its owner recorded, and never finished.
+    study = optuna.load_study(study_name="cut", storage=storage)
+    trial = study.ask()
+    if owner == "dead process":
+        study.sampler = tuning.LaggedTPESampler(
+            0, tuning.search_space(SPEC), lag=lag, n_startup_trials=2
+        )
+        trial = optuna.trial.Trial(study, trial._trial_id)
+        trial.set_user_attr(tuning.OWNER_ATTR, _dead_process())
+        tuning.suggest_params(trial, SPEC)
+    resumed = _tune(storage, "cut", train, valid, 4, lag=lag)
+    assert [t["state"] for t in resumed.trials] == ["COMPLETE"] * 4
+    assert _without_durations(resumed.trials) == _without_durations(whole.trials)
+
+
+def test_sampled_parameters_are_a_pure_function_of_seed_number_and_history():
+    """What parallel workers (issue #16) rely on: trial n's parameters are
+    trial_params(seed, n, COMPLETE trials numbered below n - lag), nothing else."""
+    space = tuning.search_space(SPEC)
+    for lag in (0, 2):
+        study = optuna.create_study(
+            direction="maximize",
+            sampler=tuning.LaggedTPESampler(3, space, lag=lag, n_startup_trials=2),
+        )
+        for n in range(6):
+            trial = study.ask()
+            params = tuning.suggest_params(trial, SPEC)
+            # a diverging trial now and then: FAIL trials are not part of the history
+            study.tell(trial, state=TrialState.FAIL) if n == 3 else study.tell(trial, -params.lr)
+        trials = study.get_trials()
+        for t in trials:
+            history = [
+                h for h in trials if h.number < t.number - lag and h.state.name == "COMPLETE"
+            ]
+            assert t.params == tuning.trial_params(3, t.number, history, space, 2), (lag, t.number)
+        if lag == 0:
+            first = [t.params for t in trials]
+    assert first[:2] == [t.params for t in trials[:2]]  # random start-up: seed and number only
+    assert first[2:] != [t.params for t in trials[2:]]  # the lag changes what TPE has seen
 
 
 def test_equal_budget_for_every_method(storage):
@@ -182,6 +263,27 @@ def test_invalid_budget_raises(storage):
         _tune(storage, "m/t", train, valid, 0)
 
 
+def test_ctrl_c_during_a_trial_leaves_it_to_be_run_again_under_its_number(storage, monkeypatch):
+    """Optuna's own loop marks a trial FAIL on Ctrl-C, and the rerun would then draw the next
+    trial under another number: interrupted by Ctrl-C must equal uninterrupted too."""
+    train, valid, _ = _splits(0)
+    whole = _tune(storage, "whole", train, valid, 3)
+    calls = []
+    train_probe = tuning.train_probe
+
+    def interrupted_in_the_second_trial(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return train_probe(*args, **kwargs)
+
+    monkeypatch.setattr(tuning, "train_probe", interrupted_in_the_second_trial)
+    with pytest.raises(KeyboardInterrupt):
+        _tune(storage, "cut", train, valid, 3)
+    resumed = _tune(storage, "cut", train, valid, 3)
+    assert _without_durations(resumed.trials) == _without_durations(whole.trials)
+
+
 def _slowly(score_fn, seconds, targets, scores):
     """``score_fn`` that takes ``seconds`` longer: trials long enough for two workers."""
     time.sleep(seconds)
@@ -206,7 +308,7 @@ def test_two_workers_give_the_trials_of_one_worker(storage):
     pids = {
         t.user_attrs["pid"]
         for t in optuna.load_study(study_name="two", storage=storage).trials
-        if t.state == optuna.trial.TrialState.COMPLETE
+        if t.state == TrialState.COMPLETE
     }
     assert len(pids) == 2 and os.getpid() in pids, "both workers ran trials"
 
@@ -221,11 +323,15 @@ def test_the_counted_trials_wait_for_a_lower_running_trial():
         t.number = number
         return t
 
-    running = [trial(0, TS.COMPLETE, 1.0), trial(1, TS.COMPLETE, 2.0), trial(2, TS.RUNNING)]
-    assert tuning.counted_trials([*running, trial(3, TS.COMPLETE, 3.0)], 3) is None
-    failed = [*running[:2], trial(2, TS.FAIL), trial(3, TS.COMPLETE, 3.0)]
+    running = [
+        trial(0, TrialState.COMPLETE, 1.0),
+        trial(1, TrialState.COMPLETE, 2.0),
+        trial(2, TrialState.RUNNING),
+    ]
+    assert tuning.counted_trials([*running, trial(3, TrialState.COMPLETE, 3.0)], 3) is None
+    failed = [*running[:2], trial(2, TrialState.FAIL), trial(3, TrialState.COMPLETE, 3.0)]
     assert [t.number for t in tuning.counted_trials(failed, 3)] == [0, 1, 3]
-    done = [*running[:2], trial(2, TS.COMPLETE, 0.5), trial(3, TS.RUNNING)]
+    done = [*running[:2], trial(2, TrialState.COMPLETE, 0.5), trial(3, TrialState.RUNNING)]
     assert [t.number for t in tuning.counted_trials(done, 3)] == [0, 1, 2]
 
 
@@ -235,3 +341,31 @@ def test_lag_and_workers_are_checked(storage):
         _tune(storage, "m/t", train, valid, 2, workers=0)
     with pytest.raises(ValueError, match="lag"):
         _tune(storage, "m/t", train, valid, 2, lag=-1)
+
+
+def test_a_study_killed_with_its_workers_resumes_as_an_uninterrupted_one(storage):
+    """#13 and #16 together: a kill of the tuning step takes its workers with it and leaves
+    their trials RUNNING (one with its parameters drawn, one still waiting to draw them); the
+    rerun with two workers runs both again under their own numbers, and the study ends as an
+    uninterrupted one, with the same counted trials and the same best."""
+    train, valid, _ = _splits(0)
+    options = dict(baseline_params=ProbeParams(lr=3e-4), lag=1)
+    whole = _tune(storage, "whole", train, valid, 6, **options)
+    _tune(storage, "cut", train, valid, 2, **options)
+    study = optuna.load_study(study_name="cut", storage=storage)
+    study.sampler = tuning.LaggedTPESampler(0, tuning.search_space(SPEC), lag=1)
+    drawn, waiting = study.ask(), study.ask()  # trials 2 and 3 of two killed workers
+    for trial in (drawn, waiting):
+        trial.set_user_attr(tuning.OWNER_ATTR, _dead_process())
+    tuning.suggest_params(drawn, SPEC)
+    resumed = _tune(storage, "cut", train, valid, 6, workers=2, **options)
+
+    def essentials(result):
+        return [(t["number"], t["params"], t["state"], t["value"]) for t in result.trials]
+
+    assert essentials(resumed) == essentials(whole)
+    assert (resumed.best_params, resumed.best_value) == (whole.best_params, whole.best_value)
+    states = {
+        t.number: t.state for t in optuna.load_study(study_name="cut", storage=storage).trials
+    }
+    assert states[2] == states[3] == TrialState.COMPLETE

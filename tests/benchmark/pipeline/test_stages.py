@@ -186,6 +186,18 @@ def test_report_reads_the_plans_runs_or_the_newest_of_each_result():
     assert planned == {"old", "pre", "sep"}  # other configurations' runs never mix in
 
 
+def test_a_superseded_record_is_not_read_twice():
+    """A train-separator run redone because its model had gone (issue #13's rerun rule) left
+    two FINISHED records of one separator; the report read both quality tables."""
+    runs = [
+        _run("old", 1, "train-separator", **{"bench.superseded_by": "new"}),
+        _run("new", 2, "train-separator", **{"bench.supersedes": "old"}),
+        _run("sep", 1, "separate"),
+    ]
+    assert {r.info.run_id for r in select_results(runs)} == {"new", "sep"}
+    assert {r.info.run_id for r in select_results(runs, {"x"})} == {"new", "sep"}
+
+
 def test_embeddings_follow_the_checkpoint_content(env, monkeypatch, tmp_path):
     """Same weights at another path reuse the cache; changed weights under the same
     pre-training key (a retrained, non-deterministic run) get new embeddings."""
@@ -218,3 +230,45 @@ def test_embeddings_follow_the_checkpoint_content(env, monkeypatch, tmp_path):
     )
     assert changed["key"] != before["key"]
     assert not np.array_equal(changed["test"][0].embeddings, before["test"][0].embeddings)
+
+
+def test_separator_specs_map_to_their_settings():
+    from dataclasses import replace
+
+    from benchmark.config import resolve
+    from benchmark.errors import StageError
+    from benchmark.pipeline.stages import separation_for
+
+    cfg = resolve("default")
+    assert separation_for(cfg, "config") == cfg.separation
+    assert separation_for(cfg, "oracle") == replace(cfg.separation, separator="oracle")
+    assert separation_for(cfg, "random_mask").separator == "random_mask"
+    short = separation_for(cfg, "trained:0.25")
+    assert (short.separator, short.umx_model, short.train_steps) == ("umx", "trained", 150)
+    assert short.train_hidden_size == cfg.separation.train_hidden_size
+    for bad in ("trained:0", "trained:x", "umx2"):
+        with pytest.raises(StageError):
+            separation_for(cfg, bad)
+
+
+def test_a_tree_with_most_files_missing_fails_the_feature_build(synth_smoke, tmp_path):
+    """Issue #13: missing audio files did not count toward data.max_bad_fraction (the
+    loaders skip them), so a tree with nearly every listed file missing built with exit
+    status 0 and "(0 skipped)"."""
+    import shutil
+
+    from benchmark.errors import EXPECTED_FAILURES, StoreBuildError
+
+    root = tmp_path / "synth"
+    root.mkdir()
+    for name in ("mtat", "nsynth", "manifest.json"):
+        (root / name).symlink_to(synth_smoke[0] / name)
+    shutil.copytree(synth_smoke[0] / "fma", root / "fma")
+    tracks = sorted((root / "fma").rglob("*.mp3"))
+    for path in tracks[2:]:
+        path.unlink()
+    ctx = stage_env(root, tmp_path / "runs", PROBES)
+    with pytest.raises(StoreBuildError) as info:
+        stages.mixture_store(ctx, "fma")
+    assert isinstance(info.value, EXPECTED_FAILURES)  # one line, exit status 1
+    assert f"{len(tracks) - 2} of {len(tracks)} clips are bad" in str(info.value)

@@ -2,12 +2,14 @@
 
 import dataclasses
 import os
+import random
 import signal
 import subprocess
 import sys
 import textwrap
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -236,3 +238,166 @@ def test_batches_made_inline_leave_the_training_threads(corpus):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_snapshot_steps_from_fractions():
+    from benchmark.pretrain.loop import snapshot_steps
+
+    p = _cfg(100, "pretrain.snapshot_fractions=0.1,0.25,0.5,1.0").pretrain
+    assert snapshot_steps(p) == [10, 25, 50]  # the last update is final.pt's
+    assert snapshot_steps(_cfg(6, "pretrain.snapshot_fractions=0.1,0.12").pretrain) == [1]
+    with pytest.raises(ValueError, match="snapshot_fractions"):
+        snapshot_steps(_cfg(6, "pretrain.snapshot_fractions=0").pretrain)
+
+
+def test_snapshots_are_kept_outside_the_key_and_replayed_when_missing(tmp_path, corpus):
+    """A run keeps its weights at the snapshot steps; the evaluated snapshot is those weights
+    with precise-BN statistics; a run that kept none (e.g. one that finished before) replays
+    to the step and gets the very same encoder."""
+    from benchmark.pretrain.loop import SNAPSHOT, evaluated_snapshot, precise_bn
+
+    m = METHODS["msa_multi"]
+    cfg = _cfg(4, *RESUMABLE, "pretrain.snapshot_fractions=0.5")
+    other = _cfg(4, *RESUMABLE, "pretrain.snapshot_fractions=0.25")
+    key = pretrain_key(cfg, m, 0, "fixture")
+    assert pretrain_key(other, m, 0, "fixture") == key  # snapshots do not change the run
+    pretrain(cfg, m, corpus, None, tmp_path / "kept", key, seed=0, progress=False)
+    pretrain(other, m, corpus, None, tmp_path / "none", key, seed=0, progress=False)
+    assert (tmp_path / "kept" / SNAPSHOT.format(step=2)).is_file()
+    assert not (tmp_path / "none" / SNAPSHOT.format(step=2)).is_file()
+    kept = evaluated_snapshot(cfg, m, corpus, tmp_path / "kept", key, 0, 2, torch.device("cpu"))
+    replayed = evaluated_snapshot(cfg, m, corpus, tmp_path / "none", key, 0, 2, torch.device("cpu"))
+    a, b = _weights(kept), _weights(replayed)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0)
+    assert not (tmp_path / "none" / "replay").exists()
+    # the evaluated snapshot is the raw one with re-estimated batch-norm statistics
+    from benchmark.pretrain.encoder import ContrastiveModel
+
+    model = ContrastiveModel(cfg.encoder)
+    model.load_state_dict(_weights(tmp_path / "kept" / SNAPSHOT.format(step=2)))
+    from benchmark.io import torch_threads
+
+    with torch_threads(cfg.compute.torch_threads):  # the statistics depend on the threads
+        precise_bn(model, m, corpus, cfg.pretrain, 0, torch.device("cpu"))
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, a[name], rtol=0, atol=0)
+    final = _weights(tmp_path / "kept" / "final.pt")
+    assert any(not torch.equal(final[k], a[k]) for k in a if k.endswith("weight"))
+
+
+def _generator_states():
+    return torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
+
+
+def _same_generator_states(a, b) -> bool:
+    return torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+
+
+def test_build_model_leaves_the_callers_generators_and_keeps_its_weights():
+    """Issue #13: model initialisation seeded the global generators (Python, NumPy, torch)
+    behind the caller's back. The weights stay those of ``torch.manual_seed(seed)``."""
+    from benchmark.pretrain.encoder import ContrastiveModel
+    from benchmark.pretrain.loop import build_model
+
+    cfg = _cfg(2)
+    torch.manual_seed(7)
+    before = _generator_states()
+    model = build_model(cfg.encoder, 3, torch.device("cpu"))
+    assert _same_generator_states(before, _generator_states())
+    torch.manual_seed(3)
+    reference = ContrastiveModel(cfg.encoder).state_dict()
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, reference[name]), name
+
+
+def test_inline_batches_leave_the_callers_torch_threads(corpus):
+    """Issue #13: with ``num_workers=0`` the batch iterator set one thread in the caller's
+    process."""
+    from benchmark.pretrain.loop import batches
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        for _ in batches(METHODS["cola"], corpus, 4, 0, 0, 2, num_workers=0):
+            pass
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_weights_do_not_depend_on_the_callers_threads_or_generators(tmp_path, corpus):
+    """Issue #13: pre-training on the caller's thread count gave other weights after a step
+    that had changed it; it now runs on ``compute.torch_threads`` and restores the caller's
+    threads and generators."""
+    cfg = _cfg(
+        2, *RESUMABLE, "pretrain.checkpoint_every=2", "pretrain.num_workers=2",
+        "compute.torch_threads=2",
+    )  # fmt: skip
+    previous = torch.get_num_threads()
+    finals = []
+    try:
+        for i, threads in enumerate([1, 3]):
+            torch.set_num_threads(threads)
+            torch.manual_seed(100 + i)
+            before = _generator_states()
+            finals.append(_weights(_cola(cfg, corpus, tmp_path / f"t{threads}").final_path))
+            assert torch.get_num_threads() == threads
+            assert _same_generator_states(before, _generator_states())
+    finally:
+        torch.set_num_threads(previous)
+    for name in finals[0]:
+        torch.testing.assert_close(finals[1][name], finals[0][name], rtol=0, atol=0)
+
+
+class _NotATensor:
+    """A picklable object that is not a tensor: ``weights_only=True`` refuses it."""
+
+
+def test_weights_with_code_are_refused_in_one_line(tmp_path, corpus):
+    """Issue #13: a checkpoint holding pickled code was refused with torch's raw
+    UnpicklingError, whose text suggests ``weights_only=False``, the unsafe choice."""
+    from benchmark.errors import EXPECTED_FAILURES
+    from benchmark.pretrain.loop import load_encoder
+
+    cfg = _cfg(2, "pretrain.checkpoint_every=1")
+    _cola(cfg, corpus, tmp_path, stop_after=1)
+    ckpt = tmp_path / "checkpoint.pt"
+    state = torch.load(ckpt, weights_only=True)
+    torch.save({**state, "extra": _NotATensor()}, ckpt)
+    torch.save({"extra": _NotATensor()}, tmp_path / "final.pt")
+    for load in (
+        lambda: _cola(cfg, corpus, tmp_path),
+        lambda: load_encoder(cfg.encoder, tmp_path / "final.pt"),
+    ):
+        with pytest.raises(Exception) as info:
+            load()
+        message = str(info.value)
+        # the CLI prints expected failures as one line (exit status 1), not a traceback
+        assert isinstance(info.value, EXPECTED_FAILURES), type(info.value)
+        assert "\n" not in message and "pickled code" in message
+        assert "weights_only=False" not in message and str(tmp_path) in message
+
+
+def test_random_init_statistics_run_on_compute_threads(tmp_path, corpus, monkeypatch):
+    """random_init's batch-norm statistics (precise BN over the corpus) are a forward pass
+    like any other: on ``compute.torch_threads``, the caller's count restored."""
+    import benchmark.pretrain.loop as loop
+
+    cfg = _cfg(2, "compute.torch_threads=2", "pretrain.precise_bn_batches=1")
+    seen: list[int] = []
+    real = loop.precise_bn
+
+    def counting(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "precise_bn", counting)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        final = loop.materialize_untrained(cfg, METHODS["random_init"], corpus, tmp_path, "k", 0)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(previous)
+    assert seen == [2] and final.is_file()

@@ -445,7 +445,7 @@ def test_train_separator_writes_a_loadable_model_dir(corpus, tmp_path):
     result = train_separator(root, ids[:4], ids[4:], out, TINY, device=CPU, progress=False)
     assert result == out
     names = {p.name for p in out.iterdir()}
-    assert names == {"separator.json", "quality.json"} | {
+    assert names == {"separator.json", "quality.json", "training_time.json"} | {
         f"{s}.{ext}" for s in SOURCES for ext in ("json", "pth")
     }
     assert [p.name for p in tmp_path.iterdir()] == ["sep"]  # no temporary leftovers
@@ -484,3 +484,54 @@ def test_trained_separator_beats_random_masks(tmp_path):
     quality = json.loads((out / "quality.json").read_text())
     for s in SOURCES:
         assert quality["umx"]["mean_si_sdr_db"][s] > quality["random_mask"]["mean_si_sdr_db"][s]
+
+
+def test_training_pins_threads_and_leaves_the_callers_state(corpus, tmp_path):
+    """Issue #13: the separator's weights depend on the thread count, which the caller's
+    earlier steps used to change; training now runs on ``num_threads`` and leaves the caller's
+    thread count and random generators as they were."""
+    root, ids = corpus
+    previous = torch.get_num_threads()
+    weights = []
+    try:
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            torch.manual_seed(threads)
+            rng_before = torch.get_rng_state()
+            out = train_separator(
+                root, ids[:4], [], tmp_path / f"t{threads}", TINY, device=CPU, progress=False,
+                num_threads=2,
+            )  # fmt: skip
+            assert torch.get_num_threads() == threads
+            assert torch.equal(torch.get_rng_state(), rng_before)
+            weights.append({s: torch.load(out / f"{s}.pth", weights_only=True) for s in SOURCES})
+    finally:
+        torch.set_num_threads(previous)
+    for s in SOURCES:
+        assert all(torch.equal(weights[0][s][k], weights[1][s][k]) for k in weights[0][s])
+
+
+def test_model_identity_is_weights_and_hyper_parameters_only(corpus, tmp_path):
+    from benchmark.separation import model_identity
+
+    root, ids = corpus
+    out = train_separator(
+        root, ids[:4], ids[4:], tmp_path / "sep", TINY, device=CPU, progress=False
+    )
+    identity = model_identity(out)
+    assert (out / "training_time.json").is_file()
+    assert all("train_time_s" not in json.loads(p.read_text()) for p in out.glob("*.json")
+               if p.name != "training_time.json")  # fmt: skip
+    (out / "quality.json").write_text("{}")  # scores are not identity
+    (out / "training_time.json").write_text('{"train_time_s": 1.0}')
+    meta = json.loads((out / "bass.json").read_text())
+    (out / "bass.json").write_text(json.dumps({**meta, "train_time_s": 99.0}))  # older models
+    assert model_identity(out) == identity
+    state = torch.load(out / "bass.pth", weights_only=True)
+    torch.save(
+        {k: v + 1 if v.is_floating_point() else v for k, v in state.items()}, out / "bass.pth"
+    )
+    assert model_identity(out) != identity
+    (out / "drums.pth").unlink()
+    with pytest.raises(SeparationError, match="drums"):
+        model_identity(out)

@@ -46,3 +46,21 @@ def test_the_separator_is_built_on_first_use_and_once(monkeypatch):
     assert built == []  # a build whose shards are all finished never loads the model
     first = lazy()
     assert lazy() is first and len(built) == 1
+
+
+def test_sources_key_follows_the_weights_not_the_model_folder(tmp_path):
+    """The same trained weights in another folder (another runs folder, a moved cache) give
+    the same sources, hence the same pre-training keys; other weights give other sources."""
+    from dataclasses import replace
+
+    cfg, sep = FrontEndConfig(), SeparationConfig()
+    here = replace(sep, umx_model="/runs/a/cache/separators/umx-1")
+    there = replace(sep, umx_model="/elsewhere/cache/separators/umx-2")
+    root = sources.sources_root(tmp_path, "mtat", cfg, here, "digest", "v1")
+    assert sources.sources_root(tmp_path, "mtat", cfg, there, "digest", "v1") == root
+    assert sources.sources_root(tmp_path, "mtat", cfg, here, "other", "v1") != root
+    # without an identity the model's name is what identifies it
+    umxhq, umxl = replace(sep, umx_model="umxhq"), replace(sep, umx_model="umxl")
+    assert sources.sources_root(tmp_path, "mtat", cfg, umxhq) != sources.sources_root(
+        tmp_path, "mtat", cfg, umxl
+    )

@@ -1,0 +1,223 @@
+"""Interrupted equals uninterrupted (issue #13), end to end on the smoke profile.
+
+The smoke profile runs once uninterrupted; then again in a fresh runs folder, killed with
+SIGKILL at seeded random moments of every stage (corpus generation, separator training,
+separation, pre-training, tuning, probing, the report) and restarted after each kill; and
+again, ending the process inside each kind of tracked step between "artefact written" and
+"run closed" (the test hook ``BENCH_TEST_EXIT_BEFORE_CLOSE``, not timing luck). Each
+interrupted run must end with the same ``leaderboard.csv`` byte for byte, the same weights
+in every pre-training run's ``final.pt``, the same MLflow runs (by content key) and none
+unfinished, duplicated or superseded without being marked.
+
+What is compared does not depend on whether the smoke encoders learn anything: the
+leaderboard holds whatever numbers the pipeline computes, to the last digit.
+
+Slow (``make test-slow``, not ``make test`` or ``.ci/run``): one smoke run uninterrupted,
+then about 1.5 and 1.4 times that for the two tests; 39 min in all on a 2-core machine
+shared with other jobs (load ~3.5).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmark.pipeline.tracking import EXIT_BEFORE_CLOSE_ENV, EXIT_BEFORE_CLOSE_STATUS
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[3]
+RUN_TIMEOUT_S = 3600  # one invocation of the whole smoke pipeline, on a loaded machine
+POLL_S = 0.05
+HOOKED_KINDS = ("train-separator", "separate", "pretrain", "tune", "probe")
+
+
+def _start(runs: Path, log: Path, **env) -> subprocess.Popen:
+    command = [sys.executable, "-m", "benchmark", "--log-level", "WARNING", "run", "--profile",
+               "smoke", f"paths.runs_dir={runs}"]  # fmt: skip
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            command,
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO), **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def _finish(proc: subprocess.Popen, log: Path, expected: int = 0) -> None:
+    rc = proc.wait(timeout=RUN_TIMEOUT_S)
+    assert rc == expected, f"exit status {rc}, expected {expected}; see {log}:\n" + "\n".join(
+        log.read_text(errors="replace").splitlines()[-30:]
+    )
+
+
+def _count(db: Path, sql: str) -> int:
+    """A count from a SQLite store being written by the pipeline (0 while unreadable)."""
+    if not db.is_file():
+        return 0
+    try:
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as con:
+            return int(con.execute(sql).fetchone()[0])
+    except sqlite3.Error:
+        return 0
+
+
+def _running_runs(runs: Path, kind: str, pid: int) -> int:
+    """MLflow runs of ``kind`` that process ``pid`` has open (the ``bench.owner`` tag)."""
+    return _count(
+        runs / "mlflow.db",
+        "SELECT count(*) FROM runs r JOIN tags k ON k.run_uuid = r.run_uuid "
+        "JOIN tags o ON o.run_uuid = r.run_uuid WHERE r.status = 'RUNNING' "
+        f"AND k.key = 'bench.kind' AND k.value = '{kind}' "
+        f"AND o.key = 'bench.owner' AND o.value LIKE '%:{pid}:%'",
+    )
+
+
+def _running_trials(runs: Path, pid: int) -> int:
+    """Optuna trials that process ``pid`` is running."""
+    return _count(
+        runs / "optuna.db",
+        "SELECT count(*) FROM trials t JOIN trial_user_attributes a ON a.trial_id = t.trial_id "
+        f"WHERE t.state = 'RUNNING' AND a.key = 'bench.owner' AND a.value_json LIKE '%:{pid}:%'",
+    )
+
+
+def _mid_training(runs: Path) -> bool:
+    """A pre-training run past a checkpoint and not finished."""
+    return any(
+        not (ckpt.parent / "final.pt").exists()
+        for ckpt in (runs / "smoke" / "pretrain").glob("*/checkpoint.pt")
+    )
+
+
+# (stage, marker(runs, pid) that process pid is in that stage, (min, max) of the seeded delay
+# between the marker and the kill), in pipeline order. The smoke plan runs each method's
+# pre-training, tuning and probes in turn. The markers of tracked work look at the runs and
+# trials the process to be killed has open, never at what earlier processes left; the others
+# at files that exist only while their stage is under way (the corpus's and the report's
+# temporary folders, a checkpoint without final weights) or once it has begun (a finished
+# shard of the sources), each first looked for after the stages before it were killed.
+KILLS = [
+    ("corpus generation",
+     lambda r, pid: any((r / "cache" / "synth").glob("*.partial")), (0.5, 4.0)),
+    ("separator training", lambda r, pid: _running_runs(r, "train-separator", pid) > 0, (0, 1)),
+    ("separation",
+     lambda r, pid: any((r / "cache" / "features").glob("*-src-*/shards/*.json")), (0, 1)),
+    ("pre-training", lambda r, pid: _running_runs(r, "pretrain", pid) > 0, (0, 0.5)),
+    ("tuning", lambda r, pid: _running_trials(r, pid) > 0, (0, 0.5)),
+    ("probing", lambda r, pid: _running_runs(r, "probe", pid) > 0, (0, 0.3)),
+    ("pre-training after a checkpoint", lambda r, pid: _mid_training(r), (0, 0.2)),
+    ("report", lambda r, pid: (r / "smoke" / "tmp" / "report-artifacts").exists(), (0, 2)),
+]  # fmt: skip
+
+
+def _in_flight(runs: Path, pid: int) -> list[str]:
+    """What process ``pid`` had under way when it was killed."""
+    kinds = [k for k in HOOKED_KINDS if _running_runs(runs, k, pid)]
+    return kinds + (["a tuning trial"] if _running_trials(runs, pid) else [])
+
+
+def _final_weights(runs: Path) -> dict[str, dict[str, torch.Tensor]]:
+    return {
+        path.parent.name: torch.load(path, weights_only=True)
+        for path in sorted((runs / "smoke" / "pretrain").glob("*/final.pt"))
+    }
+
+
+def _mlflow_runs(runs: Path) -> list[dict]:
+    """Every MLflow run: status and tags."""
+    with closing(sqlite3.connect(runs / "mlflow.db")) as con:
+        status = dict(con.execute("SELECT run_uuid, status FROM runs"))
+        tags: dict[str, dict] = {run: {} for run in status}
+        for run, key, value in con.execute("SELECT run_uuid, key, value FROM tags"):
+            tags[run][key] = value
+    return [{"id": run, "status": status[run], **tags[run]} for run in status]
+
+
+def _content_keys(runs: list[dict]) -> Counter:
+    # The trained separator's key names its folder, whose path differs between runs folders.
+    return Counter(
+        r["bench.key"]
+        for r in runs
+        if "bench.superseded_by" not in r and r["bench.kind"] != "train-separator"
+    )
+
+
+def _assert_same_results(reference: Path, runs: Path) -> None:
+    board = "smoke/report/leaderboard.csv"
+    assert (runs / board).read_bytes() == (reference / board).read_bytes()
+    want, got = _final_weights(reference), _final_weights(runs)
+    assert sorted(got) == sorted(want) and want
+    for name, state in want.items():
+        for tensor, value in state.items():
+            assert torch.equal(got[name][tensor], value), (name, tensor)
+    mlflow = _mlflow_runs(runs)
+    assert [r["id"] for r in mlflow if r["status"] != "FINISHED"] == []
+    keys = _content_keys(mlflow)
+    assert [k for k, n in keys.items() if n > 1] == [], "duplicated runs"
+    assert keys == _content_keys(_mlflow_runs(reference))
+    superseded = {r["bench.superseded_by"] for r in mlflow if "bench.superseded_by" in r}
+    assert superseded <= {r["id"] for r in mlflow}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    runs = tmp_path_factory.mktemp("uninterrupted") / "runs"
+    log = runs.parent / "run.log"
+    _finish(_start(runs, log), log)
+    return runs
+
+
+def test_killed_at_random_moments_gives_the_uninterrupted_results(uninterrupted, tmp_path):
+    runs, log = tmp_path / "runs", tmp_path / "run.log"
+    rng = random.Random(13)
+    killed: list[tuple[str, list[str]]] = []
+    proc = _start(runs, log)
+    for stage, marker, (low, high) in KILLS:
+        while proc.poll() is None and not marker(runs, proc.pid):
+            time.sleep(POLL_S)
+        time.sleep(rng.uniform(low, high))
+        if proc.poll() is not None:
+            _finish(proc, log)  # it finished before the kill: the next kill needs a process
+        else:
+            under_way = _in_flight(runs, proc.pid)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            killed.append((stage, under_way))
+        proc = _start(runs, log)
+    _finish(proc, log)
+    report = "\n".join(f"killed during {stage}: {', '.join(w) or '-'}" for stage, w in killed)
+    (tmp_path / "kills.txt").write_text(report + "\n")
+    print(report)
+    assert len(killed) >= 5, report
+    # Killed with work of each tracked kind under way (RUNNING in MLflow or Optuna).
+    under_way = {w for _, ws in killed for w in ws}
+    assert {"train-separator", "pretrain", "a tuning trial", "probe"} <= under_way, report
+    _assert_same_results(uninterrupted, runs)
+
+    # A rerun after all that adds nothing and writes the same leaderboard from its caches.
+    before = len(_mlflow_runs(runs))
+    _finish(_start(runs, log), log)
+    assert len(_mlflow_runs(runs)) == before
+    _assert_same_results(uninterrupted, runs)
+
+
+def test_killed_between_artefact_and_run_close_in_every_step(uninterrupted, tmp_path):
+    runs, log = tmp_path / "runs", tmp_path / "run.log"
+    for kind in HOOKED_KINDS:
+        proc = _start(runs, log, **{EXIT_BEFORE_CLOSE_ENV: kind})
+        _finish(proc, log, expected=EXIT_BEFORE_CLOSE_STATUS)  # the hook did end it there
+    _finish(_start(runs, log), log)
+    _assert_same_results(uninterrupted, runs)
