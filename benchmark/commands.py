@@ -158,7 +158,11 @@ def cmd_train_separator(args, cfg):
 
 
 def _separate_args(p):
-    p.add_argument("--separator", default=None, help="umx | oracle | random_mask (default: config)")
+    p.add_argument(
+        "--separator",
+        default=None,
+        help="umx | oracle | random_mask | trained:<fraction> (default: config)",
+    )
 
 
 def cmd_separate(args, cfg):
@@ -168,10 +172,11 @@ def cmd_separate(args, cfg):
     from benchmark.separation.sources import source_activity
 
     sep = args.separator or cfg.separation.separator
-    cfg = replace(
-        cfg, separation=replace(cfg.separation, separator="umx" if sep == "random_mask" else sep)
-    )
-    store = stages.source_store(_context(cfg), "random_mask" if sep == "random_mask" else "config")
+    if sep in ("random_mask", "oracle") or sep.startswith(stages.TRAINED_SEPARATOR + ":"):
+        store = stages.source_store(_context(cfg), sep)  # a method's separator spec
+    else:
+        cfg = replace(cfg, separation=replace(cfg.separation, separator=sep))
+        store = stages.source_store(_context(cfg), "config")
     print(
         json.dumps(
             {

@@ -35,6 +35,11 @@ class PathsConfig:
     runs_dir: str = "runs"  # root of every generated artefact (ours); git-ignored
     tracking_uri: str = ""  # MLflow tracking URI; "" -> sqlite:///<runs_dir>/mlflow.db (ours)
     optuna_storage: str = ""  # SQLAlchemy URL; "" -> sqlite:///<runs_dir>/optuna.db (ours)
+    # Where pre-training runs, tuned parameters and MLflow runs live: "" = the profile's own
+    # folder and experiment; another profile's name shares that profile's, so that work of the
+    # same config (content-keyed) is found there, not redone (ours; the studies profile uses
+    # the default profile's). The plan's status and the report stay in the profile's folder.
+    workspace: str = ""
 
 
 @dataclass(frozen=True)
@@ -122,6 +127,10 @@ class PretrainConfig:
     checkpoint_every: int = 500  # steps between checkpoints (ours)
     val_every: int = 500  # steps between validation contrastive loss/accuracy (ours)
     val_batches: int = 4  # batches of the validation split per validation (ours)
+    # Fractions of the steps at which the loop keeps the encoder's weights (snapshot-<step>.pt,
+    # beside checkpoint.pt) for the convergence study (ours; not part of the run's content key:
+    # saving costs a fraction of a second, and a finished run of any profile serves the study).
+    snapshot_fractions: tuple[float, ...] = (0.1, 0.25, 0.5)
     # "Precise BN" (ours; the code keeps Keras' running statistics, momentum 0.99): batch-norm
     # statistics of the evaluated encoder are re-estimated from this many batches of the
     # method's own training pairs (random_init: mixture crops), every method alike; 0 keeps
@@ -179,6 +188,9 @@ class BenchmarkConfig:
     # family (methods.FAMILIES: paper, ablations, controls); a method joins one family (ours).
     family_members: tuple[str, ...] = ()
     calibration_reps: int = 4000  # simulated A/A comparisons per task (ours; MC SE ~0.35%)
+    # Methods whose snapshots (pretrain.snapshot_fractions) are probed on every task for the
+    # report's convergence study (ours; the paper's claim is about MSA against MWS).
+    convergence_methods: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -217,6 +229,17 @@ class Config:
         return self.runs_dir / self.profile
 
     @property
+    def workspace_dir(self) -> Path:
+        """Pre-training runs and tuned parameters (``paths.workspace``, default the profile's
+        folder): content-keyed, so profiles of the same config may share one."""
+        return self.runs_dir / (self.paths.workspace or self.profile)
+
+    @property
+    def experiment(self) -> str:
+        """The MLflow experiment of this profile's tracked work (``paths.workspace``'s)."""
+        return f"mscol-{self.paths.workspace or self.profile}"
+
+    @property
     def cache_dir(self) -> Path:
         """Content-keyed caches shared by every profile (features, sources, embeddings)."""
         return self.runs_dir / "cache"
@@ -236,10 +259,14 @@ class Config:
         return stable_hash(self.to_dict())
 
     def results_hash(self) -> str:
-        """Hash of what shapes the results: everything but where outputs go (``paths``) and
-        which methods/tasks to run and how to report them (``benchmark``)."""
+        """Hash of what shapes the results: everything but the profile's name, where outputs
+        go (``paths``) and which methods/tasks to run and how to report them (``benchmark``):
+        profiles of the same settings (default, studies) share it."""
         d = self.to_dict()
-        return stable_hash({k: v for k, v in d.items() if k not in ("paths", "benchmark")})
+        excluded = ("profile", "paths", "benchmark")
+        # Which snapshots a run keeps (the convergence study) changes none of its results.
+        d["pretrain"].pop("snapshot_fractions")
+        return stable_hash({k: v for k, v in d.items() if k not in excluded})
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -400,29 +427,33 @@ def profile_name(profile: str) -> str:
     return Path(profile).stem if profile.endswith(".toml") else profile
 
 
-def load_profile(name: str) -> dict:
+def load_profile(name: str, _seen: tuple[str, ...] = ()) -> dict:
     """A shipped profile (``benchmark/profiles/<name>.toml``) or a profile file of your own
-    (a path ending in ``.toml``), which may start from a shipped one with ``base = "<name>"``.
+    (a path ending in ``.toml``); either may start from a shipped one with ``base = "<name>"``
+    (its keys override the base's, section by section).
 
-    Raises :class:`ConfigError` for an unknown profile, a missing file or invalid TOML."""
+    Raises :class:`ConfigError` for an unknown profile, a missing file, invalid TOML or a
+    cycle of bases."""
     if name.endswith(".toml"):
         path = Path(name).expanduser()
         if not path.is_file():
             raise ConfigError(f"profile file {path} not found")
-        data = _read_toml(path)
-        base = data.pop("base", None)
-        if base is not None:
-            if not isinstance(base, str) or base.endswith(".toml"):
-                raise ConfigError(f"{path}: base must name a shipped profile, got {base!r}")
-            data = _merge(load_profile(base), data)
-        return data
-    path = PROFILE_DIR / f"{name}.toml"
-    if not path.is_file():
-        raise ConfigError(
-            f"unknown profile '{name}' (available: {', '.join(available_profiles())}, or a "
-            "profile file of your own: --profile path/to/mine.toml)"
-        )
-    return _read_toml(path)
+    else:
+        path = PROFILE_DIR / f"{name}.toml"
+        if not path.is_file():
+            raise ConfigError(
+                f"unknown profile '{name}' (available: {', '.join(available_profiles())}, or a "
+                "profile file of your own: --profile path/to/mine.toml)"
+            )
+    data = _read_toml(path)
+    base = data.pop("base", None)
+    if base is not None:
+        if not isinstance(base, str) or base.endswith(".toml"):
+            raise ConfigError(f"{path}: base must name a shipped profile, got {base!r}")
+        if base in (*_seen, name):
+            raise ConfigError(f"{path}: base {base!r} makes a cycle of profiles")
+        data = _merge(load_profile(base, (*_seen, name)), data)
+    return data
 
 
 def resolve(profile: str = "default", overrides: list[str] | dict | None = None) -> Config:

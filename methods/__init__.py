@@ -30,9 +30,23 @@ METHODS = {
     "msa_multi_mixed_batches": MSA("msa_multi_mixed_batches", homogeneous=False),
     "msa_multi_plain_loss": MSA("msa_multi_plain_loss", loss="plain"),
     "msa_multi_no_shift": MSA("msa_multi_no_shift", time_shift=False),
+    # The separator-quality study: msa_multi with other sources, everything else fixed (the
+    # configured separator is msa_multi itself, random masks are cola_random_mask).
+    "msa_multi_oracle": MSA("msa_multi_oracle", separator="oracle"),
+    "msa_multi_umx_short": MSA("msa_multi_umx_short", separator="trained:0.25"),
 }
 
-ABLATIONS = tuple(name for name in METHODS if name.startswith("msa_multi_"))
+ABLATIONS = (
+    "msa_multi_no_silence",
+    "msa_multi_mixed_batches",
+    "msa_multi_plain_loss",
+    "msa_multi_no_shift",
+)
+# msa_multi under separators of increasing quality: random soft masks, Open-Unmix trained for
+# a quarter of separation.train_steps, for all of them (msa_multi), and the true stems.
+SEPARATOR_STUDY = ("cola_random_mask", "msa_multi_umx_short", "msa_multi", "msa_multi_oracle")
+# The methods whose snapshots the convergence study probes (the paper: MSA against MWS).
+CONVERGENCE = ("cola", "cola_mws", "msa_multi")
 
 
 @dataclass(frozen=True)
@@ -60,6 +74,8 @@ FAMILIES = {
     ),  # fmt: skip
     # The paper's ablations against the model they ablate.
     "ablations": Family("msa_multi", ABLATIONS),
+    # The separator-quality study's other separators against the configured one.
+    "separators": Family("msa_multi", ("msa_multi_oracle", "msa_multi_umx_short")),
     # Controls of the statistics: the untrained floor must come out below COLA (positive
     # control), COLA trained again under another name must never differ from it (negative).
     "controls": Family("cola", ("random_init", "cola_twin")),

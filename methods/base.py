@@ -18,7 +18,8 @@ class Method(Protocol):
         loss: ``"plain"`` (COLA's cross-entropy) or ``"centroid"`` (the paper's variant).
         sources: source names the method pairs with, or ``()`` for mixture-only methods.
         separator: ``"config"`` (the configured separator, e.g. Open-Unmix), ``"random_mask"``,
-            or ``""`` when no sources are needed.
+            ``"oracle"`` (true stems), ``"trained:<fraction>"`` (Open-Unmix trained here for
+            that fraction of ``separation.train_steps``), or ``""`` when no sources are needed.
     """
 
     name: str

@@ -36,6 +36,8 @@ Input contract
     control (the baseline trained again under another name: expected never flagged);
     ``expected_methods`` / ``expected_tasks``: what should be there, so that every absent
     (method, task) cell is listed as missing rather than silently omitted.
+``studies``: the inputs of the paper's study sections (convergence, separator quality,
+    ablations, source specialisation; :mod:`reports.study_sections`); None leaves them out.
 
 Statistics: see :mod:`reports.compare` and :mod:`reports.variance`.
 """
@@ -71,6 +73,7 @@ from reports.sections import (
     task_blocks,
     variance_blocks,
 )
+from reports.study_sections import study_blocks
 from reports.variance import calibrate, components
 
 __all__ = ["PRIMARY", "build_report", "calibration_table"]
@@ -178,6 +181,7 @@ def build_report(
     seed: int = 0,
     calibration_reps: int = 4000,
     *,
+    studies: Mapping | None = None,
     expected_pairs: Sequence[tuple[str, str]] | None = None,
     data_notes: Sequence[str] = (),
     published_columns: Sequence[tuple[str, str]] | None = None,
@@ -286,6 +290,14 @@ def build_report(
         summary, comparison, expected_methods or [], published_columns, published_note
     )
     blocks += cross_task_blocks(summary, aggregate, primary, baseline, alpha)
+    if studies is not None:
+        # The paper's analyses beyond its tables (reports.study_sections documents ``studies``).
+        study, study_drawn, study_skipped = study_blocks(
+            out_dir, studies, scores, predictions, sets, comparison, summary, primary, alpha
+        )
+        blocks += study
+        paths.update(study_drawn)
+        not_drawn.update(study_skipped)
     blocks += [("h", 2, "Notes on the test-set components"), ("ul", notes)]
     blocks.append(("h", 2, "Figures"))
     for name, path in drawn.items():

@@ -29,6 +29,7 @@ from reports.variance import RunSet, cluster_sums, combined_test, components
 __all__ = [
     "NOT_TESTABLE",
     "SCORE_COLUMNS",
+    "aligned_items",
     "check_scores",
     "compare",
     "missing_results",
@@ -94,6 +95,12 @@ def _aligned(predictions: Mapping, task: str) -> tuple[list[str], np.ndarray, np
         groups = np.asarray(order)
         notes.append(f"{task}: no group ids were recorded; every test clip is its own cluster")
     return order, targets, groups, notes
+
+
+def aligned_items(predictions: Mapping, task: str):
+    """The test clips common to every prediction set of ``task``: ``(clip ids, targets,
+    cluster labels, notes)`` (see :func:`run_sets`)."""
+    return _aligned(predictions, task)
 
 
 def run_sets(

@@ -143,6 +143,8 @@ def how_to_read(alpha: float, families: Mapping[str, tuple[str, Sequence[str]]])
     """What the numbers are, what a marker means, and what a reader may conclude."""
     family_lines = [
         f"{name}: {', '.join(members)} versus {baseline}"
+        if members
+        else f"{name} (versus {baseline}): no member in this run"
         for name, (baseline, members) in families.items()
     ]
     return [

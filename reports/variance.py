@@ -49,6 +49,8 @@ __all__ = [
     "cluster_sums",
     "combined_test",
     "components",
+    "contrast_test",
+    "run_interval",
 ]
 
 
@@ -166,6 +168,91 @@ def combined_test(
         clusters=k,
         confidence=confidence,
     )
+
+
+def contrast_test(
+    scores: list[np.ndarray],
+    psi: list[np.ndarray],
+    weights,
+    confidence: float = 0.95,
+) -> dict[str, float]:
+    """A linear contrast ``L = sum_j c_j mean_r S_j,r`` of ``J`` methods' run means, with the
+    same two variance components as :func:`combined_test` (which is the contrast ``(1, -1)``):
+
+        V_training = s2_pooled sum_j c_j^2 / R_j,  s2_pooled over all J methods (N - J df)
+        v_test     = max(0, K/(K-1) sum_k (sum_j c_j mean_r psi_j,rk)^2 - sum_j c_j^2 u_j / R_j)
+        df         = V^2 / [ V_training^2 / (N - J) + v_test^2 / (K - 1) ]
+
+    E.g. the slope of the methods' means on a covariate ``x_j`` (the separator study: score
+    per dB of SI-SDR) is the contrast ``c_j = (x_j - mean x) / sum_j (x_j - mean x)^2``.
+
+    Args:
+        scores: per method, ``(R_j,)`` run scores.
+        psi: per method, ``(R_j, K)`` run cluster influences (zeros: no test-set part).
+        weights: ``(J,)`` contrast coefficients ``c_j``.
+
+    Returns ``estimate``, ``var``, ``var_training``, ``var_test``, ``df``, ``t``, ``p``
+    (two-sided), ``ci_low``, ``ci_high`` (floats).
+
+    Raises:
+        ValueError: fewer than 2 runs of a method, lengths that differ, or cluster counts that
+            differ.
+    """
+    c = np.asarray(weights, dtype=float)
+    if not (len(scores) == len(psi) == len(c)) or len(c) < 1:
+        raise ValueError("scores, psi and weights need one entry per method")
+    scores = [np.asarray(x, dtype=float) for x in scores]
+    psi = [np.asarray(x, dtype=float) for x in psi]
+    runs = np.array([len(x) for x in scores])
+    if np.any(runs < 2):
+        raise ValueError(f"the contrast test needs >= 2 runs per method, got {runs.tolist()}")
+    k = psi[0].shape[-1]
+    if any(x.shape != (r, k) for x, r in zip(psi, runs, strict=True)):
+        raise ValueError("psi must be (R_j, K) with the same K for every method")
+    df_training = int(runs.sum() - len(runs))
+    s2 = sum(float(np.sum((x - x.mean()) ** 2)) for x in scores) / df_training
+    var_training = s2 * float(np.sum(c**2 / runs))
+    factor = _k_factor(k) if k >= 2 else 0.0
+    combined = sum(cj * x.mean(axis=0) for cj, x in zip(c, psi, strict=True))
+    items = factor * float(np.sum(combined**2))
+    u = [factor * float(np.sum(x.var(axis=0, ddof=1))) for x in psi]
+    var_test = max(items - float(np.sum(c**2 * np.array(u) / runs)), 0.0)
+    var = var_training + var_test
+    estimate = float(sum(cj * x.mean() for cj, x in zip(c, scores, strict=True)))
+    if not math.isfinite(var):
+        raise ValueError("the contrast's variance is not finite: non-finite run scores?")
+    denominator = var_training**2 / df_training + var_test**2 / max(k - 1, 1)
+    df = var**2 / denominator if denominator > 0 else math.inf
+    if var > 0:
+        t = estimate / math.sqrt(var)
+        p = float(2 * stats.t.sf(abs(t), df))
+        half = float(stats.t.ppf(0.5 + confidence / 2, df)) * math.sqrt(var)
+    else:
+        t = 0.0 if estimate == 0 else math.copysign(math.inf, estimate)
+        p, half = (1.0 if estimate == 0 else 0.0), 0.0
+    return {
+        "estimate": estimate,
+        "var": var,
+        "var_training": var_training,
+        "var_test": var_test,
+        "df": float(df),
+        "t": float(t),
+        "p": p,
+        "ci_low": estimate - half,
+        "ci_high": estimate + half,
+    }
+
+
+def run_interval(run_scores, confidence: float = 0.95) -> tuple[float, float, float]:
+    """Mean of a method's run scores with a t interval over runs (training randomness as
+    observed on this test set): ``(mean, low, high)``; the interval is nan with one run."""
+    x = np.asarray(run_scores, dtype=float)
+    mean = float(x.mean())
+    if len(x) < 2:
+        return mean, math.nan, math.nan
+    half = float(stats.t.ppf(0.5 + confidence / 2, len(x) - 1)) * float(x.std(ddof=1))
+    half /= math.sqrt(len(x))
+    return mean, mean - half, mean + half
 
 
 def _test(diff, squares, runs, items, u, clusters, confidence=0.95) -> dict[str, np.ndarray]:

@@ -396,6 +396,23 @@ def _ranked_influence(targets: np.ndarray, scores: np.ndarray) -> dict[str, np.n
     }
 
 
+def column_influence(targets, scores) -> dict[str, np.ndarray]:
+    """Per-tag ROC-AUC and AP of multi-label predictions with each item's influence on them:
+    ``{"roc_auc": (C,), "pr_auc": (C,), "roc_auc_psi": (n, C), "pr_auc_psi": (n, C)}``; a tag
+    without both a positive and a negative clip gets nan and zero influences. Averages of
+    these columns (e.g. over the tags of one source) have the averaged influences, which is
+    what the source-specialisation test of the report resamples.
+
+    Args:
+        targets: ``(n, C)`` multi-hot 0/1.
+        scores: ``(n, C)`` predictions.
+    """
+    targets = np.asarray(targets, dtype=np.float64)
+    if targets.ndim != 2:
+        raise ValueError(f"targets must be (n, C) multi-hot, got shape {targets.shape}")
+    return _ranked_influence(targets, _as_scores(scores, *targets.shape))
+
+
 def influence(targets, scores) -> dict[str, tuple[float, np.ndarray]]:
     """Every metric of one prediction set with its item influences: ``{metric: (value,
     psi (n,))}``, the macro scores over the :func:`scorable_tags` (multi-label) or accuracy and

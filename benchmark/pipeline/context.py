@@ -44,7 +44,8 @@ class Context:
 
 
 def open_context(cfg: Config, progress: bool = True, *, read_only: bool = False) -> Context:
-    """The context of a command: the profile's MLflow experiment ``mscol-<profile>``.
+    """The context of a command: the profile's MLflow experiment ``mscol-<profile>`` (or its
+    workspace's, ``paths.workspace``).
 
     ``read_only`` (``--dry-run``) writes nothing: without an existing SQLite store the context
     has no tracker (nothing is recorded yet), and a missing experiment is not created."""
@@ -53,7 +54,7 @@ def open_context(cfg: Config, progress: bool = True, *, read_only: bool = False)
             return Context(cfg, None, progress)
     tracker = Tracker(
         cfg.tracking_uri,
-        f"mscol-{cfg.profile}",
+        cfg.experiment,
         artifact_root=cfg.runs_dir / "mlartifacts",
         create=not read_only,
     )

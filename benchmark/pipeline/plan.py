@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from benchmark.config import Config
-from benchmark.pipeline import probing, stages
+from benchmark.pipeline import probing, stages, studies
 from benchmark.pipeline.context import Context
 from benchmark.pipeline.tracking import Tracker
 from benchmark.pretrain.loop import PretrainedModel
@@ -67,6 +67,14 @@ def build_plan(ctx: Context, methods=None, tasks=None, only=None) -> list[Step]:
     for t in task_names:
         stages.get_task(ctx, t)
     steps: list[Step] = []
+    # The convergence study (benchmark.convergence_methods): snapshots of these methods' runs.
+    # (A method without pre-training has no snapshots: the same encoder at every step.)
+    converging = [
+        m
+        for m in cfg.benchmark.convergence_methods
+        if m in method_names and get_method(m).pretrained
+    ]
+    snapshot_steps = snapshot_steps_of(cfg) if converging else []
     # Probes use ``probe.params``: the paper's learning rates ("default") or the best Optuna
     # trial ("tuned", equal budget per method), which needs the tune steps.
     tune = cfg.benchmark.tune or cfg.probe.params == "tuned"
@@ -110,6 +118,19 @@ def build_plan(ctx: Context, methods=None, tasks=None, only=None) -> list[Step]:
                 return stages.Outcome("done" if model.cached else "ran", model.run_id)
 
             steps.append(Step(step_name("pretrain", m, seed), "pretrain", _pre, deps, method=m))
+            if method.sources:
+                # The separator's measured quality, logged into the run (separator study).
+                steps.append(
+                    Step(
+                        f"quality:{m}:s{seed}",
+                        "separate",
+                        lambda m=m, seed=seed: studies.record_separator_quality(
+                            ctx, models[(m, seed)]
+                        ),
+                        [step_name("pretrain", m, seed)],
+                        method=m,
+                    )
+                )
         first = min(pretrain_seeds(cfg, method))  # the run it is tuned on (probing.tuning_model)
         for t in task_names:
             task = stages.get_task(ctx, t)
@@ -144,6 +165,8 @@ def build_plan(ctx: Context, methods=None, tasks=None, only=None) -> list[Step]:
                             task=t,
                         )
                     )
+    for m in converging:
+        steps += _snapshot_steps(ctx, m, task_names, snapshot_steps, models, tune)
     if only:
         wanted = set(only)
         steps = [s for s in steps if s.stage in wanted or s.stage in ("data",)]
@@ -151,6 +174,56 @@ def build_plan(ctx: Context, methods=None, tasks=None, only=None) -> list[Step]:
         for s in steps:
             s.deps = [d for d in s.deps if d in names]
     return steps
+
+
+def snapshot_steps_of(cfg: Config) -> list[int]:
+    from benchmark.pretrain.loop import snapshot_steps
+
+    return snapshot_steps(cfg.pretrain)
+
+
+def _snapshot_steps(ctx, m, task_names, at, models, tune) -> list[Step]:
+    """The convergence study's steps for method ``m``: each run's encoder at each snapshot
+    step, probed on every task with the method's tuned parameters (tuned once, on its final
+    encoder: the study varies the encoder only)."""
+    from methods import get_method
+
+    cfg = ctx.cfg
+    first = min(pretrain_seeds(cfg, get_method(m)))
+    snapshots: dict[tuple[int, int], PretrainedModel] = {}
+    out: list[Step] = []
+    for seed in pretrain_seeds(cfg, get_method(m)):
+        for step in at:
+            name = f"snapshot:{m}:s{seed}:@{step}"
+
+            def _snap(seed=seed, step=step):
+                snapshots[(seed, step)] = studies.snapshot_model(ctx, models[(m, seed)], step)
+                return "done"
+
+            out.append(Step(name, "pretrain", _snap, [step_name("pretrain", m, seed)], method=m))
+            for t in task_names:
+                task = stages.get_task(ctx, t)
+                deps = [name, f"features:{task.corpus}", step_name("pretrain", m, first)]
+                deps += [step_name("tune", m, first, t)] if tune else []
+                for ps in cfg.probe.seeds:
+                    out.append(
+                        Step(
+                            f"probe@{step}:{m}:s{seed}:{t}:p{ps}",
+                            "probe",
+                            lambda seed=seed, step=step, task=task, ps=ps: probing.run_probe(
+                                ctx,
+                                snapshots[(seed, step)],
+                                task,
+                                ps,
+                                tuned_from=models[(m, first)],
+                                snapshot_step=step,
+                            ),
+                            deps,
+                            method=m,
+                            task=t,
+                        )
+                    )
+    return out
 
 
 def _tune_outcome(out: dict) -> stages.Outcome:
@@ -284,11 +357,18 @@ def plan_status(
                     t.get("probe_seed"),
                 )
             )
+        elif kind == "probe-snapshot":
+            seen.add(
+                f"probe@{t.get('pretrain_step')}:{t.get('method')}:s{t.get('pretrain_seed')}:"
+                f"{t.get('task')}:p{t.get('probe_seed')}"
+            )
     lines, left = [], 0
     for s in steps:
         if s.stage in ("pretrain", "tune", "probe"):
             if s.stage == "pretrain" and getattr(get_method(s.method), "external", False):
                 state = "nothing to do (an external encoder is not pre-trained)"
+            elif s.name.startswith("snapshot:"):
+                state = "a kept snapshot with batch-norm statistics, checked when run"
             else:
                 state = "done" if s.name in seen else "to do"
                 left += state == "to do"

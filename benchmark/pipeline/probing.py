@@ -81,7 +81,7 @@ def _training(cfg: Config) -> dict:
 
 def tuned_path(cfg, method_name, task_name, emb_key) -> Path:
     key = tune_key(cfg, task_name, emb_key)
-    return cfg.profile_dir / "tuned" / f"{method_name}-{task_name}-{key}.json"
+    return cfg.workspace_dir / "tuned" / f"{method_name}-{task_name}-{key}.json"
 
 
 def _embedded(ctx: Context, model: PretrainedModel, task):
@@ -207,13 +207,16 @@ def run_probe(
     force: bool = False,
     params_mode: str | None = None,
     tuned_from: PretrainedModel | None = None,
+    snapshot_step: int | None = None,
 ) -> Outcome:
     """Train and test one probe seed; status 'done' (already there) or 'ran', and its run.
 
     ``force`` reruns a finished probe (the new run supersedes it, the old one is tagged
     ``bench.superseded_by``); ``params_mode`` overrides ``probe.params``; ``tuned_from`` is
     the model whose tuning gives the parameters (:func:`tuning_model`: the method's first
-    pre-training run; default ``model``). The probe's artefacts are its MLflow metrics and
+    pre-training run; default ``model``); ``snapshot_step``: ``model`` is the run's encoder at
+    that pre-training step (the convergence study), recorded as a run of kind
+    ``probe-snapshot`` that the leaderboard's tables never read. The probe's artefacts are its MLflow metrics and
     predictions, logged before the run closes; an unfinished run (a killed process) is
     resumed and the probe trained again. Raises :class:`StageError` when tuned parameters
     are asked for and missing."""
@@ -256,10 +259,14 @@ def run_probe(
         "results_hash": cfg.results_hash(),
         "git_commit": git_commit(),
     }
+    kind, name = "probe", f"probe-{model.method}-{task.name}-s{model.seed}-p{probe_seed}"
+    if snapshot_step is not None:
+        kind, name = "probe-snapshot", f"{name}-step{snapshot_step}"
+        tags["pretrain_step"] = snapshot_step
     with tracker.run(
         key,
-        "probe",
-        f"probe-{model.method}-{task.name}-s{model.seed}-p{probe_seed}",
+        kind,
+        name,
         tags=tags,
         params={"probe": to_dict(p), "params": params.__dict__, "spec": spec.__dict__},
         supersede=force,  # the forced run replaces the finished one

@@ -70,6 +70,38 @@ def comparison_families(cfg: Config) -> dict[str, tuple[str, tuple[str, ...]]]:
     }
 
 
+def study_inputs(cfg: Config, data: dict) -> dict:
+    """What the report's study sections read (:mod:`reports.study_sections`): the collected
+    snapshot probes and separator records, and the declarations they are read against."""
+    from benchmark.data.tag_sources import MTAT_TAG_SOURCES, synthetic_tag_sources
+    from benchmark.pretrain.loop import num_updates
+    from methods import ABLATIONS, METHODS, SEPARATOR_STUDY
+
+    synthetic = cfg.data.source == "synthetic"
+    source_models = {
+        name: m.sources[0]
+        for name, m in METHODS.items()
+        if len(m.sources) == 1 and m.separator == "config" and name in cfg.benchmark.methods
+    }
+    return {
+        "snapshot_scores": data.get("snapshot_scores"),
+        "snapshot_predictions": data.get("snapshot_predictions"),
+        "final_step": num_updates(cfg.pretrain),
+        "convergence_methods": list(cfg.benchmark.convergence_methods),
+        "convergence_pair": ("msa_multi", "cola_mws"),
+        "separator_runs": data.get("separator_runs"),
+        "separator_arms": list(SEPARATOR_STUDY),
+        "ablations": list(ABLATIONS),
+        "tag_sources": synthetic_tag_sources() if synthetic else MTAT_TAG_SOURCES,
+        "tag_mapping": (
+            "derived from the synthetic corpus's generator (benchmark/data/tag_sources.py)"
+            if synthetic
+            else "the README's MTAT mapping (benchmark/data/tag_sources.py)"
+        ),
+        "source_models": source_models,
+    }
+
+
 def plan_run_ids(plan_status: dict) -> set[str] | None:
     """The MLflow runs of the last plan's tracked steps, or None when no plan recorded them
     (a store filled elsewhere: the report then reads the newest run of each result)."""
@@ -211,6 +243,7 @@ def make_report(
         expected_tasks=list(cfg.benchmark.tasks),
         alpha=cfg.benchmark.alpha,
         calibration_reps=cfg.benchmark.calibration_reps,
+        studies=study_inputs(cfg, data),
         expected_pairs=planned_pairs(plan_status),
         data_notes=data_notes,
         published_columns=columns,

@@ -12,12 +12,13 @@ they open for as long as the command runs.
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from benchmark.config import Config, stable_hash, to_dict
+from benchmark.config import Config, SeparationConfig, stable_hash, to_dict
 from benchmark.data.datasets import Dataset
 from benchmark.data.features import AudioItem, build_mixtures
 from benchmark.data.store import FeatureStore
@@ -364,9 +365,34 @@ def pretrain_clips(ctx: Context) -> tuple[list, list]:
 # -- separation -------------------------------------------------------------------------
 
 
-def trained_separator_dir(cfg: Config, paths: DataPaths) -> Path:
-    """Where the separator trained on the synthetic corpus ``paths`` of ``cfg`` lives."""
-    s = to_dict(cfg.separation)
+def separation_for(cfg: Config, separator: str) -> SeparationConfig:
+    """The separation settings of a method's ``separator``: "config" (``cfg.separation``),
+    "random_mask", "oracle" (the corpus's true stems) or "trained:<fraction>" (Open-Unmix
+    trained here for that fraction of ``separation.train_steps``: the separator-quality
+    study's lower budgets). Raises :class:`StageError` for anything else."""
+    sep = cfg.separation
+    if separator == "config":
+        return sep
+    if separator in ("random_mask", "oracle"):
+        return replace(sep, separator=separator)
+    if separator.startswith(TRAINED_SEPARATOR + ":"):
+        try:
+            fraction = float(separator.partition(":")[2])
+        except ValueError:
+            fraction = math.nan
+        if not 0.0 < fraction <= 1.0:
+            raise StageError(f"separator {separator!r}: the fraction must lie in (0, 1]")
+        steps = max(1, round(fraction * sep.train_steps))
+        return replace(sep, separator="umx", umx_model=TRAINED_SEPARATOR, train_steps=steps)
+    raise StageError(
+        f"unknown separator {separator!r} (config, random_mask, oracle or trained:<fraction>)"
+    )
+
+
+def trained_separator_dir(cfg: Config, paths: DataPaths, sep: SeparationConfig | None = None):
+    """Where the separator trained on the synthetic corpus ``paths`` with ``sep``'s training
+    settings (default ``cfg.separation``'s) lives."""
+    s = to_dict(sep or cfg.separation)
     key = stable_hash(
         {k: v for k, v in s.items() if k.startswith("train_")}
         | {"corpus": paths.corpus_version, "stems": str(paths.stems_root)}
@@ -374,8 +400,9 @@ def trained_separator_dir(cfg: Config, paths: DataPaths) -> Path:
     return cfg.cache_dir / "separators" / f"umx-{key}"
 
 
-def train_separator_stage(ctx: Context) -> Path:
-    """Train Open-Unmix on the synthetic corpus's true stems, once per config.
+def train_separator_stage(ctx: Context, sep: SeparationConfig | None = None) -> Path:
+    """Train Open-Unmix on the synthetic corpus's true stems, once per config (``sep``: other
+    training settings than ``ctx.cfg.separation``'s, e.g. a shorter budget).
 
     Whatever the pre-training data, the stems come from the synthetic corpus of
     ``data.synth_size``/``data.synth_seed`` (generated if needed): real recordings have no true
@@ -385,15 +412,22 @@ def train_separator_stage(ctx: Context) -> Path:
     from benchmark.separation import train_separator
 
     cfg, tracker = ctx.cfg, ctx.tracker
+    sep = sep or cfg.separation
     paths = ctx.once(("synthetic",), lambda: synthetic_paths(cfg, ctx.progress))
-    out = trained_separator_dir(cfg, paths)
+    out = trained_separator_dir(cfg, paths, sep)
     key = f"train-separator:{out.name}"
     trained = (out / "quality.json").is_file()  # the directory appears whole (atomic rename)
     existing = tracker.find(key) if tracker else None
     if trained and (tracker is None or (existing and existing.info.status == "FINISHED")):
         return out
     run = (
-        tracker.run(key, "train-separator", "train-separator", supersede=True)
+        tracker.run(
+            key,
+            "train-separator",
+            "train-separator",
+            {"train_steps": sep.train_steps},
+            supersede=True,
+        )
         if tracker
         else nullcontext()
     )
@@ -406,7 +440,7 @@ def train_separator_stage(ctx: Context) -> Path:
                 [c.clip_id for c in train],
                 [c.clip_id for c in valid],
                 out,
-                cfg.separation,
+                sep,
                 progress=ctx.progress,
                 num_threads=cfg.compute.torch_threads,
             )
@@ -418,20 +452,21 @@ def train_separator_stage(ctx: Context) -> Path:
     return out
 
 
-def _trained_dir_if_any(ctx: Context) -> Path | None:
+def _trained_dir_if_any(ctx: Context, sep: SeparationConfig | None = None) -> Path | None:
     """The trained separator's folder without training it (None when it is not there)."""
-    out = trained_separator_dir(ctx.cfg, synthetic_layout(ctx.cfg))
+    out = trained_separator_dir(ctx.cfg, synthetic_layout(ctx.cfg), sep)
     return out if (out / "quality.json").is_file() else None
 
 
 def resolve_separation(ctx: Context, separator: str):
-    """The SeparationConfig actually used and what identifies its weights (trains the
-    ``trained`` separator first when it is not there yet)."""
-    sep = ctx.cfg.separation
-    if separator == "random_mask":
-        return replace(sep, separator="random_mask"), "random_mask"
+    """The SeparationConfig actually used for a method's ``separator`` (:func:`separation_for`)
+    and what identifies its weights (trains a ``trained`` separator first when it is not
+    there yet)."""
+    sep = separation_for(ctx.cfg, separator)
+    if sep.separator == "random_mask":
+        return sep, "random_mask"
     if sep.separator == "umx" and sep.umx_model == TRAINED_SEPARATOR:
-        model_dir = train_separator_stage(ctx)
+        model_dir = train_separator_stage(ctx, sep)
         return replace(sep, umx_model=str(model_dir)), model_identity(model_dir)
     if sep.separator == "umx" and Path(sep.umx_model).expanduser().is_dir():
         model_dir = Path(sep.umx_model).expanduser()
@@ -439,13 +474,31 @@ def resolve_separation(ctx: Context, separator: str):
     return sep, sep.umx_model if sep.separator == "umx" else sep.separator
 
 
+def separator_quality(ctx: Context, separator: str) -> dict | None:
+    """Measured quality of a method's ``separator`` on the validation clips' true stems, from
+    the ``quality.json`` of a separator trained here (which also scores random masks on the
+    same clips): that separator's entry (``mean_si_sdr_db``: source -> dB, ...);
+    ``{"oracle": True}`` for the true stems; None when nothing here measured it (downloaded
+    weights, real data)."""
+    sep = separation_for(ctx.cfg, separator)
+    if sep.separator == "oracle":
+        return {"oracle": True}
+    if sep.separator == "umx" and sep.umx_model == TRAINED_SEPARATOR:
+        return read_json(train_separator_stage(ctx, sep) / "quality.json")["umx"]
+    if sep.separator == "random_mask" and ctx.cfg.separation.umx_model == TRAINED_SEPARATOR:
+        # Scored beside the profile's trained separator; never trained for this alone.
+        found = _trained_dir_if_any(ctx)
+        return read_json(found / "quality.json")["random_mask"] if found is not None else None
+    return None
+
+
 def sources_ready(ctx: Context, separator: str) -> bool:
-    """Whether stage ``separate`` has built the sources for ``separator`` ("config" or
-    "random_mask") under this config (without building or training anything)."""
+    """Whether stage ``separate`` has built the sources for ``separator`` (see
+    :func:`separation_for`) under this config (without building or training anything)."""
     cfg = ctx.cfg
-    sep = cfg.separation
-    if separator != "random_mask" and sep.separator == "umx" and sep.umx_model == TRAINED_SEPARATOR:
-        if _trained_dir_if_any(ctx) is None:
+    sep = separation_for(cfg, separator)
+    if sep.separator == "umx" and sep.umx_model == TRAINED_SEPARATOR:
+        if _trained_dir_if_any(ctx, sep) is None:
             return False
     sep_cfg, identity = resolve_separation(ctx, separator)
     root = sources_root(
@@ -466,7 +519,7 @@ def _stems_root(ctx: Context) -> Path | None:
 
 def separate_command(cfg: Config, separator: str) -> str:
     """The command that builds the sources a method needs."""
-    extra = " --separator random_mask" if separator == "random_mask" else ""
+    extra = f" --separator {separator}" if separator != "config" else ""
     return f"python -m benchmark separate --profile {cfg.profile}{extra}"
 
 
@@ -547,7 +600,7 @@ def _source_store(ctx: Context, separator: str) -> FeatureStore:
                 key,
                 "separate",
                 f"separate-{sep_cfg.separator}",
-                tags={"separator": sep_cfg.separator, "corpus": corpus},
+                tags={"separator": sep_cfg.separator, "spec": separator, "corpus": corpus},
             ) as h:
                 h.artifact_dict(
                     {"activity": activity, "warnings": warnings, "report": store.report()},
@@ -634,7 +687,7 @@ def run_pretrain(
         )
     corpus, valid, identity = pair_corpora(ctx, method)
     key = pretrain_key(cfg, method, seed, identity)
-    run_dir = cfg.profile_dir / "pretrain" / f"{method_name}-s{seed}-{key}"
+    run_dir = cfg.workspace_dir / "pretrain" / f"{method_name}-s{seed}-{key}"
     existing = tracker.find(key)
     if is_complete(run_dir, key) and existing is not None and existing.info.status == "FINISHED":
         return PretrainedModel(

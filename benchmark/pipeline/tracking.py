@@ -362,7 +362,7 @@ def select_results(runs: list, run_ids: set[str] | None = None) -> list:
     artefact had gone is read once, from its new run).
     """
     finished = [r for r in runs if r.info.status == "FINISHED"]
-    tracked = ("probe", "pretrain")
+    tracked = ("probe", "pretrain", "probe-snapshot")
     if run_ids is not None:
         return [
             r
@@ -378,14 +378,32 @@ def select_results(runs: list, run_ids: set[str] | None = None) -> list:
     for r in sorted(finished, key=lambda r: r.info.start_time):
         t = r.data.tags
         kind = t.get(KIND_TAG)
-        if kind == "probe":
+        if kind in ("probe", "probe-snapshot"):
             key = (t.get("method"), t.get("task"), t.get("pretrain_seed"), t.get("probe_seed"))
-            newest[(kind, *key)] = r
+            newest[(kind, *key, t.get("pretrain_step"))] = r
         elif kind == "pretrain":
             newest[(kind, t.get("method"), t.get("seed"))] = r
         elif SUPERSEDED_TAG not in t:
             rest.append(r)
     return rest + list(newest.values())
+
+
+def _predictions(tracker: Tracker, run, workdir: Path) -> dict:
+    """A probe run's saved test predictions (``predictions.npz``)."""
+    import numpy as np
+
+    pred = download_artifact(
+        tracker.client, run.info.run_id, "predictions.npz", workdir / run.info.run_id
+    )
+    with np.load(pred, allow_pickle=False) as z:
+        return {
+            "clip_ids": [str(c) for c in z["clip_ids"]],
+            "targets": z["targets"],
+            "scores": z["scores"],
+            "vocabulary": [str(v) for v in z["vocabulary"]],
+            # cluster ids of the test clips (song, instrument, artist), when recorded
+            "groups": [str(g) for g in z["groups"]] if "groups" in z.files else None,
+        }
 
 
 def collect(tracker: Tracker, workdir: Path, run_ids: set[str] | None = None) -> dict:
@@ -398,11 +416,14 @@ def collect(tracker: Tracker, workdir: Path, run_ids: set[str] | None = None) ->
     (method, seed, step, metric, value: the :data:`PRETRAIN_CURVES` histories),
     ``pretrain_runs`` (method, seed, trained, collapsed), ``embedding_health`` (method, seed,
     corpus and :data:`HEALTH_STATS`), ``source_activity`` (separator, corpus, source, active,
-    total), ``separation_quality`` (DataFrames or None), ``task_info`` (task -> clips per
-    split, number of labels, tags or classes left out of the scores), ``pretrain_data`` (what
-    the pre-training runs read -> their methods) and ``num_runs``.
+    total), ``separation_quality``, ``snapshot_scores`` (as ``scores`` with ``step``: the
+    convergence study's probes of earlier encoders), ``separator_runs`` (method, seed, source,
+    si_sdr: the SI-SDR of each pre-training run's separator, source "exact" with inf for true
+    stems) (DataFrames or None), ``snapshot_predictions`` (as ``predictions``, keys ending in
+    the step), ``task_info`` (task -> clips per split, number of labels, tags or classes left
+    out of the scores), ``pretrain_data`` (what the pre-training runs read -> their methods)
+    and ``num_runs``.
     """
-    import numpy as np
     import pandas as pd
 
     runs = select_results(tracker.runs(), run_ids)
@@ -416,30 +437,31 @@ def collect(tracker: Tracker, workdir: Path, run_ids: set[str] | None = None) ->
         )
     score_rows, tag_rows, activity_rows, quality_rows = [], [], [], []
     curve_rows, pretrain_rows, health_rows = [], [], []
+    snapshot_rows, separation_rows = [], []
     task_info: dict[str, dict] = {}
     pretrain_data: dict[str, list[str]] = {}  # what pre-training read -> the methods
     predictions: dict = {}
+    snapshot_predictions: dict = {}
     for run in runs:
         kind = run.data.tags.get(KIND_TAG)
         tags = run.data.tags
-        if kind == "probe":
+        if kind == "probe-snapshot":
+            # The convergence study: a run's encoder at an earlier step (never a leaderboard row).
+            method, task, step = tags["method"], tags["task"], int(tags["pretrain_step"])
+            seeds = (int(tags["pretrain_seed"]), int(tags["probe_seed"]))
+            for metric in ("roc_auc", "pr_auc", "accuracy", "balanced_accuracy"):
+                if metric in run.data.metrics:
+                    snapshot_rows.append(
+                        (method, task, *seeds, step, metric, run.data.metrics[metric])
+                    )
+            snapshot_predictions[(method, task, *seeds, step)] = _predictions(tracker, run, workdir)
+        elif kind == "probe":
             method, task = tags["method"], tags["task"]
             seeds = (int(tags["pretrain_seed"]), int(tags["probe_seed"]))
             for metric in ("roc_auc", "pr_auc", "accuracy", "balanced_accuracy"):
                 if metric in run.data.metrics:
                     score_rows.append((method, task, *seeds, metric, run.data.metrics[metric]))
-            pred = download_artifact(
-                tracker.client, run.info.run_id, "predictions.npz", workdir / run.info.run_id
-            )
-            with np.load(pred, allow_pickle=False) as z:
-                predictions[(method, task, *seeds)] = {
-                    "clip_ids": [str(c) for c in z["clip_ids"]],
-                    "targets": z["targets"],
-                    "scores": z["scores"],
-                    "vocabulary": [str(v) for v in z["vocabulary"]],
-                    # cluster ids of the test clips (song, instrument, artist), when recorded
-                    "groups": [str(g) for g in z["groups"]] if "groups" in z.files else None,
-                }
+            predictions[(method, task, *seeds)] = _predictions(tracker, run, workdir)
             try:
                 details = load_artifact_dict(tracker.client, run.info.run_id, "details.json")
             except Exception:  # older runs without details
@@ -474,6 +496,12 @@ def collect(tracker: Tracker, workdir: Path, run_ids: set[str] | None = None) ->
                     by_step = {m.step: m.value for m in sorted(history, key=lambda m: m.timestamp)}
                     for step, value in sorted(by_step.items()):
                         curve_rows.append((method, seed, step, name, value))
+            exact = run.data.metrics.get("separation.exact") == 1.0
+            for name, value in run.data.metrics.items():
+                if name.startswith("separation.si_sdr."):
+                    separation_rows.append((method, seed, name.rsplit(".", 1)[1], value))
+            if exact:
+                separation_rows.append((method, seed, "exact", float("inf")))
             collapsed = tags.get("collapsed")
             pretrain_rows.append(
                 (method, seed, tags.get("trained", "true") == "true",
@@ -516,6 +544,12 @@ def collect(tracker: Tracker, workdir: Path, run_ids: set[str] | None = None) ->
         "embedding_health": frame(health_rows, ["method", "seed", "corpus", *HEALTH_STATS]),
         "source_activity": activity,
         "separation_quality": frame(quality_rows, ["separator", "source", "si_sdr"]),
+        "snapshot_scores": frame(
+            snapshot_rows,
+            ["method", "task", "pretrain_seed", "probe_seed", "step", "metric", "value"],
+        ),  # fmt: skip
+        "snapshot_predictions": snapshot_predictions,
+        "separator_runs": frame(separation_rows, ["method", "seed", "source", "si_sdr"]),
         "task_info": task_info,
         "pretrain_data": pretrain_data,
         "num_runs": len(runs),

@@ -25,8 +25,11 @@ validation does the same on a copy. ``random_init`` gets the same rule from mixt
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
+import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -55,6 +58,8 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
 FINAL = "final.pt"
+SNAPSHOT = "snapshot-{step:06d}.pt"  # the training weights at a snapshot step, as trained
+EVALUATED_SNAPSHOT = "snapshot-{step:06d}-bn.pt"  # the same with precise-BN statistics
 
 # Streams of step_rng: 0 training batches, 1 validation batches, 2 precise-BN batches.
 _VALID_STREAM, _BN_STREAM = 1, 2
@@ -73,6 +78,18 @@ def num_updates(p: PretrainConfig) -> int:
             f"pretrain.step_unit must be one of {sorted(per_step)}, got {p.step_unit!r}"
         )
     return p.steps * per_step[p.step_unit]
+
+
+def snapshot_steps(p: PretrainConfig) -> list[int]:
+    """The updates after which the loop keeps a snapshot (``p.snapshot_fractions`` of
+    :func:`num_updates`, rounded, at least 1; the last update is ``final.pt``'s, not a
+    snapshot). Raises ``ValueError`` for a fraction outside (0, 1]."""
+    total = num_updates(p)
+    bad = [f for f in p.snapshot_fractions if not 0.0 < f <= 1.0]
+    if bad:
+        raise ValueError(f"pretrain.snapshot_fractions must lie in (0, 1], got {bad}")
+    steps = {max(1, round(f * total)) for f in p.snapshot_fractions}
+    return sorted(s for s in steps if s < total)
 
 
 def step_rng(seed: int, step: int, stream: int = 0) -> np.random.Generator:
@@ -290,6 +307,7 @@ def _pretrain(
         log.info("%s seed %d: resuming at step %d of %d", method.name, seed, start, total)
     compute_loss = loss_fn(method)
     stop = total if stop_after is None else min(total, stop_after)
+    snapshots = set(snapshot_steps(p))
     t0 = time.perf_counter()
     model.train()
     bar = tqdm(
@@ -342,6 +360,10 @@ def _pretrain(
                 method, seed, done, on_metrics,
             )  # fmt: skip
             model.train()
+        if done in snapshots:
+            # Before the checkpoint: a run killed in between redoes this step and rewrites the
+            # same snapshot (batches and drop connect are functions of (seed, step)).
+            atomic_torch_save(run_dir / SNAPSHOT.format(step=done), model.state_dict())
         if done % p.checkpoint_every == 0 or done == total:
             _save_checkpoint(ckpt_path, model, opt, sched, done, key)
         window_t += time.perf_counter() - paused
@@ -488,6 +510,50 @@ def materialize_untrained(
         precise_bn(model, method, corpus, cfg.pretrain, seed, device)
     _save_final(run_dir, model, key, method, seed, 0, None)
     return run_dir / FINAL
+
+
+def evaluated_snapshot(
+    cfg: Config,
+    method,
+    corpus: PairCorpus,
+    run_dir: Path,
+    key: str,
+    seed: int,
+    step: int,
+    device=None,
+) -> Path:
+    """The encoder of a finished run at snapshot ``step``, as ``final.pt`` is made: its
+    weights then, with batch-norm statistics re-estimated by :func:`precise_bn` (the same
+    fixed batches of the method's own pairs). Written once as ``snapshot-<step>-bn.pt`` beside
+    the run's snapshot and returned.
+
+    A run that kept no snapshot at ``step`` (it finished before the snapshot existed, or under
+    other ``snapshot_fractions``) is replayed from scratch up to ``step`` in
+    ``<run_dir>/replay``: the loop's batches and random streams are functions of (seed, step),
+    so the replay's weights are the run's. ``seed`` is the seed the run trained with.
+    """
+    out = run_dir / EVALUATED_SNAPSHOT.format(step=step)
+    if out.is_file():
+        return out
+    device = device or pick_device()
+    raw = run_dir / SNAPSHOT.format(step=step)
+    if not raw.is_file():
+        replay = run_dir / "replay"
+        fraction = (step / num_updates(cfg.pretrain),)
+        snap_cfg = dataclasses.replace(
+            cfg, pretrain=dataclasses.replace(cfg.pretrain, snapshot_fractions=fraction)
+        )
+        log.info("%s s%d: replaying %d steps for a snapshot", method.name, seed, step)
+        pretrain(snap_cfg, method, corpus, None, replay, key, seed, device=device,
+                 progress=False, stop_after=step)  # fmt: skip
+        os.replace(replay / SNAPSHOT.format(step=step), raw)
+        shutil.rmtree(replay, ignore_errors=True)
+    model = ContrastiveModel(cfg.encoder).to(device)  # every weight is overwritten next
+    model.load_state_dict(load_weights(raw, map_location=device))
+    with torch_threads(cfg.compute.torch_threads):  # as final.pt's statistics are made
+        precise_bn(model, method, corpus, cfg.pretrain, seed, device)
+    atomic_torch_save(out, model.state_dict())
+    return out
 
 
 def is_complete(run_dir: Path, key: str) -> bool:

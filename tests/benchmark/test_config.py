@@ -100,6 +100,8 @@ def test_results_hash_ignores_where_outputs_go_and_what_is_listed():
     same = resolve("smoke", ["paths.runs_dir=/elsewhere", "benchmark.methods=cola"])
     assert same.results_hash() == base.results_hash() and same.hash() != base.hash()
     assert resolve("smoke", ["pretrain.steps=7"]).results_hash() != base.results_hash()
+    kept = resolve("smoke", ["pretrain.snapshot_fractions=0.5"])
+    assert kept.results_hash() == base.results_hash()  # snapshots change no result
     assert resolve("smoke", ["probe.standardize=false"]).results_hash() != base.results_hash()
 
 
@@ -159,3 +161,28 @@ def test_config_says_which_data_is_used(tmp_path):
     assert "task mtat: mtat of the synthetic corpus (smoke, seed 0)" in text
     assert "separated sources (config separator): Open-Unmix trained here" in text
     assert not (tmp_path / "runs").exists()  # describing the data generates nothing
+
+
+def test_profiles_start_from_a_base_and_a_cycle_is_refused(tmp_path, monkeypatch):
+    import benchmark.config as config_module
+
+    # The shipped studies profile is the default profile plus its methods.
+    studies, default = resolve("studies"), resolve("default")
+    for section in ("data", "encoder", "pretrain", "probe", "tune", "separation"):
+        assert getattr(studies, section) == getattr(default, section), section
+    assert set(default.benchmark.methods) < set(studies.benchmark.methods)
+    # A file of one's own over a shipped profile, key by key.
+    mine = tmp_path / "mine.toml"
+    mine.write_text('base = "smoke"\n[pretrain]\nsteps = 3\n')
+    cfg = resolve(str(mine))
+    assert cfg.profile == "mine" and cfg.pretrain.steps == 3
+    assert cfg.pretrain.batch_size == resolve("smoke").pretrain.batch_size
+    # Shipped profiles that name each other as base.
+    (tmp_path / "a.toml").write_text('base = "b"\n')
+    (tmp_path / "b.toml").write_text('base = "a"\n')
+    monkeypatch.setattr(config_module, "PROFILE_DIR", tmp_path)
+    with pytest.raises(ConfigError, match="cycle"):
+        resolve("a")
+    mine.write_text('base = "other.toml"\n')
+    with pytest.raises(ConfigError, match="must name a shipped profile"):
+        resolve(str(mine))

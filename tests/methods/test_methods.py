@@ -123,3 +123,17 @@ def test_mws_changes_crops_but_not_shapes(corpus):
     aug = METHODS["cola_mws"].sample(corpus, 16, np.random.default_rng(5))
     assert aug.anchors.shape == plain.anchors.shape
     assert (aug.anchors == 0).any()  # some crop got a mask or a shift filled with zeros
+
+
+def test_the_separator_study_varies_only_the_separator_of_msa_multi():
+    from methods import SEPARATOR_STUDY
+
+    base = METHODS["msa_multi"].params()
+    separators = set()
+    for name in SEPARATOR_STUDY:
+        params = METHODS[name].params()
+        separators.add(params.pop("separator"))
+        assert {k: v for k, v in params.items() if k != "name"} == {
+            k: v for k, v in base.items() if k not in ("name", "separator")
+        }
+    assert separators == {"random_mask", "trained:0.25", "config", "oracle"}

@@ -97,6 +97,41 @@ def test_plans_of_one_configuration_add_up_and_another_starts_afresh():
     assert other["steps"]["probe:cola:s0:fma:p0"]["run_id"] == "d"
 
 
+@pytest.mark.slow
+def test_studies_end_to_end_on_the_smoke_scale(tmp_path):
+    """`run` with the studies' methods on the smoke profile: snapshots probed, separators of
+    three qualities, an ablation and a source-targeted model; the report carries the four
+    study sections and a rerun redoes nothing."""
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    methods = (
+        "cola,cola_mws,cola_random_mask,msa_drums,msa_multi,msa_multi_no_shift,msa_multi_oracle"
+    )
+    cmd = [
+        sys.executable, "-m", "benchmark", "--log-level", "WARNING", "run", "--profile", "smoke",
+        "--methods", methods, "--tasks", "mtat,fma", f"paths.runs_dir={tmp_path / 'runs'}",
+        "probe.params=default", "benchmark.convergence_methods=cola_mws,msa_multi",
+    ]  # fmt: skip
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+    assert first.returncode == 0, first.stdout + first.stderr
+    text = (tmp_path / "runs" / "smoke" / "report" / "leaderboard.md").read_text()
+    for heading in (
+        "## Convergence",
+        "## Separator quality",
+        "## Ablations",
+        "## Source specialisation",
+    ):
+        assert heading in text
+    assert "Not measured in this run" not in text
+    assert "| 3 |" in text  # the snapshot at half of the 6 steps is a row of the convergence table
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stdout + again.stderr
+    import json
+
+    status = json.loads((tmp_path / "runs" / "smoke" / "plan_status.json").read_text())["steps"]
+    redone = [name for name, info in status.items() if info["status"] == "ran"]
+    assert all(name.split(":")[0] in ("data", "features", "separate") for name in redone), redone
+
+
 def test_a_failed_or_blocked_step_keeps_its_last_good_run():
     """Issue #13: plan_status overwrote the run ids of five probes with "blocked", and the
     report silently dropped their rows."""

@@ -42,7 +42,7 @@ def env(synth_smoke, tmp_path_factory):
 def sources(env):
     """Builds the separated sources once per separator a registered method needs."""
     separators = sorted({m.separator for m in METHODS.values() if m.sources})
-    assert set(separators) == {"config", "random_mask"}
+    assert set(separators) == {"config", "random_mask", "oracle", "trained:0.25"}
     for separator in separators:
         stages.source_store(env, separator)
 
@@ -85,8 +85,10 @@ def test_pretrain_every_method(env, sources, method_name):
     assert tags["git_commit"]
     assert tags["checkpoint"] == str(model.final_path.resolve())
     assert tags["collapsed"] in ("true", "false")
-    # batches of 4 pairs: 4 candidates, or fewer with the centroid loss (at least 2)
-    assert math.log(2) - 1e-9 <= metrics["val_chance_loss"] <= math.log(4) + 1e-9
+    # batches of 4 pairs: 4 candidates, or fewer with the centroid loss (at least 2, or 1 when
+    # every positive of the batch is silent, frequent with the true stems of msa_multi_oracle)
+    least = 1 if method.loss == "centroid" else 4
+    assert math.log(least) - 1e-9 <= metrics["val_chance_loss"] <= math.log(4) + 1e-9
     assert params["config.pretrain.steps"] == "2"
     assert params["config.pretrain.batch_size"] == "4"
     assert params["seed"] == "0"
@@ -155,3 +157,47 @@ def test_resume_only_without_checkpoint(env):
         stages.run_pretrain(env, "cola", 7, resume_only=True)
     assert not [r for r in _pretrain_runs(env.tracker) if r.data.tags["seed"] == "7"]
     assert not list((env.cfg.profile_dir / "pretrain").glob("cola-s7-*"))
+
+
+def test_studies_snapshot_probes_and_separator_quality(env, sources, tmp_path):
+    """The convergence study's snapshot of a finished run is probed as kind probe-snapshot
+    (collected apart from the leaderboard's scores), and the separator study's runs carry
+    their separator's measured SI-SDR (true stems: exact)."""
+    from benchmark.pipeline import probing, studies
+    from benchmark.pipeline.tracking import collect
+    from tasks import get_task
+
+    model = stages.run_pretrain(env, "cola_mws", 0)
+    snap = studies.snapshot_model(env, model, 1)  # 2 steps: the snapshot of 10-50% is step 1
+    assert snap.final_path.name == "snapshot-000001-bn.pt" and snap.key == f"{model.key}@1"
+    assert snap.final_path.parent == model.final_path.parent and snap.run_id is None
+    task = get_task("fma")
+    early = probing.run_probe(env, snap, task, 0, params_mode="default", snapshot_step=1)
+    final = probing.run_probe(env, model, task, 0, params_mode="default")
+    assert early.run_id != final.run_id
+    tags = env.tracker.client.get_run(early.run_id).data.tags
+    assert tags["bench.kind"] == "probe-snapshot" and tags["pretrain_step"] == "1"
+    assert (
+        probing.run_probe(env, snap, task, 0, params_mode="default", snapshot_step=1).status
+        == "done"
+    )
+
+    for name in ("msa_multi", "msa_multi_oracle", "cola_random_mask"):
+        assert studies.record_separator_quality(env, stages.run_pretrain(env, name, 0)) == "ran"
+    ids = {early.run_id, final.run_id} | {
+        r.info.run_id for r in _pretrain_runs(env.tracker) if r.data.tags["seed"] == "0"
+    }
+    data = collect(env.tracker, tmp_path, ids)
+    assert set(data["scores"]["method"]) == {"cola_mws"}
+    snapshot = data["snapshot_scores"]
+    assert set(snapshot["step"]) == {1} and set(snapshot["method"]) == {"cola_mws"}
+    assert ("cola_mws", "fma", 0, 0, 1) in data["snapshot_predictions"]
+    records = data["separator_runs"].set_index(["method", "source"])["si_sdr"]
+    assert records[("msa_multi_oracle", "exact")] == math.inf
+    quality = read_json(
+        stages.trained_separator_dir(env.cfg, stages.data_paths(env)) / "quality.json"
+    )
+    for source, value in quality["umx"]["mean_si_sdr_db"].items():
+        assert records[("msa_multi", source)] == pytest.approx(value)
+    for source, value in quality["random_mask"]["mean_si_sdr_db"].items():
+        assert records[("cola_random_mask", source)] == pytest.approx(value)

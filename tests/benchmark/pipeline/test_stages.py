@@ -232,6 +232,25 @@ def test_embeddings_follow_the_checkpoint_content(env, monkeypatch, tmp_path):
     assert not np.array_equal(changed["test"][0].embeddings, before["test"][0].embeddings)
 
 
+def test_separator_specs_map_to_their_settings():
+    from dataclasses import replace
+
+    from benchmark.config import resolve
+    from benchmark.errors import StageError
+    from benchmark.pipeline.stages import separation_for
+
+    cfg = resolve("default")
+    assert separation_for(cfg, "config") == cfg.separation
+    assert separation_for(cfg, "oracle") == replace(cfg.separation, separator="oracle")
+    assert separation_for(cfg, "random_mask").separator == "random_mask"
+    short = separation_for(cfg, "trained:0.25")
+    assert (short.separator, short.umx_model, short.train_steps) == ("umx", "trained", 150)
+    assert short.train_hidden_size == cfg.separation.train_hidden_size
+    for bad in ("trained:0", "trained:x", "umx2"):
+        with pytest.raises(StageError):
+            separation_for(cfg, bad)
+
+
 def test_a_tree_with_most_files_missing_fails_the_feature_build(synth_smoke, tmp_path):
     """Issue #13: missing audio files did not count toward data.max_bad_fraction (the
     loaders skip them), so a tree with nearly every listed file missing built with exit

@@ -226,6 +226,52 @@ def test_batches_are_pinned_for_cuda(corpus):
         assert batch.silent.is_pinned()
 
 
+def test_snapshot_steps_from_fractions():
+    from benchmark.pretrain.loop import snapshot_steps
+
+    p = _cfg(100, "pretrain.snapshot_fractions=0.1,0.25,0.5,1.0").pretrain
+    assert snapshot_steps(p) == [10, 25, 50]  # the last update is final.pt's
+    assert snapshot_steps(_cfg(6, "pretrain.snapshot_fractions=0.1,0.12").pretrain) == [1]
+    with pytest.raises(ValueError, match="snapshot_fractions"):
+        snapshot_steps(_cfg(6, "pretrain.snapshot_fractions=0").pretrain)
+
+
+def test_snapshots_are_kept_outside_the_key_and_replayed_when_missing(tmp_path, corpus):
+    """A run keeps its weights at the snapshot steps; the evaluated snapshot is those weights
+    with precise-BN statistics; a run that kept none (e.g. one that finished before) replays
+    to the step and gets the very same encoder."""
+    from benchmark.pretrain.loop import SNAPSHOT, evaluated_snapshot, precise_bn
+
+    m = METHODS["msa_multi"]
+    cfg = _cfg(4, *RESUMABLE, "pretrain.snapshot_fractions=0.5")
+    other = _cfg(4, *RESUMABLE, "pretrain.snapshot_fractions=0.25")
+    key = pretrain_key(cfg, m, 0, "fixture")
+    assert pretrain_key(other, m, 0, "fixture") == key  # snapshots do not change the run
+    pretrain(cfg, m, corpus, None, tmp_path / "kept", key, seed=0, progress=False)
+    pretrain(other, m, corpus, None, tmp_path / "none", key, seed=0, progress=False)
+    assert (tmp_path / "kept" / SNAPSHOT.format(step=2)).is_file()
+    assert not (tmp_path / "none" / SNAPSHOT.format(step=2)).is_file()
+    kept = evaluated_snapshot(cfg, m, corpus, tmp_path / "kept", key, 0, 2, torch.device("cpu"))
+    replayed = evaluated_snapshot(cfg, m, corpus, tmp_path / "none", key, 0, 2, torch.device("cpu"))
+    a, b = _weights(kept), _weights(replayed)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0)
+    assert not (tmp_path / "none" / "replay").exists()
+    # the evaluated snapshot is the raw one with re-estimated batch-norm statistics
+    from benchmark.pretrain.encoder import ContrastiveModel
+
+    model = ContrastiveModel(cfg.encoder)
+    model.load_state_dict(_weights(tmp_path / "kept" / SNAPSHOT.format(step=2)))
+    from benchmark.io import torch_threads
+
+    with torch_threads(cfg.compute.torch_threads):  # the statistics depend on the threads
+        precise_bn(model, m, corpus, cfg.pretrain, 0, torch.device("cpu"))
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, a[name], rtol=0, atol=0)
+    final = _weights(tmp_path / "kept" / "final.pt")
+    assert any(not torch.equal(final[k], a[k]) for k in a if k.endswith("weight"))
+
+
 def _generator_states():
     return torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
 
