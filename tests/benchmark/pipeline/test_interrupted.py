@@ -12,9 +12,9 @@ method, task, seeds) and none unfinished, duplicated or superseded without being
 What is compared does not depend on whether the smoke encoders learn anything: the
 leaderboard holds whatever numbers the pipeline computes, to the last digit.
 
-Slow (``make test-slow``, not ``make test`` or ``.ci/run``): one smoke run uninterrupted,
-then about 1.5 and 1.4 times that for the two tests; 39 min in all on a 2-core machine
-shared with other jobs (load ~3.5).
+Slow (``make test-slow``, not ``make test`` or ``.ci/run``): one smoke run uninterrupted
+(15 min), then about 1.5 and 1.25 times that for the two tests; 57 min in all on a 2-core
+machine shared with other jobs (load ~6).
 """
 
 from __future__ import annotations
