@@ -87,6 +87,7 @@ def test_report_helpers_say_what_was_planned_and_measured():
         "probe:cola:s0:fma:p1": {"stage": "probe", "method": "cola", "task": "fma"},
         "probe:cola:s1:fma:p0": {"stage": "probe", "method": "cola", "task": "fma"},
         "probe:hear:x:s0:fma:p0": {"stage": "probe", "method": "hear:x", "task": "fma"},
+        "probe@3:cola:s2:fma:p0": {"stage": "probe", "method": "cola", "task": "fma"},  # snapshot
         "pretrain:cola:s0": {"stage": "pretrain", "method": "cola", "task": ""},
     }}  # fmt: skip
     # each pair with its planned pre-training runs (an external encoder's method holds ':')
