@@ -281,7 +281,7 @@ def planned_pairs(plan_status: dict) -> dict[tuple[str, str], int] | None:
     unknown, e.g. a store filled elsewhere or a plan recorded before steps named them."""
     runs: dict[tuple[str, str], set[str]] = {}
     for name, s in plan_status.get("steps", {}).items():
-        if s.get("stage") == "probe" and s.get("task"):
+        if s.get("stage") == "probe" and s.get("task") and name.startswith("probe:"):
             # probe:<method>:s<seed>:<task>:p<probe seed> (the method may hold ':')
             seed = name[len(f"probe:{s['method']}:") :].split(":", 1)[0]
             runs.setdefault((s["method"], s["task"]), set()).add(seed)

@@ -85,9 +85,13 @@ def test_report_helpers_say_what_was_planned_and_measured():
     status = {"steps": {
         "probe:cola:s0:fma:p0": {"stage": "probe", "method": "cola", "task": "fma"},
         "probe:cola:s0:fma:p1": {"stage": "probe", "method": "cola", "task": "fma"},
+        "probe:cola:s1:fma:p0": {"stage": "probe", "method": "cola", "task": "fma"},
+        "probe:hear:x:s0:fma:p0": {"stage": "probe", "method": "hear:x", "task": "fma"},
+        "probe@3:cola:s2:fma:p0": {"stage": "probe", "method": "cola", "task": "fma"},  # snapshot
         "pretrain:cola:s0": {"stage": "pretrain", "method": "cola", "task": ""},
     }}  # fmt: skip
-    assert planned_pairs(status) == {("cola", "fma"): 1}  # one pre-training run planned
+    # each pair with its planned pre-training runs (an external encoder's method holds ':')
+    assert planned_pairs(status) == {("cola", "fma"): 2, ("hear:x", "fma"): 1}
     assert planned_pairs({"steps": {}}) is None
     info = {"mtat": {"clips": {"train": 10, "valid": 2, "test": 4}, "num_labels": 50,
                      "excluded_tags": ["opera", "sitar"], "absent_classes": []}}  # fmt: skip
