@@ -1,34 +1,31 @@
-"""Throwaway local engines for scale-out: a one-node Slurm cluster, PostgreSQL, an MLflow server.
+"""Local engines for a user's tracking server: PostgreSQL and an MLflow server on it.
 
-The scale-out executors (issue #16) run against real engines in the tests and in CI, and a
-user can start a tracking server on PostgreSQL for a shared study. This module starts and stops
-those engines on one machine, with nothing but their Debian packages and this project's Python
-dependencies:
+Plans whose steps run in several processes or Slurm jobs need stores that many writers share
+(README, "Running on a cluster"). ``python -m benchmark tracking-server start|status|stop``
+(:func:`start_tracking_server` ...) runs both on this machine with nothing but PostgreSQL's
+programs and this project's Python dependencies, outliving the command:
 
-- :func:`start_slurm`: munged, slurmctld and slurmd in a folder (munge key, ``slurm.conf`` for
-  this host's real CPUs and memory, state and spool directories), ready when ``sinfo`` shows the
-  node idle. Needs root (slurmd launches jobs as the submitting user).
 - :func:`start_postgres`: ``initdb`` + ``postgres`` as an unprivileged system user (PostgreSQL
-  refuses root), on a free port of 127.0.0.1, with one database; gives SQLAlchemy URLs.
+  refuses root) on a free port, with one database; gives SQLAlchemy URLs.
 - :func:`start_mlflow_server`: ``mlflow server`` on a database backend store with a served
   artifact store (clients log over HTTP and never open the database).
 
-Every server binds to 127.0.0.1 only, every wait has a timeout, and every process started is
-tracked: ``stop()`` ends it (SIGTERM, then SIGKILL), together with anything it spawned (found by
-a marker in the environment, ``MSCOL_SERVICE``, which every daemon started here inherits), is
-idempotent, and runs at interpreter exit for whatever is still up. Processes started with
-``bound=True`` (the default) also receive SIGTERM when the process that started them dies.
+Every wait has a timeout, and every process started is tracked: ``stop()`` ends it (SIGTERM,
+then SIGKILL), together with anything it spawned (found by a marker in the environment,
+``MSCOL_SERVICE``, which every daemon started here inherits), and is idempotent. Processes
+started with ``bound=True`` (the default) receive SIGTERM when the process that started them
+dies; nothing is registered to run at interpreter exit (a library does not change process-wide
+state: the caller stops what it started, the tests in their fixtures).
 
-:func:`ensure_packages` installs missing Debian packages (as root, via apt-get) or says exactly
-what it would install. :class:`ServiceUnavailable` means "this machine lacks the engine" (tests
-skip on a laptop, fail in CI); :class:`ServiceError` means the engine is there but misbehaved.
+:class:`ServiceUnavailable` means "this machine lacks the engine" (tests skip on a laptop, fail
+in CI); :class:`ServiceError` means the engine is there but misbehaved. The scale-out tests add
+a one-node Slurm cluster and package installs (``tests/scaleout/engines.py``).
 
 Only the standard library is imported: this module must not depend on the rest of the project.
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import ctypes
 import glob
@@ -47,8 +44,8 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -56,16 +53,7 @@ log = logging.getLogger(__name__)
 LOOPBACK = "127.0.0.1"
 MARKER_ENV = "MSCOL_SERVICE"  # set in every daemon started here; its value names the service
 
-# Debian packages per engine, and the programs that show they are installed.
-APT_PACKAGES: dict[str, tuple[str, ...]] = {
-    # --no-install-recommends: 8 packages instead of the 43 of the `slurm-wlm` metapackage.
-    "slurm": ("slurmctld", "slurmd", "slurm-client", "munge"),
-    "postgres": ("postgresql",),
-}
-PROGRAMS: dict[str, tuple[str, ...]] = {
-    "slurm": ("munged", "slurmctld", "slurmd", "sinfo", "sbatch", "squeue", "scontrol", "scancel"),
-    "postgres": ("initdb", "postgres", "pg_isready", "createdb"),
-}
+POSTGRES_PROGRAMS = ("initdb", "postgres", "pg_isready", "createdb")
 
 
 class ServiceError(RuntimeError):
@@ -77,7 +65,7 @@ class ServiceUnavailable(ServiceError):
 
 
 # ---------------------------------------------------------------------------------------------
-# Packages
+# Programs
 # ---------------------------------------------------------------------------------------------
 
 
@@ -95,71 +83,9 @@ def postgres_bindir() -> Path | None:
     versioned.sort(key=lambda p: int(re.sub(r"\D", "", Path(p).parent.name) or 0), reverse=True)
     candidates += [Path(p) for p in versioned]
     for folder in candidates:
-        if all((folder / name).is_file() for name in PROGRAMS["postgres"]):
+        if all((folder / name).is_file() for name in POSTGRES_PROGRAMS):
             return folder
     return None
-
-
-def missing_programs(engine: str) -> list[str]:
-    """Programs of ``engine`` ("slurm" or "postgres") that this machine lacks."""
-    if engine == "postgres":
-        return [] if postgres_bindir() else list(PROGRAMS["postgres"])
-    return [p for p in PROGRAMS[engine] if shutil.which(p) is None and not _in_sbin(p)]
-
-
-def _in_sbin(program: str) -> bool:
-    return any(Path(d, program).is_file() for d in ("/usr/sbin", "/sbin"))
-
-
-def _program(name: str) -> str:
-    """Absolute path of a program, also from /usr/sbin (not on a non-root PATH)."""
-    found = shutil.which(name) or next(
-        (str(Path(d, name)) for d in ("/usr/sbin", "/sbin") if Path(d, name).is_file()), None
-    )
-    if found is None:
-        raise ServiceUnavailable(f"program {name!r} not found")
-    return found
-
-
-def install_command(packages: Iterable[str]) -> list[str]:
-    return ["apt-get", "install", "-y", "--no-install-recommends", *packages]
-
-
-def ensure_packages(
-    engines: Sequence[str] = ("slurm", "postgres"), install: bool = True, timeout: float = 900
-) -> list[str]:
-    """Make sure the programs of ``engines`` are installed; returns the packages installed.
-
-    Installs with apt-get only when ``install`` is true, we are root and apt-get exists (running
-    ``apt-get update`` first if the install fails for want of package lists). Otherwise raises
-    :class:`ServiceUnavailable` naming the missing programs and the command that would install
-    them, e.g. ``apt-get install -y --no-install-recommends slurmctld slurmd slurm-client munge``.
-    """
-    packages = [p for e in engines if missing_programs(e) for p in APT_PACKAGES[e]]
-    if not packages:
-        return []
-    missing = sorted({p for e in engines for p in missing_programs(e)})
-    command = install_command(packages)
-    if not install or os.geteuid() != 0 or shutil.which("apt-get") is None:
-        why = (
-            "not asked to install"
-            if not install
-            else ("not root" if os.geteuid() != 0 else "no apt-get")
-        )
-        raise ServiceUnavailable(
-            f"missing {', '.join(missing)} ({why}); would install: {' '.join(command)}"
-        )
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    t0 = time.monotonic()
-    log.warning("installing %s", " ".join(packages))
-    if _run(command, timeout=timeout, env=env, check=False).returncode != 0:
-        _run(["apt-get", "update"], timeout=timeout, env=env)
-        _run(command, timeout=timeout, env=env)
-    log.warning("installed %s in %.1f s", " ".join(packages), time.monotonic() - t0)
-    still = sorted({p for e in engines for p in missing_programs(e)})
-    if still:
-        raise ServiceError(f"installed {' '.join(packages)} but still missing {', '.join(still)}")
-    return packages
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,7 +122,7 @@ def wait_until(
         time.sleep(interval)
 
 
-def _run(
+def run_command(
     argv: Sequence[str],
     timeout: float = 30,
     env: Mapping[str, str] | None = None,
@@ -220,25 +146,6 @@ def _run(
 def _set_parent_death_signal() -> None:  # runs in the child, after the uid change
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-_LIVE: dict[int, Callable[[], None]] = {}  # id(service) -> its stop(); stopped at exit
-
-
-def _register(service) -> None:
-    _LIVE[id(service)] = service.stop
-
-
-def _unregister(service) -> None:
-    _LIVE.pop(id(service), None)
-
-
-@atexit.register
-def stop_all() -> None:
-    """Stop every service of this process that is still running (newest first)."""
-    for stop in reversed(list(_LIVE.values())):
-        with contextlib.suppress(Exception):
-            stop()
 
 
 @dataclass
@@ -366,255 +273,8 @@ def sweep(marker: str, timeout: float = 10) -> list[int]:
     return victims
 
 
-def _new_marker(kind: str) -> str:
+def new_marker(kind: str) -> str:
     return f"{kind}-{os.getpid()}-{secrets.token_hex(4)}"
-
-
-# ---------------------------------------------------------------------------------------------
-# Slurm
-# ---------------------------------------------------------------------------------------------
-
-
-def node_hardware() -> dict[str, str]:
-    """This host as slurmd sees it (``slurmd -C``): NodeName, CPUs, sockets, cores, RealMemory.
-
-    Configuring exactly what slurmd detects keeps the node from being drained for "low
-    RealMemory" or a CPU mismatch.
-    """
-    out = _run([_program("slurmd"), "-C"], timeout=30).stdout
-    first = next(line for line in out.splitlines() if line.startswith("NodeName="))
-    return dict(item.split("=", 1) for item in first.split())
-
-
-@dataclass
-class SlurmCluster:
-    """A running one-node Slurm cluster; ``env`` (``SLURM_CONF``) points clients at it."""
-
-    folder: Path
-    conf: Path
-    node: str
-    cpus: int
-    memory_mb: int
-    partition: str
-    daemons: list[Daemon] = field(default_factory=list)
-    marker: str = ""
-    munge_dir: Path | None = None
-    started_s: float = 0.0
-
-    @property
-    def env(self) -> dict[str, str]:
-        """Environment variables for clients (sbatch, squeue, submitit) of this cluster."""
-        return {"SLURM_CONF": str(self.conf)}
-
-    def command(self, *argv: str, timeout: float = 30, check: bool = True):
-        """Run a Slurm client command (``sinfo``, ``scontrol`` ...) against this cluster."""
-        return _run(argv, timeout=timeout, env={**os.environ, **self.env}, check=check)
-
-    def node_state(self) -> str:
-        done = self.command("sinfo", "-h", "-n", self.node, "-o", "%T", check=False, timeout=10)
-        return done.stdout.strip() if done.returncode == 0 else ""
-
-    def job_state(self, job_id: str) -> str:
-        """State of a job or array task from slurmctld (``squeue``), e.g. "CANCELLED"."""
-        done = self.command(
-            "squeue", "-h", "--states=all", "-o", "%T", "-j", job_id, check=False, timeout=10
-        )
-        return done.stdout.strip().splitlines()[0] if done.stdout.strip() else ""
-
-    def died(self) -> str | None:
-        return next((msg for d in self.daemons if (msg := d.died())), None)
-
-    def stop(self, timeout: float = 30) -> None:
-        """Cancel every job, stop slurmd, slurmctld and munged, end leftovers; idempotent."""
-        if any(d.running() for d in self.daemons[1:]):
-            jobs = self.command("squeue", "-h", "-o", "%A", check=False, timeout=10).stdout.split()
-            if jobs:
-                self.command("scancel", "--quiet", *jobs, check=False, timeout=10)
-                with contextlib.suppress(ServiceError):
-                    wait_until(
-                        lambda: (
-                            not self.command(
-                                "squeue", "-h", "-t", "R,CG", "-o", "%A", check=False, timeout=10
-                            ).stdout.strip()
-                        ),
-                        timeout,
-                        "cancelled jobs to end",
-                    )
-        for daemon in reversed(self.daemons):  # slurmd, slurmctld, munged
-            daemon.stop(timeout)
-        sweep(self.marker)
-        if self.munge_dir is not None:
-            shutil.rmtree(self.munge_dir, ignore_errors=True)
-        _unregister(self)
-
-
-SLURM_CONF_TEMPLATE = """\
-# Throwaway one-node cluster written by benchmark/pipeline/services.py; every daemon on 127.0.0.1.
-ClusterName=mscol
-SlurmctldHost={host}({addr})
-SlurmctldPort={ctld_port}
-SlurmdPort={slurmd_port}
-SlurmUser=root
-SlurmdUser=root
-AuthType=auth/munge
-CredType=cred/munge
-# cred_expire: also the time a requeued job waits before it may start again (default 120 s).
-AuthInfo=socket={munge_socket},cred_expire={requeue_delay}
-# Bind every daemon and srun to the address the node resolves to (127.0.0.1), not 0.0.0.0.
-CommunicationParameters=NoCtldInAddrAny,NoInAddrAny
-StateSaveLocation={folder}/state
-SlurmdSpoolDir={folder}/spool
-SlurmctldPidFile={folder}/run/slurmctld.pid
-SlurmdPidFile={folder}/run/slurmd.pid
-SlurmctldLogFile={folder}/log/slurmctld.log
-SlurmdLogFile={folder}/log/slurmd.log
-PlugStackConfig={folder}/plugstack.conf
-MailProg=/bin/true
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-MpiDefault=none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core_Memory
-DefMemPerCPU={mem_per_cpu}
-SchedulerType=sched/backfill
-# Schedule every second (defaults: 60 s main loop, 30 s backfill), e.g. a requeued job whose
-# delay ended; a one-node cluster makes this cheap.
-SchedulerParameters=sched_interval=1,bf_interval=1
-ReturnToService=2
-# No accounting database: sacct answers "Slurm accounting storage is disabled". Job states come
-# from slurmctld (squeue, scontrol), which keeps finished jobs for MinJobAge seconds.
-AccountingStorageType=accounting_storage/none
-JobAcctGatherType=jobacct_gather/none
-JobCompType=jobcomp/none
-MinJobAge={min_job_age}
-# A cancelled or requeued job gets SIGKILL KillWait s after SIGTERM (default 30).
-KillWait={kill_wait}
-NodeName={node} NodeHostname={host} NodeAddr={addr} {hardware} State=UNKNOWN
-PartitionName={partition} Nodes={node} Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
-"""
-
-
-def start_slurm(
-    folder: Path,
-    timeout: float = 60,
-    partition: str = "debug",
-    min_job_age: int = 3600,
-    kill_wait: int = 2,
-    requeue_delay: int = 5,
-    bound: bool = True,
-) -> SlurmCluster:
-    """Start munged, slurmctld and slurmd with their state in ``folder``; wait for an idle node.
-
-    The munge key, ``slurm.conf`` (this host's CPUs and memory from ``slurmd -C``), state,
-    spool and logs (``folder/log/{munged,slurmctld,slurmd}.log``) all live in ``folder``; the
-    munge socket lives in a short folder under the temp dir (a socket path has <= 107 bytes).
-    Ports are free ports of 127.0.0.1. Clients need ``SLURM_CONF`` (:attr:`SlurmCluster.env`).
-
-    Raises:
-        ServiceUnavailable: not Linux, not root, or programs missing (see :func:`ensure_packages`).
-        ServiceError: a daemon died or the node did not become idle within ``timeout`` s.
-    """
-    if sys.platform != "linux":
-        raise ServiceUnavailable("a local Slurm cluster needs Linux")
-    if os.geteuid() != 0:
-        raise ServiceUnavailable("a local Slurm cluster needs root (slurmd runs jobs as users)")
-    if missing := missing_programs("slurm"):
-        raise ServiceUnavailable(
-            f"Slurm programs missing ({', '.join(missing)}); "
-            f"install: {' '.join(install_command(APT_PACKAGES['slurm']))}"
-        )
-    t0 = time.monotonic()
-    folder = Path(folder).resolve()
-    for sub in ("state", "spool", "run", "log", "munge"):
-        (folder / sub).mkdir(parents=True, exist_ok=True)
-    (folder / "plugstack.conf").write_text("")
-    # munged wants its key private to its user, and its socket folder world-searchable up to /;
-    # --force below turns the "parent folder not searchable" check (pytest's 0700 temp
-    # folders) into a warning. Jobs run as root here, so nobody else needs the socket.
-    key = folder / "munge" / "munge.key"
-    if not key.exists():
-        key.write_bytes(secrets.token_bytes(1024))
-    key.chmod(0o600)
-    (folder / "munge").chmod(0o700)
-    socket_dir = Path(tempfile.mkdtemp(prefix="mscol-munge-"))
-    socket_dir.chmod(0o755)
-    munge_socket = socket_dir / "munge.socket"
-
-    hw = node_hardware()
-    host = socket.gethostname().split(".")[0]
-    cpus, memory = int(hw["CPUs"]), int(hw["RealMemory"])
-    hardware = " ".join(
-        f"{k}={hw[k]}"
-        for k in ("CPUs", "Boards", "SocketsPerBoard", "CoresPerSocket", "ThreadsPerCore")
-        if k in hw
-    )
-    conf = folder / "slurm.conf"
-    conf.write_text(
-        SLURM_CONF_TEMPLATE.format(
-            host=host,
-            addr=LOOPBACK,
-            node=host,
-            ctld_port=free_port(),
-            slurmd_port=free_port(),
-            munge_socket=munge_socket,
-            folder=folder,
-            mem_per_cpu=max(1, memory // cpus),
-            min_job_age=min_job_age,
-            kill_wait=kill_wait,
-            requeue_delay=requeue_delay,
-            hardware=f"{hardware} RealMemory={memory}",
-            partition=partition,
-        )
-    )
-    cluster = SlurmCluster(
-        folder,
-        conf,
-        host,
-        cpus,
-        memory,
-        partition,
-        marker=_new_marker("slurm"),
-        munge_dir=socket_dir,
-    )
-    _register(cluster)
-    env = {**os.environ, "SLURM_CONF": str(conf)}
-    logs = folder / "log"
-    try:
-        munged = [
-            _program("munged"),
-            "--foreground",
-            "--force",
-            f"--key-file={key}",
-            f"--socket={munge_socket}",
-            f"--pid-file={socket_dir / 'munged.pid'}",
-            f"--seed-file={folder / 'munge' / 'munged.seed'}",
-            f"--log-file={logs / 'munged.log'}",
-        ]
-        cluster.daemons.append(
-            spawn("munged", munged, logs / "munged.out", cluster.marker, env, bound=bound)
-        )
-        wait_until(munge_socket.exists, 15, "munged's socket", alive=cluster.died)
-        # -D: foreground (we track the process); -i: ignore any saved state of an earlier run.
-        for name, argv in (
-            ("slurmctld", [_program("slurmctld"), "-D", "-i"]),
-            ("slurmd", [_program("slurmd"), "-D", "-N", host]),
-        ):
-            cluster.daemons.append(
-                spawn(name, argv, logs / f"{name}.out", cluster.marker, env, bound=bound)
-            )
-        wait_until(
-            lambda: cluster.node_state() == "idle",
-            timeout,
-            f"node {host} to be idle (sinfo says {cluster.node_state()!r})",
-            interval=0.5,
-            alive=cluster.died,
-        )
-    except BaseException:
-        cluster.stop()
-        raise
-    cluster.started_s = time.monotonic() - t0
-    log.info("slurm up in %.1f s: %s", cluster.started_s, conf)
-    return cluster
 
 
 # ---------------------------------------------------------------------------------------------
@@ -622,25 +282,21 @@ def start_slurm(
 # ---------------------------------------------------------------------------------------------
 
 
-def postgres_os_user(create: bool = True) -> str:
-    """The system user that runs PostgreSQL: ourselves, or (as root) ``postgres``/``mscol-pg``.
+def postgres_os_user() -> str:
+    """The system user that runs PostgreSQL: ourselves, or (as root) ``postgres``.
 
-    PostgreSQL refuses to run as root. As root, the Debian package's ``postgres`` user is used
-    when it exists; otherwise a system user ``mscol-pg`` (no home, no login) is created.
+    PostgreSQL refuses to run as root; as root, the PostgreSQL package's ``postgres`` user runs
+    it (a user command never creates system users: :class:`ServiceUnavailable` without one).
     """
     if os.geteuid() != 0:
         return pwd.getpwuid(os.geteuid()).pw_name
-    for name in ("postgres", "mscol-pg"):
-        with contextlib.suppress(KeyError):
-            pwd.getpwnam(name)
-            return name
-    if not create or shutil.which("useradd") is None:
-        raise ServiceUnavailable("running as root and no unprivileged user for PostgreSQL")
-    _run(
-        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "mscol-pg"],
-        timeout=30,
-    )
-    return "mscol-pg"
+    try:
+        return pwd.getpwnam("postgres").pw_name
+    except KeyError:
+        raise ServiceUnavailable(
+            "PostgreSQL refuses to run as root and there is no 'postgres' user: "
+            "run this as an ordinary user"
+        ) from None
 
 
 @dataclass
@@ -667,7 +323,7 @@ class PostgresServer:
         ``exist_ok``: a database of that name is fine (a restarted server keeps its data)."""
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", name):
             raise ValueError(f"database name {name!r}: letters, digits and _ only")
-        done = _run(
+        done = run_command(
             [
                 str(self.bindir / "createdb"),
                 "-h",
@@ -686,7 +342,7 @@ class PostgresServer:
         return self.url(name)
 
     def ready(self) -> bool:
-        done = _run(
+        done = run_command(
             [str(self.bindir / "pg_isready"), "-q", "-h", LOOPBACK, "-p", str(self.port)]
             + ["-U", self.db_user, "-d", "postgres"],
             timeout=10,
@@ -710,7 +366,6 @@ class PostgresServer:
             t2 - t1,
             time.monotonic() - t2,
         )
-        _unregister(self)
 
 
 def start_postgres(
@@ -721,6 +376,7 @@ def start_postgres(
     durable: bool = False,
     timeout: float = 60,
     bound: bool = True,
+    os_user: str | None = None,
 ) -> PostgresServer:
     """``initdb`` a cluster in ``folder/pgdata`` and run ``postgres`` on 127.0.0.1:``port``.
 
@@ -734,6 +390,7 @@ def start_postgres(
             is safe only because the server listens on 127.0.0.1 alone).
         durable: False turns off fsync and synchronous commit (a throwaway test server); a
             server whose data matters (a user's tracking server) needs True.
+        os_user: the system user that runs it; None: :func:`postgres_os_user`.
 
     The server runs in the foreground of a tracked process (``postgres -D``, not ``pg_ctl
     start``, which detaches it from us); ``stop()`` sends SIGINT, PostgreSQL's fast shutdown.
@@ -744,11 +401,11 @@ def start_postgres(
     bindir = postgres_bindir()
     if bindir is None:
         raise ServiceUnavailable(
-            "PostgreSQL programs (initdb, postgres) missing; "
-            f"install: {' '.join(install_command(APT_PACKAGES['postgres']))}"
+            f"PostgreSQL programs ({', '.join(POSTGRES_PROGRAMS)}) not found: install PostgreSQL "
+            "(Debian: apt-get install postgresql)"
         )
     t0 = time.monotonic()
-    os_user = postgres_os_user()
+    os_user = os_user or postgres_os_user()
     entry = pwd.getpwnam(os_user)
     owns = folder is None
     folder = Path(tempfile.mkdtemp(prefix="mscol-pg-") if owns else folder).resolve()
@@ -762,9 +419,8 @@ def start_postgres(
         )
     port = port or free_port()
     server = PostgresServer(
-        folder, port, db_user, os_user, bindir, marker=_new_marker("postgres"), owns_folder=owns
+        folder, port, db_user, os_user, bindir, marker=new_marker("postgres"), owns_folder=owns
     )
-    _register(server)
     user = os_user if entry.pw_uid != os.geteuid() else None
     try:
         if not (data / "PG_VERSION").exists():
@@ -866,7 +522,6 @@ class MlflowServer:
         if self.daemon is not None:
             self.daemon.stop(timeout)
         sweep(self.marker)
-        _unregister(self)
 
 
 def start_mlflow_server(
@@ -896,8 +551,7 @@ def start_mlflow_server(
     artifacts_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     uri = f"http://{LOOPBACK}:{port}"
-    server = MlflowServer(uri, port, backend_store_uri, artifacts_dir, marker=_new_marker("mlflow"))
-    _register(server)
+    server = MlflowServer(uri, port, backend_store_uri, artifacts_dir, marker=new_marker("mlflow"))
     argv = [
         sys.executable,
         "-m",
@@ -946,12 +600,6 @@ def start_mlflow_server(
 # ---------------------------------------------------------------------------------------------
 
 TRACKING_STATE = "server.json"  # in the server's folder: pids, markers, ports, URIs
-
-
-def detach(service) -> None:
-    """Let a service started with ``bound=False`` outlive this process: it is no longer
-    stopped at interpreter exit (stopping it becomes the caller's business)."""
-    _unregister(service)
 
 
 def _tracking_state(folder: Path) -> dict:
@@ -1039,8 +687,6 @@ def start_tracking_server(folder: Path, timeout: float = 180) -> list[str]:
         "optuna_storage": optuna_url,
     }
     _write_tracking_state(folder, info)
-    detach(pg)
-    detach(server)
     return _tracking_lines(info, "started")
 
 

@@ -2,7 +2,8 @@
 
 ``slurm_cluster`` (a one-node Slurm cluster), ``postgres_server`` / ``postgres_url`` (PostgreSQL
 on 127.0.0.1) and ``mlflow_server`` (``mlflow server`` on that PostgreSQL, artifacts served
-over HTTP), each started once per session by :mod:`benchmark.pipeline.services` and stopped at its end.
+over HTTP), each started once per session (Slurm by :mod:`tests.scaleout.engines`, the others
+by :mod:`benchmark.pipeline.services`, as a user's tracking server) and stopped at its end.
 
 Where an engine is missing the tests skip with a one-line reason, except under ``CI=true``,
 where a skip would hide a broken pipeline: there missing Debian packages are installed (CI runs
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from benchmark.pipeline import services
+from tests.scaleout import engines
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMINGS: dict[str, float] = {}  # what each engine took to start and stop, for the summary
@@ -37,7 +39,7 @@ def unavailable(reason: str):
 
 def _packages(engine: str) -> None:
     try:
-        services.ensure_packages([engine], install=in_ci())
+        engines.ensure_packages([engine], install=in_ci())
     except services.ServiceUnavailable as exc:
         unavailable(str(exc))
 
@@ -51,7 +53,7 @@ def slurm_cluster(tmp_path_factory):
     """
     _packages("slurm")
     try:
-        cluster = services.start_slurm(tmp_path_factory.mktemp("slurm"))
+        cluster = engines.start_slurm(tmp_path_factory.mktemp("slurm"))
     except services.ServiceUnavailable as exc:
         unavailable(str(exc))
     TIMINGS["slurm start"] = cluster.started_s
@@ -72,7 +74,7 @@ def postgres_server():
     """A running PostgreSQL server (throwaway: no fsync) with an empty database ``mscol``."""
     _packages("postgres")
     try:
-        server = services.start_postgres()
+        server = services.start_postgres(os_user=engines.postgres_user())
     except services.ServiceUnavailable as exc:
         unavailable(str(exc))
     TIMINGS["postgres start"] = server.started_s

@@ -1,4 +1,4 @@
-"""benchmark.pipeline.services without engines: package policy, skip/fail policy, process tracking."""
+"""The engine helpers without engines: package policy, skip/fail policy, process tracking."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import time
 import pytest
 
 from benchmark.pipeline import services
-from tests.scaleout import conftest
+from tests.scaleout import conftest, engines
 
 
 def test_missing_packages_say_what_would_be_installed(monkeypatch):
-    monkeypatch.setattr(services, "missing_programs", lambda e: ["munged"] if e == "slurm" else [])
+    monkeypatch.setattr(engines, "missing_programs", lambda e: ["munged"] if e == "slurm" else [])
     with pytest.raises(services.ServiceUnavailable) as info:
-        services.ensure_packages(["slurm", "postgres"], install=False)
+        engines.ensure_packages(["slurm", "postgres"], install=False)
     message = str(info.value)
     assert "\n" not in message
     assert "missing munged (not asked to install)" in message
@@ -22,13 +22,13 @@ def test_missing_packages_say_what_would_be_installed(monkeypatch):
         "would install: apt-get install -y --no-install-recommends "
         "slurmctld slurmd slurm-client munge"
     )
-    assert services.ensure_packages(["postgres"], install=False) == []  # nothing missing
+    assert engines.ensure_packages(["postgres"], install=False) == []  # nothing missing
 
 
 def test_slurm_needs_root(tmp_path, monkeypatch):
-    monkeypatch.setattr(services.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(engines.os, "geteuid", lambda: 1000)
     with pytest.raises(services.ServiceUnavailable, match="needs root"):
-        services.start_slurm(tmp_path)
+        engines.start_slurm(tmp_path)
 
 
 def test_unavailable_engine_skips_on_a_laptop_and_fails_in_ci(monkeypatch):
@@ -41,7 +41,7 @@ def test_unavailable_engine_skips_on_a_laptop_and_fails_in_ci(monkeypatch):
 
 
 def test_spawned_processes_and_their_children_are_tracked_and_stopped(tmp_path):
-    marker = services._new_marker("test")
+    marker = services.new_marker("test")
     # A parent that ignores SIGTERM and a child in its session: stop() must end both.
     code = (
         "import signal, subprocess, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from benchmark.pipeline import services
+from tests.scaleout import engines
 from tests.scaleout.conftest import ROOT, in_ci, unavailable
 
 pytestmark = pytest.mark.services
@@ -49,7 +50,7 @@ def _uris(out: str) -> tuple[str, str]:
 def folder():
     """A folder the PostgreSQL user can reach (pytest's are 0700 root when run as root)."""
     try:
-        services.ensure_packages(["postgres"], install=in_ci())
+        engines.ensure_packages(["postgres"], install=in_ci())
     except services.ServiceUnavailable as exc:
         unavailable(str(exc))
     path = Path(tempfile.mkdtemp(prefix="mscol-tracking-"))
