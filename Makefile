@@ -32,9 +32,10 @@ benchmark: $(STAMP)
 	$(PY) -m benchmark run --profile $(PROFILE) $(OVERRIDES) $(ARGS)
 
 # A local MLflow tracking server on PostgreSQL (data under runs/tracking-server/), for plans
-# whose steps run in several processes or Slurm jobs; it prints the URIs to set.
+# whose steps run in several processes or Slurm jobs; it prints the URIs to set and the
+# PGPASSFILE to export. `make tracking-server ARGS="--host 0.0.0.0"` serves a cluster's nodes.
 tracking-server: $(STAMP)
-	$(PY) -m benchmark tracking-server start
+	$(PY) -m benchmark tracking-server start $(ARGS)
 
 tracking-server-stop: $(STAMP)
 	$(PY) -m benchmark tracking-server stop

@@ -478,6 +478,14 @@ def _tracking_server_args(p):
         help="where its PostgreSQL cluster, artifacts, logs and state file live "
         "(default <runs_dir>/tracking-server)",
     )
+    p.add_argument(
+        "--host",
+        default=None,
+        help="start: the IPv4 address both servers listen on (default: the previous start's, "
+        "at first 127.0.0.1, this machine only; 0.0.0.0 for the compute nodes of a cluster: "
+        "MLflow's server has no authentication, so only on a network that only trusted "
+        "machines reach)",
+    )
 
 
 def cmd_tracking_server(args, cfg):
@@ -486,7 +494,7 @@ def cmd_tracking_server(args, cfg):
     folder = Path(args.folder) if args.folder else cfg.runs_dir / "tracking-server"
     try:
         if args.action == "start":
-            info = services.start_tracking_server(folder)
+            info = services.start_tracking_server(folder, host=args.host)
         elif args.action == "stop":
             info = services.stop_tracking_server(folder)
         else:

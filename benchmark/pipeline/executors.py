@@ -86,8 +86,10 @@ def check_executor(cfg: Config) -> None:
             key, value = local[0]
             raise ConfigError(
                 f"executor.kind=slurm needs stores that jobs on other nodes can share; "
-                f"{key} is {value!r}: start one with `python -m benchmark tracking-server start` "
-                f"and set the URIs it prints"
+                f"{key} is {value!r}: set paths.tracking_uri to an MLflow server and "
+                f"paths.optuna_storage to a database that the compute nodes reach (e.g. "
+                f"`python -m benchmark tracking-server start --host 0.0.0.0` on a machine they "
+                f'reach prints both; README, "Running on a cluster")'
             )
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import glob
+import ipaddress
 import json
 import logging
 import os
@@ -209,7 +210,8 @@ def spawn(
         entry = pwd.getpwnam(user)
         kwargs.update(user=entry.pw_uid, group=entry.pw_gid, extra_groups=[])
         full_env.update(HOME=entry.pw_dir, USER=user, LOGNAME=user)
-    with open(log_path, "ab") as out:
+    # The log is its owner's alone (0600): PostgreSQL logs a failed statement in full.
+    with os.fdopen(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as out:
         popen = subprocess.Popen(
             list(argv),
             stdin=subprocess.DEVNULL,
@@ -301,10 +303,20 @@ def postgres_os_user() -> str:
 
 @dataclass
 class PostgresServer:
-    """A running PostgreSQL server on 127.0.0.1:``port``, trust authentication, loopback only."""
+    """A running PostgreSQL server on ``host``:``port`` that admits two users only.
+
+    The superuser is the system user that runs the server (:attr:`os_user`), over the unix
+    socket in the 0700 data folder (``peer``: only that user and root reach it); the databases
+    are owned by :attr:`db_user`, a role without superuser, database or role creation rights,
+    which logs in over TCP with a random password (SCRAM). The password lives in the libpq
+    password file :attr:`passfile` (0600, the starting user's): clients find it through
+    ``PGPASSFILE`` (:attr:`env`), so it is in no URL, configuration, log or process listing.
+    (A superuser could run programs as the server's user: ``COPY ... TO PROGRAM``.)
+    """
 
     folder: Path
     port: int
+    host: str  # the address it listens on
     db_user: str
     os_user: str
     bindir: Path
@@ -313,42 +325,65 @@ class PostgresServer:
     owns_folder: bool = False
     started_s: float = 0.0
 
+    @property
+    def data(self) -> Path:
+        """The cluster's data folder, which also holds its unix socket."""
+        return self.folder / "pgdata"
+
+    @property
+    def passfile(self) -> Path:
+        return self.folder / "pgpass"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment variables for clients (Optuna, the MLflow server) of this server."""
+        return {"PGPASSFILE": str(self.passfile)}
+
     def url(self, database: str = "mscol", driver: str = "postgresql+psycopg2") -> str:
-        """SQLAlchemy URL, e.g. ``postgresql+psycopg2://mscol@127.0.0.1:5433/mscol``."""
-        return f"{driver}://{self.db_user}@{LOOPBACK}:{self.port}/{database}"
+        """SQLAlchemy URL without the password, e.g.
+        ``postgresql+psycopg2://mscol@127.0.0.1:5433/mscol``."""
+        return f"{driver}://{self.db_user}@{client_address(self.host)}:{self.port}/{database}"
 
     def create_database(self, name: str, exist_ok: bool = False) -> str:
         """Create database ``name`` (owned by :attr:`db_user`); returns its SQLAlchemy URL.
 
         ``exist_ok``: a database of that name is fine (a restarted server keeps its data)."""
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", name):
+        if not re.fullmatch(SQL_NAME, name):
             raise ValueError(f"database name {name!r}: letters, digits and _ only")
-        done = run_command(
-            [
-                str(self.bindir / "createdb"),
-                "-h",
-                LOOPBACK,
-                "-p",
-                str(self.port),
-                "-U",
-                self.db_user,
-                name,
-            ],
-            timeout=30,
-            check=False,
-        )
+        done = self._as_superuser("createdb", "-O", self.db_user, name, check=False)
         if done.returncode != 0 and not (exist_ok and "already exists" in done.stderr):
             raise ServiceError(f"createdb {name} failed ({done.returncode}): {done.stderr.strip()}")
         return self.url(name)
 
     def ready(self) -> bool:
         done = run_command(
-            [str(self.bindir / "pg_isready"), "-q", "-h", LOOPBACK, "-p", str(self.port)]
-            + ["-U", self.db_user, "-d", "postgres"],
+            [str(self.bindir / "pg_isready"), "-q", "-h", str(self.data), "-p", str(self.port)],
             timeout=10,
             check=False,
         )
         return done.returncode == 0
+
+    def set_role(self, password: str) -> None:
+        """Create :attr:`db_user` if missing, as a role with no rights beyond logging in and
+        owning its databases, with ``password`` (given on standard input, never in argv)."""
+        role = self.db_user
+        sql = (
+            f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') "
+            f"THEN CREATE ROLE {role}; END IF; END $$;\n"
+            f"ALTER ROLE {role} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
+            f"NOBYPASSRLS PASSWORD '{password}';\n"
+        )
+        psql = ("psql", "-d", "postgres", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-")
+        self._as_superuser(*psql, input=sql)
+
+    def _as_superuser(self, program: str, *args: str, **kwargs) -> subprocess.CompletedProcess:
+        """A client program of ``bindir`` as :attr:`os_user`, over the unix socket."""
+        argv = [str(self.bindir / program), "-h", str(self.data), "-p", str(self.port), *args]
+        entry = pwd.getpwnam(self.os_user)
+        env = {**os.environ, "HOME": entry.pw_dir, "USER": self.os_user, "LOGNAME": self.os_user}
+        if entry.pw_uid != os.geteuid():
+            kwargs.update(user=entry.pw_uid, group=entry.pw_gid, extra_groups=[])
+        return run_command(argv, timeout=30, env=env, cwd=self.data, **kwargs)
 
     def stop(self, timeout: float = 30) -> None:
         """Fast shutdown (SIGINT: disconnect clients, checkpoint); idempotent."""
@@ -368,6 +403,19 @@ class PostgresServer:
         )
 
 
+SQL_NAME = r"[A-Za-z_][A-Za-z0-9_]{0,62}"  # a database or role name we may put into SQL
+
+# pg_hba.conf, rewritten at every start: only these two ways in.
+PG_HBA = """\
+# Written by benchmark/pipeline/services.py at every start; edits are lost.
+# The superuser: the server's own system user, over the unix socket in this 0700 folder.
+local   all   {os_user}   peer
+# The databases' owner, no superuser: by password (SCRAM), from any address the server
+# listens on.
+host    all   {db_user}   all   scram-sha-256
+"""
+
+
 def start_postgres(
     folder: Path | None = None,
     port: int | None = None,
@@ -377,8 +425,9 @@ def start_postgres(
     timeout: float = 60,
     bound: bool = True,
     os_user: str | None = None,
+    host: str = LOOPBACK,
 ) -> PostgresServer:
-    """``initdb`` a cluster in ``folder/pgdata`` and run ``postgres`` on 127.0.0.1:``port``.
+    """``initdb`` a cluster in ``folder/pgdata`` and run ``postgres`` on ``host``:``port``.
 
     Args:
         folder: where the cluster lives; the PostgreSQL system user (:func:`postgres_os_user`)
@@ -386,15 +435,19 @@ def start_postgres(
             ``stop()`` (as root, pytest's 0700 temp folders are out of the ``postgres`` user's
             reach, so the fixtures use this).
         port: None picks a free port.
-        database: created and owned by ``db_user`` (the cluster's superuser; trust auth, which
-            is safe only because the server listens on 127.0.0.1 alone).
+        database: created and owned by ``db_user``, a role that is no superuser and logs in
+            with the password of ``folder/pgpass`` (see :class:`PostgresServer`; the password
+            of an earlier start is kept).
         durable: False turns off fsync and synchronous commit (a throwaway test server); a
             server whose data matters (a user's tracking server) needs True.
         os_user: the system user that runs it; None: :func:`postgres_os_user`.
+        host: the IPv4 address it listens on (127.0.0.1: this machine only; 0.0.0.0: every
+            interface, for clients on other machines).
 
     The server runs in the foreground of a tracked process (``postgres -D``, not ``pg_ctl
     start``, which detaches it from us); ``stop()`` sends SIGINT, PostgreSQL's fast shutdown.
-    Returns a :class:`PostgresServer`; ``server.url(database)`` is the SQLAlchemy URL.
+    Returns a :class:`PostgresServer`; ``server.url(database)`` is the SQLAlchemy URL, and its
+    clients need ``server.env`` (``PGPASSFILE``).
     """
     if sys.platform != "linux":
         raise ServiceUnavailable("the local PostgreSQL helper needs Linux")
@@ -404,23 +457,33 @@ def start_postgres(
             f"PostgreSQL programs ({', '.join(POSTGRES_PROGRAMS)}) not found: install PostgreSQL "
             "(Debian: apt-get install postgresql)"
         )
+    check_host(host)
     t0 = time.monotonic()
     os_user = os_user or postgres_os_user()
+    if not re.fullmatch(SQL_NAME, db_user) or db_user == os_user:
+        raise ServiceError(f"db_user {db_user!r}: letters, digits and _, not {os_user!r}")
     entry = pwd.getpwnam(os_user)
     owns = folder is None
     folder = Path(tempfile.mkdtemp(prefix="mscol-pg-") if owns else folder).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     if owns:
         folder.chmod(0o711)  # the PostgreSQL user may pass through, not list
-    data = folder / "pgdata"
     if entry.pw_uid != os.geteuid() and not _reachable(folder):
         raise ServiceError(
             f"{folder} is not reachable by user {os_user}; pass folder=None or a folder it can open"
         )
-    port = port or free_port()
+    port = port or free_port(host)
     server = PostgresServer(
-        folder, port, db_user, os_user, bindir, marker=new_marker("postgres"), owns_folder=owns
+        folder,
+        port,
+        host,
+        db_user,
+        os_user,
+        bindir,
+        marker=new_marker("postgres"),
+        owns_folder=owns,
     )
+    data = server.data
     user = os_user if entry.pw_uid != os.geteuid() else None
     try:
         if not (data / "PG_VERSION").exists():
@@ -433,8 +496,9 @@ def start_postgres(
                     "-D",
                     str(data),
                     "-U",
-                    db_user,
-                    "--auth=trust",
+                    os_user,
+                    "--auth-local=peer",
+                    "--auth-host=scram-sha-256",
                     "--encoding=UTF8",
                     "--locale=C",
                     "--no-instructions",
@@ -452,10 +516,16 @@ def start_postgres(
                 raise ServiceError(f"initdb did not finish in {timeout} s") from None
             if code != 0:
                 raise ServiceError(f"initdb failed ({code}):\n{init.tail()}")
+        hba = data / "pg_hba.conf"
+        hba.write_text(PG_HBA.format(os_user=os_user, db_user=db_user))
+        os.chown(hba, entry.pw_uid, entry.pw_gid)
         settings = {
-            "listen_addresses": LOOPBACK,
+            "listen_addresses": host,
             "port": str(port),
-            "unix_socket_directories": str(data),  # not /var/run/postgresql (root's)
+            # The socket (superuser access) only in the data folder, for its owner alone.
+            "unix_socket_directories": str(data),
+            "unix_socket_permissions": "0700",
+            "password_encryption": "scram-sha-256",
             "max_connections": "200",  # MLflow server + Optuna workers each keep a pool
         }
         if not durable:
@@ -473,6 +543,9 @@ def start_postgres(
             bound=bound,
         )
         wait_until(server.ready, timeout, f"PostgreSQL on port {port}", 0.3, server.daemon.died)
+        password = _stored_password(server.passfile, db_user) or secrets.token_urlsafe(24)
+        server.set_role(password)
+        _write_passfile(server, password)
         if database:
             server.create_database(database)
     except BaseException:
@@ -481,6 +554,53 @@ def start_postgres(
     server.started_s = time.monotonic() - t0
     log.info("postgres up in %.1f s: %s", server.started_s, server.url(database))
     return server
+
+
+def _stored_password(passfile: Path, user: str) -> str | None:
+    """The password of ``user`` in a libpq password file (``host:port:db:user:password``)."""
+    if not passfile.is_file():
+        return None
+    for line in passfile.read_text().splitlines():
+        fields = line.split(":")
+        if len(fields) == 5 and fields[3] == user:
+            return fields[4]
+    return None
+
+
+def _write_passfile(server: PostgresServer, password: str) -> None:
+    """The libpq password file of ``server``'s role, readable by its owner alone (0600: libpq
+    ignores a file others may read), for the addresses its URLs and this machine use."""
+    if server.host == WILDCARD:
+        hosts = list(dict.fromkeys([client_address(server.host), LOOPBACK, "localhost"]))
+    else:
+        hosts = [server.host]
+    text = "".join(f"{h}:{server.port}:*:{server.db_user}:{password}\n" for h in hosts)
+    tmp = server.passfile.with_name(f".{server.passfile.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        os.fchmod(fh.fileno(), 0o600)
+        fh.write(text)
+    os.replace(tmp, server.passfile)
+
+
+WILDCARD = "0.0.0.0"
+
+
+def check_host(host: str) -> None:
+    """:class:`ServiceError` unless ``host`` is an IPv4 address (one of this machine's, or
+    0.0.0.0 for all of them)."""
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        raise ServiceError(
+            f"host {host!r}: an IPv4 address of this machine (0.0.0.0: every interface)"
+        ) from None
+
+
+def client_address(host: str) -> str:
+    """How clients name a server listening on ``host``: the address itself, or for 0.0.0.0
+    this machine's host name (what other machines of a cluster usually resolve)."""
+    return socket.gethostname() if host == WILDCARD else host
 
 
 def _reachable(folder: Path) -> bool:
@@ -533,8 +653,10 @@ def start_mlflow_server(
     log_path: Path | None = None,
     bound: bool = True,
     job_execution: bool = False,
+    host: str = LOOPBACK,
+    env: Mapping[str, str] | None = None,
 ) -> MlflowServer:
-    """Run ``mlflow server`` on 127.0.0.1:``port`` and wait until ``/health`` answers.
+    """Run ``mlflow server`` on ``host``:``port`` and wait until ``/health`` answers.
 
     ``--serve-artifacts --artifacts-destination artifacts_dir``: new experiments get the
     artifact root ``mlflow-artifacts:/``, so clients upload and download artifacts through the
@@ -545,12 +667,21 @@ def start_mlflow_server(
     ``workers``: uvicorn worker processes (each imports MLflow: ~10 s of CPU here); one serves
     concurrent clients through its thread pool. ``job_execution``: MLflow 3's background job
     runner (GenAI features: prompt optimisation, trace roll-ups), 7 more Python processes that
-    this project does not use; off unless asked for.
+    this project does not use; off unless asked for. ``env``: added to the server's environment
+    (e.g. :attr:`PostgresServer.env`, the backend store's password file).
+
+    ``host``: the IPv4 address it listens on. MLflow's server has no authentication: whoever
+    reaches it may read, change and delete every run and artifact, so anything beyond
+    127.0.0.1 must be a network that only trusted machines reach. Clients must name it as
+    :attr:`MlflowServer.uri` does (MLflow checks the ``Host`` header against
+    ``--allowed-hosts``, by default loopback and private addresses only).
     """
+    check_host(host)
     artifacts_dir = Path(artifacts_dir).resolve()
     artifacts_dir.mkdir(parents=True, exist_ok=True)
-    port = port or free_port()
-    uri = f"http://{LOOPBACK}:{port}"
+    port = port or free_port(host)
+    address = client_address(host)
+    uri = f"http://{address}:{port}"
     server = MlflowServer(uri, port, backend_store_uri, artifacts_dir, marker=new_marker("mlflow"))
     argv = [
         sys.executable,
@@ -563,12 +694,15 @@ def start_mlflow_server(
         "--artifacts-destination",
         str(artifacts_dir),
         "--host",
-        LOOPBACK,
+        host,
         "--port",
         str(port),
         "--workers",
         str(workers),
     ]
+    if host != LOOPBACK:
+        names = dict.fromkeys([address, LOOPBACK, "localhost"])
+        argv += ["--allowed-hosts", ",".join(f"{name}:{port}" for name in names)]
     t0 = time.monotonic()
     try:
         server.daemon = spawn(
@@ -576,7 +710,11 @@ def start_mlflow_server(
             argv,
             log_path or artifacts_dir.parent / f"mlflow-server-{port}.log",
             server.marker,
-            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": str(job_execution).lower()},
+            env={
+                **os.environ,
+                **(env or {}),
+                "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": str(job_execution).lower(),
+            },
             cwd=artifacts_dir.parent,
             bound=bound,
         )
@@ -614,11 +752,21 @@ def _write_tracking_state(folder: Path, info: dict) -> None:
 
 
 def _tracking_lines(info: dict, state: str) -> list[str]:
-    return [
+    lines = [
         f"tracking server {state} (folder {info['folder']})",
         f"  paths.tracking_uri={info['tracking_uri']}",
         f"  paths.optuna_storage={info['optuna_storage']}",
     ]
+    if "pgpassfile" in info:  # a state file of the password-less servers before has none
+        lines.append(
+            f"  export PGPASSFILE={info['pgpassfile']}   # the database's password; jobs inherit it"
+        )
+    if not ipaddress.IPv4Address(info.get("host", LOOPBACK)).is_loopback:
+        lines.append(
+            f"  warning: MLflow's server has no authentication: anyone who reaches "
+            f"{info['host']}:{info['mlflow']['port']} can read, change and delete the runs"
+        )
+    return lines
 
 
 def _running(info: dict) -> bool:
@@ -627,29 +775,47 @@ def _running(info: dict) -> bool:
     )
 
 
-def start_tracking_server(folder: Path, timeout: float = 180) -> list[str]:
+def port_free(host: str, port: int) -> bool:
+    """Whether ``port`` of ``host`` can be listened on now (nothing else listens there)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def start_tracking_server(folder: Path, host: str | None = None, timeout: float = 180) -> list[str]:
     """Start PostgreSQL (durable, databases ``mlflow`` and ``optuna``) and an ``mlflow server``
-    on it (artifacts served from ``folder/artifacts``), both on 127.0.0.1, both outliving this
-    process; the state file ``folder/server.json`` lets :func:`stop_tracking_server` stop them.
+    on it (artifacts served from ``folder/artifacts``), both listening on ``host``, both
+    outliving this process; the state file ``folder/server.json`` lets
+    :func:`stop_tracking_server` stop them.
+
+    ``host``: the IPv4 address to listen on; None: the previous start's, at first 127.0.0.1
+    (this machine only). ``0.0.0.0`` serves the compute nodes of a cluster: PostgreSQL admits
+    them with the password of ``folder/postgres/pgpass`` (:class:`PostgresServer`), but
+    MLflow's server has no authentication (the lines returned say so). ``folder`` is made
+    private (0700; as root 0711, so that the ``postgres`` user reaches its cluster).
 
     Idempotent: a server already running is left as it is. A restart reuses the ports of the
     previous start (when free), so the URIs a configuration holds stay valid. Returns the lines
-    to print (the two URIs to set as ``paths.tracking_uri`` and ``paths.optuna_storage``).
-    Raises :class:`ServiceUnavailable` without PostgreSQL, :class:`ServiceError` when a server
-    fails to start (the log file is named).
+    to print: the two URIs to set as ``paths.tracking_uri`` and ``paths.optuna_storage``, and
+    the ``PGPASSFILE`` to export. Raises :class:`ServiceUnavailable` without PostgreSQL,
+    :class:`ServiceError` when a server fails to start (the log file is named).
     """
     folder = Path(folder).resolve()
     folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o711 if os.geteuid() == 0 else 0o700)
     info = _tracking_state(folder)
     if info and _running(info):
         return _tracking_lines(info, "already running")
+    host = host or info.get("host", LOOPBACK)
+    check_host(host)
 
     def port(kind: str) -> int | None:
         previous = info.get(kind, {}).get("port")
-        if previous is None:
-            return None
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            return previous if s.connect_ex((LOOPBACK, previous)) != 0 else None
+        return previous if previous is not None and port_free(host, previous) else None
 
     for kind in ("mlflow", "postgres"):  # leftovers of a server that died half-way
         if info.get(kind, {}).get("marker"):
@@ -660,7 +826,12 @@ def start_tracking_server(folder: Path, timeout: float = 180) -> list[str]:
             "folder whose parents all allow others to enter (chmod o+x), e.g. under runs/"
         )
     pg = start_postgres(
-        folder / "postgres", port=port("postgres"), database="", durable=True, bound=False
+        folder / "postgres",
+        port=port("postgres"),
+        database="",
+        durable=True,
+        bound=False,
+        host=host,
     )
     try:
         backend = pg.create_database("mlflow", exist_ok=True)
@@ -672,6 +843,8 @@ def start_tracking_server(folder: Path, timeout: float = 180) -> list[str]:
             timeout=timeout,
             log_path=folder / "mlflow.log",
             bound=False,
+            host=host,
+            env=pg.env,
         )
     except BaseException:
         pg.stop()
@@ -681,10 +854,12 @@ def start_tracking_server(folder: Path, timeout: float = 180) -> list[str]:
         "folder": str(folder),
         "running": True,
         "started": time.time(),
+        "host": host,
         "postgres": {"pid": pg.daemon.popen.pid, "marker": pg.marker, "port": pg.port},
         "mlflow": {"pid": server.daemon.popen.pid, "marker": server.marker, "port": server.port},
         "tracking_uri": server.uri,
         "optuna_storage": optuna_url,
+        "pgpassfile": str(pg.passfile),
     }
     _write_tracking_state(folder, info)
     return _tracking_lines(info, "started")

@@ -71,14 +71,19 @@ def slurm_cluster(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def postgres_server():
-    """A running PostgreSQL server (throwaway: no fsync) with an empty database ``mscol``."""
+    """A running PostgreSQL server (throwaway: no fsync) with an empty database ``mscol``;
+    ``PGPASSFILE`` gives this session's clients (and the jobs and workers they start) its
+    password, as it does a user's."""
     _packages("postgres")
     try:
         server = services.start_postgres(os_user=engines.postgres_user())
     except services.ServiceUnavailable as exc:
         unavailable(str(exc))
     TIMINGS["postgres start"] = server.started_s
-    yield server
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in server.env.items():
+            mp.setenv(key, value)
+        yield server
     t0 = time.monotonic()
     server.stop()
     TIMINGS["postgres stop"] = time.monotonic() - t0
@@ -86,7 +91,8 @@ def postgres_server():
 
 @pytest.fixture(scope="session")
 def postgres_url(postgres_server) -> str:
-    """SQLAlchemy URL of the session's database, ``postgresql+psycopg2://mscol@127.0.0.1:P/mscol``."""
+    """SQLAlchemy URL of the session's database, ``postgresql+psycopg2://mscol@127.0.0.1:P/mscol``
+    (the password comes from ``PGPASSFILE``)."""
     return postgres_server.url("mscol")
 
 
@@ -102,7 +108,7 @@ def mlflow_server(postgres_server, tmp_path_factory):
     """``mlflow server`` on database ``mlflow`` of the session's PostgreSQL, serving artifacts."""
     backend = postgres_server.create_database("mlflow")
     folder = tmp_path_factory.mktemp("mlflow")
-    server = services.start_mlflow_server(backend, folder / "artifacts")
+    server = services.start_mlflow_server(backend, folder / "artifacts", env=postgres_server.env)
     TIMINGS["mlflow server start"] = server.started_s
     # MLflow's client (requests) would send 127.0.0.1 traffic through a configured HTTP proxy.
     with pytest.MonkeyPatch.context() as mp:
@@ -119,7 +125,9 @@ def tracking(postgres_server, tmp_path, request):
     fresh Optuna database; returns (the server, the overrides that point a plan at them)."""
     name = re.sub(r"\W", "_", request.node.name)[:30].lower() + f"_{time.monotonic_ns() % 10**6}"
     server = services.start_mlflow_server(
-        postgres_server.create_database(f"ml_{name}"), tmp_path / "artifacts"
+        postgres_server.create_database(f"ml_{name}"),
+        tmp_path / "artifacts",
+        env=postgres_server.env,
     )
     optuna = postgres_server.create_database(f"op_{name}")
     with pytest.MonkeyPatch.context() as mp:  # as in mlflow_server: no proxy for 127.0.0.1

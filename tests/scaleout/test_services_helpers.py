@@ -69,3 +69,29 @@ def test_wait_until_reports_a_dead_daemon_at_once():
     assert time.monotonic() - t0 < 1
     with pytest.raises(services.ServiceError, match="timed out after 0 s"):
         services.wait_until(lambda: False, 0.1, "nothing")
+
+
+def test_a_tracking_server_beyond_loopback_is_said_to_have_no_authentication():
+    info = {
+        "folder": "/runs/tracking-server",
+        "host": "127.0.0.1",
+        "mlflow": {"port": 5000},
+        "tracking_uri": "http://127.0.0.1:5000",
+        "optuna_storage": "postgresql+psycopg2://mscol@127.0.0.1:5433/optuna",
+        "pgpassfile": "/runs/tracking-server/postgres/pgpass",
+    }
+    lines = services._tracking_lines(info, "started")
+    assert "  export PGPASSFILE=/runs/tracking-server/postgres/pgpass" in lines[3]
+    assert not any("warning" in line for line in lines)
+    (warning,) = [
+        line
+        for line in services._tracking_lines({**info, "host": "0.0.0.0"}, "started")
+        if "warning" in line
+    ]
+    assert "no authentication" in warning and "0.0.0.0:5000" in warning
+
+
+def test_a_host_must_be_an_ipv4_address():
+    services.check_host("0.0.0.0")
+    with pytest.raises(services.ServiceError, match="IPv4 address"):
+        services.check_host("login01")

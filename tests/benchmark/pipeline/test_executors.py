@@ -118,7 +118,8 @@ def test_two_runs_at_once_do_each_step_once(synth_smoke, tmp_path):
     [
         (["executor.kind=cluster"], "executor.kind must be one of local, processes, slurm"),
         (["--executor", "processes", "executor.workers=0"], "executor.workers must be >= 1"),
-        (["--executor", "slurm"], "executor.kind=slurm needs stores that jobs on other nodes"),
+        # What the compute nodes need, not a server on this machine's loopback address.
+        (["--executor", "slurm"], "and paths.optuna_storage to a database that the compute nodes"),
     ],
 )
 def test_an_executor_that_cannot_run_is_a_one_line_error(tmp_path, args, message):
