@@ -32,7 +32,7 @@ from pathlib import Path
 import submitit
 
 from benchmark.config import Config, ExecutorConfig, from_dict
-from benchmark.errors import ConfigError
+from benchmark.errors import ConfigError, StageError
 from benchmark.pipeline import slurm, state
 from benchmark.pipeline.context import Context, open_context
 from benchmark.pipeline.plan import (
@@ -304,7 +304,8 @@ def submit_plan(cfg: Config, steps: list[Step], tracker) -> Launch:
     steps of one stage that need the same jobs form one array. Each job gets
     ``--kill-on-invalid-dep=yes``: a step whose dependency failed is cancelled rather than left
     pending for ever. A pending report job of an earlier submission is cancelled (the new one
-    waits for all of it). Returns a :class:`Launch` with the job ids.
+    waits for all of it). Returns a :class:`Launch` with the job ids; raises
+    :class:`StageError` and submits nothing when squeue cannot say which jobs are in flight.
     """
     e = cfg.executor
     folder = Path(e.folder) if e.folder else cfg.profile_dir / "slurm"
@@ -315,7 +316,10 @@ def submit_plan(cfg: Config, steps: list[Step], tracker) -> Launch:
     launch = Launch(finished=False)
     with state.submit_lock(cfg):
         submitted = state.read_jobs(cfg)
-        live = slurm.job_states([v["job"] for v in submitted.values()])
+        try:
+            live = slurm.job_states([v["job"] for v in submitted.values()])
+        except StageError as exc:  # a running step's job would look gone and run twice
+            raise StageError(f"nothing submitted: {exc}") from None
         finished_runs = {r.info.run_id for r in tracker.runs() if r.info.status == "FINISHED"}
         job_of: dict[str, str] = {}  # step -> the job the steps after it must wait for
         todo: list[Step] = []
