@@ -229,9 +229,9 @@ class StageResources:
 class ExecutorConfig:
     """Where the plan's steps run; none of it shapes a result (see ``Config.results_hash``).
 
-    The per-stage sections size a Slurm job for the ``paper`` profile on a GPU cluster; the
-    synthetic profiles run on any node once ``executor.<stage>.gpus=0`` (README, "Running on
-    a cluster")."""
+    The per-stage sections size a Slurm job for the ``paper`` profile on a GPU cluster
+    (separation, pre-training and embedding ask for one GPU); the CPU profiles (``default``,
+    ``smoke`` and those based on them) ask for none (README, "Running on a cluster")."""
 
     kind: str = "local"  # local (one process) | processes (a pool) | slurm (submitit) (ours)
     workers: int = 2  # processes: worker processes, each with its own GPU if any (ours)

@@ -117,9 +117,20 @@ def test_tuning_workers_are_placement_and_the_lag_is_not():
     assert tune_key(resolve("smoke", ["tune.lag=0"]), "fma", "emb") != tune_key(base, "fma", "emb")
 
 
+@pytest.mark.parametrize("profile", ["paper", "default", "smoke", "studies"])
+def test_only_the_paper_profile_asks_slurm_for_gpus(profile):
+    """sbatch rejects a GPU request on a CPU-only cluster: the CPU profiles ask for none."""
+    e = resolve(profile).executor
+    stages = ("data", "features", "separate", "pretrain", "embed", "tune", "probe", "report")
+    gpus = {stage: e.resources(stage).gpus for stage in stages}
+    wanted = {"separate", "pretrain", "embed"} if profile == "paper" else set()
+    assert gpus == {stage: int(stage in wanted) for stage in gpus}
+    assert e.pretrain.cpus == 8 and e.pretrain.mem_gb == 32.0  # the rest of the section kept
+
+
 def test_executor_section_is_typed_and_shapes_no_result():
     base = resolve("smoke")
-    assert base.executor.kind == "local" and base.executor.pretrain.gpus == 1  # paper-sized
+    assert base.executor.kind == "local"
     slurm = resolve(
         "smoke", ["executor.kind=slurm", "executor.pretrain.gpus=0", "executor.probe.mem_gb=1.5"]
     )
