@@ -26,6 +26,7 @@ import logging
 import os
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -139,7 +140,15 @@ def _worker_init(devices: list[str], counter) -> None:
 
 class ProcessExecutor:
     """A pool of ``workers`` processes (spawned: no state forked from this one) fed in
-    dependency order; a failure blocks its dependants only, as in :func:`execute`."""
+    dependency order; a failure blocks its dependants only, as in :func:`execute`.
+
+    A worker that dies without a word (the kernel's out-of-memory killer sends SIGKILL)
+    breaks the whole pool: every step in it fails with ``BrokenProcessPool``, whichever
+    worker died. So the pool is made again, and a step that ran alone when it broke is failed
+    with that reason (in its record too: the dead worker wrote none); steps that ran side by
+    side are run again one at a time, each alone, which finds the one that kills its worker
+    and lets the others finish.
+    """
 
     kind = "processes"
 
@@ -151,44 +160,71 @@ class ProcessExecutor:
         self, cfg: Config, steps: list[Step], ctx: Context | None = None, on_step=None
     ) -> Launch:
         """``on_step(step)``: called in this process as each step ends or is blocked."""
-        import multiprocessing
-
         devices = visible_gpus() if self.devices is None else self.devices
-        mp = multiprocessing.get_context("spawn")
         by_name = {s.name: s for s in steps}
         waiting = list(steps)
+        alone: set[str] = set()  # steps that were in a pool that broke: run with no other
         running: dict[Future, tuple[Step, float]] = {}
-        with ProcessPoolExecutor(
-            self.workers, mp_context=mp, initializer=_worker_init, initargs=(devices, mp.Value("i"))
-        ) as pool:
-            try:
-                while waiting or running:
-                    still = []
-                    for step in waiting:
-                        deps = [by_name[d].status for d in step.deps]
-                        bad = [d for d in step.deps if by_name[d].status in ("failed", "blocked")]
-                        if bad:
-                            step.status, step.error = "blocked", f"needs {', '.join(bad)}"
-                            log.warning("skipping %s: %s", step.name, step.error)
-                            if on_step is not None:
-                                on_step(step)
-                        elif all(s in SUCCEEDED for s in deps):
-                            running[pool.submit(step.fn, *step.args)] = (step, time.perf_counter())
-                        else:
-                            still.append(step)
-                    waiting = still
-                    if not running:
-                        continue
-                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                    for future in finished:
-                        step, t0 = running.pop(future)
-                        _settle(step, future, t0)
+        pool = self._pool(devices)
+        try:
+            while waiting or running:
+                still = []
+                for step in waiting:
+                    deps = [by_name[d].status for d in step.deps]
+                    bad = [d for d in step.deps if by_name[d].status in ("failed", "blocked")]
+                    side_by_side = [step.name, *(s.name for s, _ in running.values())]
+                    busy = len(running) >= self.workers or (
+                        len(side_by_side) > 1 and not alone.isdisjoint(side_by_side)
+                    )
+                    if bad:
+                        step.status, step.error = "blocked", f"needs {', '.join(bad)}"
+                        log.warning("skipping %s: %s", step.name, step.error)
                         if on_step is not None:
                             on_step(step)
-            except BaseException:
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise
+                    elif all(s in SUCCEEDED for s in deps) and not busy:
+                        running[pool.submit(step.fn, *step.args)] = (step, time.perf_counter())
+                    else:
+                        still.append(step)
+                waiting = still
+                if not running:
+                    continue
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                lost: list[tuple[Step, float]] = []
+                if any(isinstance(f.exception(), BrokenProcessPool) for f in finished):
+                    pool.shutdown(wait=True)  # every future of a broken pool has ended
+                    finished = set(running)
+                    pool = self._pool(devices)
+                for future in finished:
+                    step, t0 = running.pop(future)
+                    if isinstance(future.exception(), BrokenProcessPool):
+                        lost.append((step, t0))
+                        continue
+                    _settle(step, future, t0)
+                    if on_step is not None:
+                        on_step(step)
+                if len(lost) == 1:
+                    step, t0 = lost[0]
+                    _worker_died(cfg, step, t0)
+                    if on_step is not None:
+                        on_step(step)
+                elif lost:
+                    log.warning(
+                        "a worker process died while %s ran: running them again one at a time",
+                        ", ".join(s.name for s, _ in lost),
+                    )
+                    alone.update(s.name for s, _ in lost)
+                    waiting = [s for s, _ in lost] + waiting
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
         return Launch(finished=True)
+
+    def _pool(self, devices: list[str]) -> ProcessPoolExecutor:
+        import multiprocessing
+
+        mp = multiprocessing.get_context("spawn")
+        return ProcessPoolExecutor(
+            self.workers, mp_context=mp, initializer=_worker_init, initargs=(devices, mp.Value("i"))
+        )
 
 
 def _settle(step: Step, future: Future, t0: float) -> None:
@@ -201,6 +237,29 @@ def _settle(step: Step, future: Future, t0: float) -> None:
         return
     settle(step, result)
     step.wall_s = result.wall_s
+
+
+def _worker_died(cfg: Config, step: Step, t0: float) -> None:
+    """Fail ``step``, whose worker process died while it ran alone, and record it as
+    :func:`run_step` records a failure (the worker could not)."""
+    step.status = "failed"
+    step.error = (
+        "its worker process died (killed without a word, e.g. by the kernel for lack of "
+        "memory: fewer executor.workers leave each more)"
+    )
+    step.wall_s = time.perf_counter() - t0
+    before = state.read_record(cfg, step.name) or {}
+    compute = float(before.get("compute_s", before.get("wall_s", 0.0))) + step.wall_s
+    state.write_record(
+        cfg,
+        step.name,
+        step.stage,
+        "failed",
+        error=step.error,
+        wall_s=step.wall_s,
+        compute_s=compute,
+    )
+    log.error("step %s failed: %s", step.name, step.error)
 
 
 # -- Slurm ------------------------------------------------------------------------------------

@@ -156,3 +156,50 @@ def test_pool_workers_get_one_gpu_each_round_robin(monkeypatch):
     # Every worker that ran a task sees one of the GPUs, and no two workers the same one.
     assert set(seen.values()) <= {"2", "5", "7"} and len(set(seen.values())) == len(seen)
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "2,5,7"
+
+
+def _killed(*_):
+    os._exit(137)  # as the out-of-memory killer leaves a worker: no exception, no result
+
+
+def _ran(seconds: float):
+    import time
+
+    from benchmark.pipeline.plan import StepResult
+
+    time.sleep(seconds)
+    return StepResult("ran", wall_s=seconds)
+
+
+def test_a_killed_pool_worker_fails_its_step_and_the_others_go_on(tmp_path):
+    """One dead worker breaks a ProcessPoolExecutor (every step in it gets BrokenProcessPool):
+    the step whose worker died is failed with the reason, in its record too, and the others,
+    the one that ran beside it included, finish in a new pool."""
+    from benchmark.config import resolve
+    from benchmark.pipeline import state
+    from benchmark.pipeline.executors import ProcessExecutor
+    from benchmark.pipeline.plan import Step
+
+    cfg = resolve("smoke", [f"paths.runs_dir={tmp_path}"])
+    steps = [
+        Step("killed", "pretrain", fn=_killed),
+        Step("beside", "pretrain", fn=_ran, args=(2.0,)),  # running when the pool breaks
+        Step("needs-killed", "probe", deps=["killed"], fn=_ran, args=(0.0,)),
+        Step("needs-beside", "probe", deps=["beside"], fn=_ran, args=(0.0,)),
+        Step("after", "probe", fn=_ran, args=(0.0,)),  # waits for a free worker
+    ]
+    seen = []
+    launch = ProcessExecutor(workers=2, devices=[]).launch(cfg, steps, on_step=seen.append)
+
+    assert launch.finished
+    assert {s.name: s.status for s in steps} == {
+        "killed": "failed",
+        "beside": "ran",
+        "needs-killed": "blocked",
+        "needs-beside": "ran",
+        "after": "ran",
+    }
+    assert "worker process died" in steps[0].error
+    assert sorted(s.name for s in seen) == sorted(s.name for s in steps)  # each reported once
+    record = state.read_record(cfg, "killed")
+    assert record["status"] == "failed" and "worker process died" in record["error"]
