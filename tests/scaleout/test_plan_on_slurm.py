@@ -1,9 +1,7 @@
 """The plan on a real (one-node) Slurm cluster, tracked by an MLflow server on PostgreSQL.
 
 A reduced smoke plan (two methods, one task, two probe seeds, tuning on: 13 steps; see
-``tests/benchmark/pipeline/test_executors.py``) keeps each plan run to minutes: the whole smoke
-profile on every executor is ``test_smoke_on_every_executor.py`` (slow; README, "Scale-out
-measured").
+``tests/benchmark/pipeline/test_executors.py``) keeps each plan run to minutes.
 """
 
 from __future__ import annotations
