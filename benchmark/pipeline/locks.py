@@ -24,7 +24,10 @@ A lock is *stale* when its owner is known dead, and is then taken over:
 
 Taking over is race-free among waiters: a stale lock is first hard-linked to
 ``stale/<name>.<owner token>``, which only one waiter can create; that waiter then removes the
-lock, if it is still the same file (inode). The tombstones stay as an audit trail.
+lock, if the tombstone names the owner it judged stale (that owner may have released the lock
+meanwhile and another process taken it: the tombstone is then the new holder's lock, and is
+removed instead) and the lock is still the same file (inode). The tombstones stay as an audit
+trail.
 """
 
 from __future__ import annotations
@@ -254,6 +257,11 @@ class StepLock:
             return  # another waiter took this holder's lock over
         except FileNotFoundError:
             return  # released meanwhile
+        if read_owner(tombstone).token != holder.token:
+            # The holder released after it was judged stale and another process acquired:
+            # this is the new holder's lock, which stays.
+            tombstone.unlink()
+            return
         with contextlib.suppress(FileNotFoundError):
             if os.stat(self.path).st_ino == os.stat(tombstone).st_ino:
                 os.unlink(self.path)

@@ -155,6 +155,29 @@ def test_two_waiters_never_both_take_over_one_stale_lock(tmp_path):
     first.release()
 
 
+def test_a_takeover_never_removes_the_lock_of_a_newer_holder(tmp_path, monkeypatch):
+    """A waiter judges the holder stale; the holder, only slow, releases and another process
+    acquires before the waiter takes the lock over: the newer lock stays, and the waiter
+    does not get the lock too."""
+    path = tmp_path / "n.lock"
+    slow = _foreign_lock(path)
+    newer = StepLock(path, heartbeat_s=5, stale_s=600)
+    waiter = StepLock(path, heartbeat_s=5, stale_s=600)
+
+    def judged(holder):
+        if holder.token != slow.token:
+            return False  # the newer holder beats
+        path.unlink()  # the slow holder releases ...
+        assert newer.try_acquire()  # ... and another process acquires, then the takeover
+        return True
+
+    monkeypatch.setattr(waiter, "_is_stale", judged)
+    assert not waiter.try_acquire()
+    assert newer.holder().token == newer.owner.token
+    assert not list((tmp_path / "stale").iterdir())  # no tombstone: nothing was stale
+    newer.release()
+
+
 def test_bad_timing_is_refused():
     with pytest.raises(ValueError, match="stale_s > heartbeat_s"):
         StepLock("x.lock", heartbeat_s=10, stale_s=5)
