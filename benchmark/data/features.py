@@ -78,6 +78,18 @@ def store_root(cache_dir: Path, kind: str, dataset: str, key: str) -> Path:
     return Path(cache_dir) / "features" / f"{dataset}-{kind}-{key}"
 
 
+def _mixture_key(cfg: FrontEndConfig, corpus_version: str) -> str:
+    return section_hash(cfg, extra={"kind": MIX, "corpus": corpus_version})
+
+
+def mixture_root(
+    cache_dir: Path, dataset: str, cfg: FrontEndConfig, corpus_version: str = ""
+) -> Path:
+    """Where :func:`build_mixtures` keeps ``dataset``'s store: a folder named by its content
+    key (the front end and ``corpus_version``), known before anything is built."""
+    return store_root(cache_dir, MIX, dataset, _mixture_key(cfg, corpus_version))
+
+
 def build_mixtures(
     items: Sequence[AudioItem],
     cache_dir: Path,
@@ -97,8 +109,8 @@ def build_mixtures(
     loaders skip them); they count as bad clips. Raises :class:`StoreBuildError` when more
     than ``max_bad_fraction`` of the listed clips are bad.
     """
-    key = section_hash(cfg, extra={"kind": MIX, "corpus": corpus_version})
-    root = store_root(cache_dir, MIX, dataset, key)
+    key = _mixture_key(cfg, corpus_version)
+    root = mixture_root(cache_dir, dataset, cfg, corpus_version)
     # A whole file keeps the job key and payload it always had (existing stores stay valid).
     jobs = [
         Job(it.clip_id, file_key(it.path, key), (Path(it.path), cfg))

@@ -7,12 +7,15 @@ so two configurations in one process never see each other's (no process-wide mem
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
 from benchmark.config import Config
+from benchmark.pipeline import state
+from benchmark.pipeline.locks import StepLock
 from benchmark.pipeline.tracking import Tracker
 
 T = TypeVar("T")
@@ -21,11 +24,13 @@ T = TypeVar("T")
 @dataclass
 class Context:
     """``cfg`` and ``tracker`` (None: stages that can record nothing, e.g. ``features``);
-    ``progress`` shows progress bars."""
+    ``progress`` shows progress bars; ``step``: the plan step running in it now
+    (:func:`benchmark.pipeline.plan.run_step`), named in the locks it holds."""
 
     cfg: Config
     tracker: Tracker | None = None
     progress: bool = True
+    step: str = ""
     _opened: dict = field(default_factory=dict, init=False, repr=False)
 
     def once(self, key: tuple, open_fn: Callable[[], T]) -> T:
@@ -34,6 +39,18 @@ class Context:
         if key not in self._opened:
             self._opened[key] = open_fn()
         return self._opened[key]
+
+    @contextmanager
+    def hold(self, kind: str, key: str) -> Iterator[StepLock]:
+        """Hold the lock of the artefact of ``kind`` whose content key is ``key``
+        (:func:`state.artefact_lock`) while the block runs, after waiting for its holder.
+
+        For the tracker, ``key`` is then a ``bench.key`` this process holds the lock of
+        (:meth:`Tracker.locked`): a run of it left open on another host is resumed, and a run
+        of it checks before each write that the lock is still ours."""
+        with state.artefact_lock(self.cfg, kind, key, self.step or kind) as lock:
+            with self.tracker.locked(key, lock) if self.tracker else nullcontext():
+                yield lock
 
     def require_tracker(self) -> Tracker:
         """The tracker of a stage that records MLflow runs (pretrain, tune, probe); raises

@@ -24,7 +24,15 @@ A lock is *stale* when its owner is known dead, and is then taken over:
 
 Taking over is race-free among waiters: a stale lock is first hard-linked to
 ``stale/<name>.<owner token>``, which only one waiter can create; that waiter then removes the
-lock, if it is still the same file (inode). The tombstones stay as an audit trail.
+lock, if the tombstone names the owner it judged stale (that owner may have released the lock
+meanwhile and another process taken it: the tombstone is then the new holder's lock, and is
+removed instead) and the lock is still the same file (inode). The tombstones stay as an audit
+trail.
+
+A holder checks that it still holds its lock: its heartbeat thread reads the lock file, and
+:meth:`StepLock.check` raises :class:`LockLost` once the file names another owner (or is gone),
+e.g. after the holder was suspended or its filesystem stalled for longer than ``stale_s`` and a
+waiter took the lock over. What the lock protects is written only after such a check.
 """
 
 from __future__ import annotations
@@ -40,11 +48,18 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from benchmark.errors import StageError
+
 log = logging.getLogger(__name__)
 
 
 class LockTimeout(TimeoutError):
     """A lock could not be acquired in time; the message names the lock and its holder."""
+
+
+class LockLost(StageError):
+    """A lock this process held was taken over (it looked dead); the message names the lock
+    file. The work it protected belongs to the new holder: leave it alone."""
 
 
 def _proc_start(pid: int) -> int:
@@ -95,13 +110,14 @@ class Owner:
     restart: int  # SLURM_RESTART_COUNT of that job
     since: float  # time.time() at acquisition (for people; never compared across machines)
     what: str  # what the holder does (a step name)
+    plan: str = ""  # the configuration (results hash) of the plan whose step holds it
 
     def describe(self) -> str:
         where = f"{self.host} pid {self.pid}" + (f", Slurm job {self.job}" if self.job else "")
         return f"{where}, since {time.strftime('%H:%M:%S', time.localtime(self.since))}"
 
 
-def this_process(what: str = "") -> Owner:
+def this_process(what: str = "", plan: str = "") -> Owner:
     job, restart = slurm_job()
     return Owner(
         token=secrets.token_hex(8),
@@ -113,6 +129,7 @@ def this_process(what: str = "") -> Owner:
         restart=restart,
         since=time.time(),
         what=what,
+        plan=plan,
     )
 
 
@@ -144,6 +161,7 @@ class StepLock:
         path: the lock file (its folder is created); ``path.parent`` must be on the filesystem
             every process sees (e.g. under ``runs/``).
         what: what the holder does, shown to waiters (e.g. the step name).
+        plan: the configuration whose plan holds it (``status`` shows its own plan's holders).
         heartbeat_s: how often the holder rewrites its heartbeat file, seconds.
         stale_s: a holder on another machine whose heartbeat stood still this long (seconds of
             the waiter's clock) is taken to be dead. Must exceed ``heartbeat_s`` by a margin
@@ -157,6 +175,7 @@ class StepLock:
         self,
         path: Path,
         what: str = "",
+        plan: str = "",
         heartbeat_s: float = 10.0,
         stale_s: float = 120.0,
         poll_s: float = 0.5,
@@ -167,11 +186,12 @@ class StepLock:
                 f"{heartbeat_s}, stale_s={stale_s}, poll_s={poll_s}"
             )
         self.path = Path(path)
-        self.what = what
+        self.what, self.plan = what, plan
         self.heartbeat_s, self.stale_s, self.poll_s = heartbeat_s, stale_s, poll_s
         self.owner: Owner | None = None  # set while we hold it
         self._stop = threading.Event()
         self._beater: threading.Thread | None = None
+        self._lost = ""  # why the lock is no longer ours ("" while it is)
         self._seen: dict[str, tuple[str | None, float]] = {}  # token -> (beat, first seen)
 
     # -- files ------------------------------------------------------------------------
@@ -195,7 +215,7 @@ class StepLock:
             raise RuntimeError(f"{self.path}: already held by this StepLock")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(2):  # a second attempt right after taking over a stale lock
-            owner = this_process(self.what)
+            owner = this_process(self.what, self.plan)
             unique = self.path.with_name(f".{self.path.name}.{owner.token}")
             with open(unique, "w") as fh:
                 json.dump(asdict(owner), fh)
@@ -254,6 +274,11 @@ class StepLock:
             return  # another waiter took this holder's lock over
         except FileNotFoundError:
             return  # released meanwhile
+        if read_owner(tombstone).token != holder.token:
+            # The holder released after it was judged stale and another process acquired:
+            # this is the new holder's lock, which stays.
+            tombstone.unlink()
+            return
         with contextlib.suppress(FileNotFoundError):
             if os.stat(self.path).st_ino == os.stat(tombstone).st_ino:
                 os.unlink(self.path)
@@ -266,6 +291,7 @@ class StepLock:
     # -- holding ----------------------------------------------------------------------
     def _hold(self, owner: Owner) -> None:
         self.owner = owner
+        self._lost = ""
         self._stop.clear()
         self._write_beat(0)
         self._beater = threading.Thread(
@@ -283,21 +309,55 @@ class StepLock:
     def _beat_loop(self) -> None:
         count = 0
         while not self._stop.wait(self.heartbeat_s):
+            try:
+                self.check()
+            except LockLost as exc:
+                log.error("%s", exc)
+                return  # someone else's lock now: no more beats
+            except RuntimeError as exc:  # an unreadable lock file: the next beat looks again
+                log.warning("%s", exc)
             count += 1
             try:
                 self._write_beat(count)
             except OSError as exc:  # a full or unreachable disk must not kill the step
                 log.warning("%s: heartbeat not written: %s", self.path, exc)
 
+    def check(self) -> None:
+        """Raise :class:`LockLost` unless the lock file still names this holder: call it
+        before writing what the lock protects (the heartbeat thread calls it too)."""
+        if self.owner is None:
+            raise RuntimeError(f"{self.path}: not held by this StepLock")
+        if not self._lost:
+            holder = self.holder()
+            if holder is None or holder.token != self.owner.token:
+                by = f"taken over by {holder.describe()}" if holder else "removed"
+                self._lost = (
+                    f"{self.path}: lost the lock of {self.what} ({by}: this process looked "
+                    f"dead, e.g. no heartbeat for over {self.stale_s:g} s while it was suspended "
+                    "or its filesystem stalled); its work is left to the new holder"
+                )
+        if self._lost:
+            raise LockLost(self._lost)
+
+    def heartbeat_age(self, owner: Owner) -> float | None:
+        """Seconds since ``owner`` last wrote its heartbeat (None: no heartbeat file), by this
+        machine's clock against the file's modification time: for people (``status``); a
+        waiter judges staleness on its own clock alone (:meth:`_is_stale`)."""
+        try:
+            return max(0.0, time.time() - self._beat_path(owner.token).stat().st_mtime)
+        except OSError:
+            return None
+
     def release(self) -> None:
         """Give the lock back (idempotent). Warns if it had been taken over meanwhile."""
-        owner, self.owner = self.owner, None
+        owner = self.owner
         if owner is None:
             return
         self._stop.set()
         if self._beater is not None:
             self._beater.join()
             self._beater = None
+        self.owner = None  # after the heartbeat thread, which reads it, has ended
         holder = self.holder()
         if holder is not None and holder.token == owner.token:
             self.path.unlink()

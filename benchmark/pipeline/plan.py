@@ -3,7 +3,8 @@
 A step is a plain, picklable call, :func:`run_step` ``(config dict, step name)``, so that any
 executor (:mod:`benchmark.pipeline.executors`: this process, a process pool, Slurm jobs) can
 run it anywhere; :func:`run_step` opens what it needs itself (or uses the caller's
-:class:`Context`), holds the step's lock (:mod:`benchmark.pipeline.locks`) and leaves a record
+:class:`Context`), holds the lock of what the step writes, named by its content key
+(:func:`step_key`, :mod:`benchmark.pipeline.locks`), and leaves a record
 (:mod:`benchmark.pipeline.state`). Each step is content-keyed by the stage it calls, so a
 rerun after Ctrl-C, a kill or a cancelled job skips what is finished. A failing step is
 reported, its dependants are skipped, the independent ones still run, and the report lists
@@ -25,7 +26,6 @@ cache stages (data, features, separate, embed: built now or found built), "faile
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 import sys
@@ -38,6 +38,7 @@ from benchmark.config import Config, from_dict
 from benchmark.io import atomic_write_json, read_json
 from benchmark.pipeline import probing, stages, state, studies
 from benchmark.pipeline.context import Context, open_context
+from benchmark.pipeline.locks import LockLost, Owner, StepLock, known_dead
 from benchmark.pipeline.tracking import Tracker
 from benchmark.pretrain.loop import PretrainedModel
 
@@ -127,41 +128,67 @@ def run_step(cfg: Config | dict, name: str, ctx: Context | None = None) -> StepR
     :func:`~benchmark.config.to_dict`), wherever this is called.
 
     ``ctx``: reuse a command's context (what it opened stays open between steps); None opens
-    one for this step. The step's lock is held meanwhile: a second caller waits, then finds the
-    step finished by its content keys. A record of the outcome is written either way.
+    one for this step. The lock of what the step writes (:func:`step_key`) is held meanwhile:
+    a second caller waits, then finds the step finished by its content keys. A record of the
+    outcome is written either way.
 
     Returns a :class:`StepResult`. Raises ``ValueError`` for a malformed name, and whatever
     the stage raises (after recording the failure); an interruption (Ctrl-C, a Slurm requeue's
-    ``SystemExit``) records nothing: the step is not finished, and resumes when run again.
+    ``SystemExit``) records nothing: the step is not finished, and resumes when run again;
+    nor does :class:`LockLost` (the lock was taken over: the step is its new holder's).
     """
     cfg = cfg if isinstance(cfg, Config) else from_dict(cfg)
     kind, stage, fields = _parse(name)
-    with state.step_lock(cfg, name, stage):
-        if ctx is None:
-            ctx = open_context(cfg, progress=sys.stderr.isatty())
-        before = state.read_record(cfg, name) or {}
-        compute = float(before.get("compute_s", before.get("wall_s", 0.0)))
-        t0 = time.perf_counter()
-        try:
-            # The lock is ours: an MLflow run of this step left open on another host is its
-            # dead holder's (Tracker.step_locked), to be resumed.
-            with ctx.tracker.step_locked() if ctx.tracker else contextlib.nullcontext():
-                status, run_id = _RUNNERS[kind](ctx, **fields)
-        except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
+    if ctx is None:
+        ctx = open_context(cfg, progress=sys.stderr.isatty())
+    outer, ctx.step = ctx.step, name
+    t0 = time.perf_counter()
+    try:
+        # Finding the key opens the step's inputs: the step's work, unlike waiting for the lock.
+        artefact = step_key(ctx, name)
+        keyed = time.perf_counter()
+        with ctx.hold(*artefact):
+            t0 += time.perf_counter() - keyed
+            compute = _compute_so_far(cfg, name)
+            status, run_id = _RUNNERS[kind](ctx, **fields)
             wall_s = _since(t0)
+            compute += wall_s if status != "done" else 0.0
             state.write_record(
-                cfg, name, stage, "failed", error=error, wall_s=wall_s, compute_s=compute + wall_s
+                cfg, name, stage, status, run_id or "", wall_s=wall_s, compute_s=compute
             )
-            raise
+    except LockLost:
+        raise
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"
         wall_s = _since(t0)
-        compute += wall_s if status != "done" else 0.0
-        state.write_record(cfg, name, stage, status, run_id or "", wall_s=wall_s, compute_s=compute)
+        compute = _compute_so_far(cfg, name) + wall_s
+        state.write_record(
+            cfg, name, stage, "failed", error=error, wall_s=wall_s, compute_s=compute
+        )
+        raise
+    finally:
+        ctx.step = outer
     return StepResult(status, run_id or "", wall_s, round(compute, 2))
+
+
+def _compute_so_far(cfg: Config, name: str) -> float:
+    """The compute of ``name``'s earlier runs under this configuration (from its record)."""
+    before = state.read_record(cfg, name) or {}
+    return float(before.get("compute_s", before.get("wall_s", 0.0)))
 
 
 def _since(t0: float) -> float:
     return time.perf_counter() - t0
+
+
+def step_key(ctx: Context, name: str) -> tuple[str, str]:
+    """``(kind, content key)`` of what step ``name`` writes, keyed as its stage keys it (an
+    MLflow run's ``bench.key``, a store's folder): its lock is named by them
+    (:func:`state.artefact_lock`), so that the steps of any two plans that would write the
+    same thing take the same lock, and no others do. Opens the step's inputs as the step
+    does (the plan made them first); raises what the step would raise without them."""
+    kind, _stage, fields = _parse(name)
+    return _KEYS[kind](ctx, **fields)
 
 
 def _model(ctx: Context, method: str, seed: int) -> PretrainedModel:
@@ -266,6 +293,72 @@ _RUNNERS: dict[str, Callable[..., tuple[str, str]]] = {
     "tune": _run_tune,
     "probe": _run_probe,
     "probe@": _run_snapshot_probe,
+}
+
+
+# What each kind of step writes, and its content key (step_key): the same functions the
+# stages key it with.
+def _data_key(ctx):
+    cfg = ctx.cfg
+    # A synthetic corpus's folder is its key; real data is only looked at (nothing written).
+    return "data", stages.synthetic_root(cfg).name if cfg.data.source == "synthetic" else "real"
+
+
+def _features_key(ctx, corpus):
+    return "features", stages.mixture_store_root(ctx, corpus).name
+
+
+def _separate_key(ctx, separator):
+    return "separate", stages.sources_run_key(ctx, separator)
+
+
+def _quality_key(ctx, method, seed):
+    return "pretrain", _model(ctx, method, seed).key  # logged into the pre-training run
+
+
+def _pretrain_key(ctx, method, seed):
+    return "pretrain", stages.pretrain_run_key(ctx, method, seed)
+
+
+def _snapshot_key(ctx, method, seed, snapshot_step):
+    return "snapshot", studies.snapshot_key(_model(ctx, method, seed), snapshot_step)
+
+
+def _embed_key(ctx, method, seed, task):
+    model, task = _model(ctx, method, seed), stages.get_task(ctx, task)
+    return "embed", probing.embedding_key_of(ctx, model, task)
+
+
+def _tune_key(ctx, method, seed, task):
+    model, task = _model(ctx, method, seed), stages.get_task(ctx, task)
+    return "tune", probing.tune_run_key(
+        ctx.cfg, task.name, probing.embedding_key_of(ctx, model, task)
+    )
+
+
+def _probe_key(ctx, method, seed, task, probe_seed):
+    first = _model(ctx, method, _tuning_seed(ctx.cfg, method))
+    model, task = _model(ctx, method, seed), stages.get_task(ctx, task)
+    return "probe", probing.probe_setup(ctx, model, task, probe_seed, tuned_from=first)[0]
+
+
+def _snapshot_probe_key(ctx, snapshot_step, method, seed, task, probe_seed):
+    first = _model(ctx, method, _tuning_seed(ctx.cfg, method))
+    model, task = _snapshot(ctx, method, seed, snapshot_step), stages.get_task(ctx, task)
+    return "probe", probing.probe_setup(ctx, model, task, probe_seed, tuned_from=first)[0]
+
+
+_KEYS: dict[str, Callable[..., tuple[str, str]]] = {
+    "data": _data_key,
+    "features": _features_key,
+    "separate": _separate_key,
+    "quality": _quality_key,
+    "pretrain": _pretrain_key,
+    "snapshot": _snapshot_key,
+    "embed": _embed_key,
+    "tune": _tune_key,
+    "probe": _probe_key,
+    "probe@": _snapshot_probe_key,
 }
 
 
@@ -580,8 +673,8 @@ def finish(
 
 @dataclass(frozen=True)
 class StepState:
-    """What :func:`step_states` says of a step: ``state`` done | queued | running | failed |
-    cancelled | to do, and where or why (a Slurm job, a host and pid, an error)."""
+    """What :func:`step_states` says of a step: ``state`` done | queued | running | stale |
+    failed | cancelled | to do, and where or why (a Slurm job, a host and pid, an error)."""
 
     name: str
     state: str
@@ -592,8 +685,10 @@ def step_states(ctx: Context, steps: list[Step]) -> list[StepState]:
     """The state of every step, from what each executor leaves behind (writes nothing).
 
     In this order: a Slurm job recorded for the step that is queued or running; the step's
-    record (done, or failed with its error); a live holder of its lock (a local or pool run);
-    a Slurm job that ended without a record (cancelled: by hand or because a step it needs
+    record (done, or failed with its error); a holder of its lock not known dead (a local or
+    pool run: running with the age of its heartbeat, or stale when that is older than
+    ``executor.lock_stale_s``: a run on another host that died, whose lock the next run of
+    the step takes over); a Slurm job that ended without a record (cancelled: by hand or because a step it needs
     failed; failed: time limit, node failure, ...); for tracked steps without a record, a
     FINISHED MLflow run with the step's tags under this configuration (earlier plans). A
     tracked step's run counts only while it is current: under this configuration, and for a
@@ -601,7 +696,6 @@ def step_states(ctx: Context, steps: list[Step]) -> list[StepState]:
     ``ctx.tracker`` None (no store yet): nothing tracked is done.
     """
     from benchmark.pipeline import slurm
-    from benchmark.pipeline.locks import known_dead
     from methods import get_method
 
     cfg, tracker = ctx.cfg, ctx.tracker
@@ -626,12 +720,13 @@ def step_states(ctx: Context, steps: list[Step]) -> list[StepState]:
     ]
     finished_ids = {r.info.run_id for r in runs}
     seen = {_tracked_name(r.data.tags) for r in runs}
+    held = state.held_steps(cfg)
     out = []
     for s in steps:
         record = state.read_record(cfg, s.name)
         job = submitted.get(s.name, {}).get("job", "")
         job_state = live.get(job, "")
-        holder = state.step_lock(cfg, s.name, s.stage).holder()
+        lock, holder = held.get(s.name, (None, None))
         if job_state in slurm.QUEUED | slurm.RUNNING:
             where = f"job {job}" + (
                 f" ({job_state})" if job_state not in ("PENDING", "RUNNING") else ""
@@ -644,7 +739,7 @@ def step_states(ctx: Context, steps: list[Step]) -> list[StepState]:
         ):
             found = StepState(s.name, "done", f"job {record['job']}" if record["job"] else "")
         elif holder is not None and not known_dead(holder):
-            found = StepState(s.name, "running", holder.describe())
+            found = _held_state(s.name, lock, holder)
         elif record and record["status"] == "failed":
             found = StepState(s.name, "failed", record["error"])
         elif job_state == "CANCELLED":
@@ -665,6 +760,30 @@ def step_states(ctx: Context, steps: list[Step]) -> list[StepState]:
             found = StepState(s.name, "to do", "" if s.stage in TRACKED else "checked when run")
         out.append(found)
     return out
+
+
+def _held_state(name: str, lock: StepLock, holder: Owner) -> StepState:
+    """A step whose lock ``holder`` holds: running, or stale when its heartbeat is older than
+    the lock's ``stale_s`` (by this machine's clock: approximate across machines)."""
+    age = lock.heartbeat_age(holder)
+    if age is not None and age > lock.stale_s:
+        return StepState(
+            name,
+            "stale",
+            f"{holder.describe()}: no heartbeat for {_duration(age)} (the step's next run "
+            "takes its lock over)",
+        )
+    beat = "" if age is None else f", heartbeat {_duration(age)} ago"
+    return StepState(name, "running", holder.describe() + beat)
+
+
+def _duration(seconds: float) -> str:
+    """``12 s``, ``20 min``, ``3 h``."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.0f} h"
 
 
 def _tracked_name(t: dict) -> str:
@@ -692,7 +811,7 @@ def status_lines(states: list[StepState]) -> list[str]:
     counts: dict[str, int] = {}
     for s in states:
         counts[s.state] = counts.get(s.state, 0) + 1
-    order = ("done", "running", "queued", "failed", "cancelled", "to do")
+    order = ("done", "running", "stale", "queued", "failed", "cancelled", "to do")
     lines.append(
         f"{len(states)} steps: " + ", ".join(f"{counts[k]} {k}" for k in order if k in counts)
     )

@@ -67,6 +67,11 @@ def tune_key(cfg: Config, task_name: str, emb_key: str) -> str:
     return stable_hash({"tune": tune, "emb": emb_key, "task": task_name, "probe": _training(cfg)})
 
 
+def tune_run_key(cfg: Config, task_name: str, emb_key: str) -> str:
+    """The ``bench.key`` of a tuning's MLflow run (the plan's tune lock is named by it)."""
+    return f"tune:{tune_key(cfg, task_name, emb_key)}"
+
+
 def _training(cfg: Config) -> dict:
     """The probe settings that shape training, as keyword arguments of ``train_probe`` and
     ``tune_probe`` (epochs differ: ``probe.max_epochs`` vs ``tune.max_epochs``)."""
@@ -119,6 +124,13 @@ def embedded(ctx: Context, model: PretrainedModel, task):
     return dataset, emb
 
 
+def embedding_key_of(ctx: Context, model: PretrainedModel, task) -> str:
+    """The key of the embeddings :func:`embedded` returns (``emb["key"]``), without making or
+    loading them (the plan's embed lock is named by it)."""
+    store = mixture_store(ctx, task.corpus)
+    return embedding_key(ctx.cfg, model, task, load_task_dataset(ctx, task), store)
+
+
 def health_metrics(health: dict, prefix: str = "embedding_") -> dict[str, float]:
     """An embedding's health record as MLflow metrics (``collapsed`` as 0/1)."""
     names = ("relative_spread", "median_sd", "varying_dims", "effective_rank", "collapsed")
@@ -148,14 +160,15 @@ def run_tune(ctx: Context, model: PretrainedModel, task) -> dict:
     path = tuned_path(cfg, model.method, task.name, emb["key"])
     t = cfg.tune
     key = tune_key(cfg, task.name, emb["key"])
-    previous = tracker.find(f"tune:{key}")
+    run_key = tune_run_key(cfg, task.name, emb["key"])
+    previous = tracker.find(run_key)
     if path.is_file() and previous is not None and previous.info.status == "FINISHED":
         return {**read_json(path), "cached": True, "run_id": previous.info.run_id}
     with sqlite_lock(cfg.optuna_storage):  # parallel steps creating its schema at once fail
         init_storage(cfg.optuna_storage)
     study = f"{cfg.profile}-{model.method}-s{model.seed}-{task.name}-{key}"
     with tracker.run(
-        f"tune:{key}",
+        run_key,
         "tune",
         f"tune-{model.method}-{task.name}",
         tags={
@@ -203,6 +216,37 @@ def run_tune(ctx: Context, model: PretrainedModel, task) -> dict:
     return {**out, "cached": False, "run_id": run_id}
 
 
+def probe_setup(
+    ctx: Context,
+    model: PretrainedModel,
+    task,
+    probe_seed: int,
+    *,
+    params_mode: str | None = None,
+    tuned_from: PretrainedModel | None = None,
+):
+    """The content key of a probe run of :func:`run_probe` (its ``bench.key``, and the name of
+    the plan's probe lock) and the probe's parameters (:class:`ProbeParams`), without making
+    or loading the embeddings. Raises :class:`StageError` as :func:`probe_params`."""
+    cfg = ctx.cfg
+    emb_key = embedding_key_of(ctx, model, task)
+    tuning_key = emb_key
+    if tuned_from is not None and tuned_from is not model:
+        tuning_key = embedding_key_of(ctx, tuned_from, task)
+    params = probe_params(cfg, task, model.method, tuning_key, params_mode)
+    key = stable_hash(
+        {
+            "emb": emb_key,
+            "task": task.name,
+            "seed": probe_seed,
+            "params": params.__dict__,
+            "max_epochs": cfg.probe.max_epochs,
+            **_training(cfg),
+        }
+    )
+    return key, params
+
+
 def run_probe(
     ctx: Context,
     model: PretrainedModel,
@@ -230,22 +274,10 @@ def run_probe(
 
     cfg, tracker = ctx.cfg, ctx.require_tracker()
     dataset, emb = embedded(ctx, model, task)
-    tuning_key = emb["key"]
-    if tuned_from is not None and tuned_from is not model:
-        store = mixture_store(ctx, task.corpus)
-        tuning_key = embedding_key(cfg, tuned_from, task, dataset, store)
-    params = probe_params(cfg, task, model.method, tuning_key, params_mode)
-    p = cfg.probe
-    key = stable_hash(
-        {
-            "emb": emb["key"],
-            "task": task.name,
-            "seed": probe_seed,
-            "params": params.__dict__,
-            "max_epochs": p.max_epochs,
-            **_training(cfg),
-        }
+    key, params = probe_setup(
+        ctx, model, task, probe_seed, params_mode=params_mode, tuned_from=tuned_from
     )
+    p = cfg.probe
     previous = tracker.find(key)
     if previous is not None and previous.info.status == "FINISHED" and not force:
         return Outcome("done", previous.info.run_id)

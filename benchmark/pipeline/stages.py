@@ -20,7 +20,7 @@ from pathlib import Path
 
 from benchmark.config import Config, SeparationConfig, stable_hash, to_dict
 from benchmark.data.datasets import Dataset
-from benchmark.data.features import AudioItem, build_mixtures
+from benchmark.data.features import AudioItem, build_mixtures, mixture_root
 from benchmark.data.store import FeatureStore
 from benchmark.errors import DatasetError, StageError
 from benchmark.io import read_json
@@ -290,19 +290,29 @@ def mixture_store(ctx: Context, corpus: str) -> FeatureStore:
     return ctx.once(("mix", corpus), lambda: _mixture_store(ctx, corpus))
 
 
+def mixture_store_root(ctx: Context, corpus: str) -> Path:
+    """Where stage ``features`` keeps the store of ``corpus``, built or not: a folder named by
+    the store's content key (the plan's features lock is named by it)."""
+    cfg = ctx.cfg
+    return mixture_root(cfg.cache_dir, corpus, cfg.frontend, _corpus_version(ctx, corpus))
+
+
+def _corpus_version(ctx: Context, corpus: str) -> str:
+    # The synthetic generator's version keys its own corpora only (task files, folders: none).
+    return data_paths(ctx).corpus_version if corpus in BUILTIN_CORPORA else ""
+
+
 def _mixture_store(ctx: Context, corpus: str) -> FeatureStore:
     cfg = ctx.cfg
     tasks = task_registry(ctx).values()
     items = corpus_items(ctx, tasks, corpus)
     unreadable = corpus_unreadable(ctx, tasks, corpus)
-    # The synthetic generator's version keys its own corpora only (task files, folders: none).
-    version = data_paths(ctx).corpus_version if corpus in BUILTIN_CORPORA else ""
     return build_mixtures(
         items,
         cfg.cache_dir,
         corpus,
         cfg.frontend,
-        corpus_version=version,
+        corpus_version=_corpus_version(ctx, corpus),
         workers=cfg.data.num_workers,
         max_bad_fraction=cfg.data.max_bad_fraction,
         progress=ctx.progress,
@@ -416,39 +426,42 @@ def train_separator_stage(ctx: Context, sep: SeparationConfig | None = None) -> 
     paths = ctx.once(("synthetic",), lambda: synthetic_paths(cfg, ctx.progress))
     out = trained_separator_dir(cfg, paths, sep)
     key = f"train-separator:{out.name}"
-    trained = (out / "quality.json").is_file()  # the directory appears whole (atomic rename)
-    existing = tracker.find(key) if tracker else None
-    if trained and (tracker is None or (existing and existing.info.status == "FINISHED")):
-        return out
-    run = (
-        tracker.run(
-            key,
-            "train-separator",
-            "train-separator",
-            {"train_steps": sep.train_steps},
-            supersede=True,
-        )
-        if tracker
-        else nullcontext()
-    )
-    with run as handle:
-        if not trained:  # else a killed process trained it and did not close its run
-            synth = load_mtat(paths.mtat_root, filtered=True, split_dir=paths.mtat_split_dir)
-            train, valid = synth.split("train"), synth.split("valid")
-            train_separator(
-                paths.stems_root,
-                [c.clip_id for c in train],
-                [c.clip_id for c in valid],
-                out,
-                sep,
-                progress=ctx.progress,
-                num_threads=cfg.compute.torch_threads,
+    # Found or trained under its own lock: steps of several plans (separate, pretrain, quality)
+    # may ask for it at once, and which sources it makes is known only once it exists.
+    with ctx.hold("train-separator", key):
+        trained = (out / "quality.json").is_file()  # the directory appears whole (atomic rename)
+        existing = tracker.find(key) if tracker else None
+        if trained and (tracker is None or (existing and existing.info.status == "FINISHED")):
+            return out
+        run = (
+            tracker.run(
+                key,
+                "train-separator",
+                "train-separator",
+                {"train_steps": sep.train_steps},
+                supersede=True,
             )
-        if handle:
-            handle.tag("model_dir", out)
-            handle.artifact_dict(read_json(out / "quality.json"), "quality.json")
-            if (out / TRAINING_TIME).is_file():  # the training's time, also when resumed
-                handle.metrics({"wall_s": read_json(out / TRAINING_TIME)["train_time_s"]})
+            if tracker
+            else nullcontext()
+        )
+        with run as handle:
+            if not trained:  # else a killed process trained it and did not close its run
+                synth = load_mtat(paths.mtat_root, filtered=True, split_dir=paths.mtat_split_dir)
+                train, valid = synth.split("train"), synth.split("valid")
+                train_separator(
+                    paths.stems_root,
+                    [c.clip_id for c in train],
+                    [c.clip_id for c in valid],
+                    out,
+                    sep,
+                    progress=ctx.progress,
+                    num_threads=cfg.compute.torch_threads,
+                )
+            if handle:
+                handle.tag("model_dir", out)
+                handle.artifact_dict(read_json(out / "quality.json"), "quality.json")
+                if (out / TRAINING_TIME).is_file():  # the training's time, also when resumed
+                    handle.metrics({"wall_s": read_json(out / TRAINING_TIME)["train_time_s"]})
     return out
 
 
@@ -500,11 +513,24 @@ def sources_ready(ctx: Context, separator: str) -> bool:
     if sep.separator == "umx" and sep.umx_model == TRAINED_SEPARATOR:
         if _trained_dir_if_any(ctx, sep) is None:
             return False
+    return (source_store_root(ctx, separator) / "manifest.json").is_file()
+
+
+def source_store_root(ctx: Context, separator: str) -> Path:
+    """Where stage ``separate`` keeps the sources for ``separator``, built or not: a folder
+    named by their content key, which holds the separator's weights (one trained here is
+    trained first)."""
+    cfg = ctx.cfg
     sep_cfg, identity = resolve_separation(ctx, separator)
-    root = sources_root(
+    return sources_root(
         cfg.cache_dir, pretrain_corpus(cfg), cfg.frontend, sep_cfg, identity, _pretrain_version(ctx)
     )
-    return (root / "manifest.json").is_file()
+
+
+def sources_run_key(ctx: Context, separator: str) -> str:
+    """The ``bench.key`` of the MLflow record of the sources for ``separator`` (the plan's
+    separate lock is named by it)."""
+    return f"separate:{source_store_root(ctx, separator).name}"
 
 
 def _pretrain_version(ctx: Context) -> str:
@@ -594,7 +620,7 @@ def _source_store(ctx: Context, separator: str) -> FeatureStore:
     for line in warnings:
         log.warning("source activity: %s", line)
     if tracker is not None:
-        key = f"separate:{store.root.name}"
+        key = sources_run_key(ctx, separator)
         if not tracker.is_done(key):
             with tracker.run(
                 key,
@@ -614,13 +640,11 @@ def _source_store(ctx: Context, separator: str) -> FeatureStore:
 # -- pretraining ------------------------------------------------------------------------
 
 
-def pair_corpora(ctx: Context, method) -> tuple[PairCorpus, PairCorpus, str]:
-    """The training and validation pair corpora of ``method``, and what identifies their data."""
+def pair_corpora(ctx: Context, method) -> tuple[PairCorpus, PairCorpus]:
+    """The training and validation pair corpora of ``method``."""
     cfg = ctx.cfg
     mix = mixture_store(ctx, pretrain_corpus(cfg))
-    sources = None
-    if method.sources:
-        sources = source_store(ctx, method.separator)
+    sources = source_store(ctx, method.separator) if method.sources else None
     train, valid = pretrain_clips(ctx)
     f = cfg.frontend
 
@@ -630,12 +654,39 @@ def pair_corpora(ctx: Context, method) -> tuple[PairCorpus, PairCorpus, str]:
             mix, f.excerpt_frames, f.crop_frames, cfg.pretrain.silent_value, sources, ids
         )
 
-    identity = mix.root.name + ("|" + sources.root.name if sources is not None else "")
+    return make(train), make(valid)
+
+
+def pretrain_data_identity(ctx: Context, method) -> str:
+    """What identifies the data ``method`` pre-trains on (:func:`pair_corpora`), for its runs'
+    content key: the folders of its stores and, for a folder or manifest, which files were
+    read."""
+    cfg = ctx.cfg
+    identity = mixture_store(ctx, pretrain_corpus(cfg)).root.name
+    if method.sources:
+        identity += "|" + source_store(ctx, method.separator).root.name
     if cfg.data.pretrain_source != "mtat":
         # Files come and go in a folder or manifest (MTAT's lists are fixed): which files
         # were read is part of what the weights depend on.
+        train, valid = pretrain_clips(ctx)
         identity += "|" + stable_hash(sorted(c.clip_id for c in train + valid))
-    return make(train), make(valid), identity
+    return identity
+
+
+def pretrain_run_key(ctx: Context, method_name: str, seed: int) -> str:
+    """The content key of the run :func:`run_pretrain` finds or trains: its MLflow run's
+    ``bench.key``, part of its folder's name, and the name of the plan's pretrain lock.
+    Raises ``ValueError`` for an unknown method."""
+    from benchmark.pretrain.loop import pretrain_key
+    from methods import get_method
+
+    method = get_method(method_name)
+    if getattr(method, "external", False):
+        from benchmark.evaluation.hear import identity_key, module_identity
+
+        identity = module_identity(method.module, method.model_file)
+        return stable_hash({"hear": identity_key(identity), "encoder": method.params()})
+    return pretrain_key(ctx.cfg, method, seed, pretrain_data_identity(ctx, method))
 
 
 def run_pretrain(
@@ -661,7 +712,6 @@ def run_pretrain(
         materialize_untrained,
         pretext_collapsed,
         pretrain,
-        pretrain_key,
     )
     from methods import get_method
 
@@ -669,10 +719,7 @@ def run_pretrain(
 
     method = get_method(method_name)
     if getattr(method, "external", False):
-        from benchmark.evaluation.hear import identity_key, module_identity
-
-        identity = module_identity(method.module, method.model_file)
-        key = stable_hash({"hear": identity_key(identity), "encoder": method.params()})
+        key = pretrain_run_key(ctx, method_name, seed)
         return PretrainedModel(
             method_name, seed, key, None, None, True, (method.module, method.model_file)
         )
@@ -685,8 +732,8 @@ def run_pretrain(
             f"{method_name} pairs mixtures with separated sources ({method.separator} "
             f"separator), which are not built yet: run `{separate_command(cfg, method.separator)}`"
         )
-    corpus, valid, identity = pair_corpora(ctx, method)
-    key = pretrain_key(cfg, method, seed, identity)
+    corpus, valid = pair_corpora(ctx, method)
+    key = pretrain_run_key(ctx, method_name, seed)
     run_dir = cfg.workspace_dir / "pretrain" / f"{method_name}-s{seed}-{key}"
     existing = tracker.find(key)
     if is_complete(run_dir, key) and existing is not None and existing.info.status == "FINISHED":

@@ -10,10 +10,12 @@ progress finds out what happened:
   ``wall_s``, ``compute_s`` summed over its runs, ``host``, ``job``), written atomically;
 - ``<profile_dir>/plan/<results_hash>/jobs.json``: the Slurm job of each submitted step, and
   ``plan.json``: the last plan submitted (for ``report`` by hand);
-- ``<cache_dir>/locks/<step>-<inputs>.lock``: the step's lock (:mod:`benchmark.pipeline.locks`),
-  named by the step and a hash of the config sections that shape its output, so that two plans
-  whose configurations differ only elsewhere (another probe setting) still never build the
-  same features or train the same model at once.
+- ``<cache_dir>/locks/<kind>-<key>.lock``: the lock of the artefact a step writes
+  (:mod:`benchmark.pipeline.locks`), named by its kind and exactly the content key the stage
+  keys it by (an MLflow run's ``bench.key``, a store's folder), so that two plans whose
+  configurations differ in anything else (another probe setting, more pre-training seeds)
+  never build the same store or train the same run at once, and plans that would write
+  different artefacts never wait for each other.
 """
 
 from __future__ import annotations
@@ -23,23 +25,9 @@ import socket
 import time
 from pathlib import Path
 
-from benchmark.config import Config, stable_hash
+from benchmark.config import Config
 from benchmark.io import atomic_write_json, read_json
-from benchmark.pipeline.locks import StepLock, slurm_job
-
-# The config sections that shape a stage's output (cumulative: each stage reads the earlier
-# stages' outputs). Worker counts and the snapshots a run keeps never shape an output (of
-# the step: a pre-training run is the same run) and are left out.
-_INPUTS = {
-    "data": ("data",),
-    "features": ("data", "frontend"),
-    "separate": ("data", "frontend", "separation"),
-    "pretrain": ("data", "frontend", "separation", "encoder", "pretrain"),
-    "embed": ("data", "frontend", "separation", "encoder", "pretrain", "probe"),
-    "tune": ("data", "frontend", "separation", "encoder", "pretrain", "probe", "tune"),
-    "probe": ("data", "frontend", "separation", "encoder", "pretrain", "probe", "tune"),
-}
-_NOT_INPUTS = ("num_workers", "workers", "snapshot_fractions")
+from benchmark.pipeline.locks import Owner, StepLock, read_owner, slurm_job
 
 
 def safe_name(step: str) -> str:
@@ -52,24 +40,33 @@ def plan_dir(cfg: Config) -> Path:
     return cfg.profile_dir / "plan" / cfg.results_hash()
 
 
-def inputs_hash(cfg: Config, stage: str) -> str:
-    """Hash of the config sections that shape ``stage``'s outputs (``ValueError`` if unknown)."""
-    if stage not in _INPUTS:
-        raise ValueError(f"unknown stage {stage!r} (known: {', '.join(_INPUTS)})")
-    d = cfg.to_dict()
-    return stable_hash(
-        {
-            section: {k: v for k, v in d[section].items() if k not in _NOT_INPUTS}
-            for section in _INPUTS[stage]
-        }
+def artefact_lock(cfg: Config, kind: str, key: str, what: str) -> StepLock:
+    """The lock of the artefact of ``kind`` with content key ``key`` (see the module
+    docstring), held for ``what`` (a step name) by a plan of ``cfg``, with the executor's lock
+    timing."""
+    return _lock(cfg, cfg.cache_dir / "locks" / f"{kind}-{safe_name(key)}.lock", what)
+
+
+def _lock(cfg: Config, path: Path, what: str) -> StepLock:
+    e = cfg.executor
+    return StepLock(
+        path,
+        what=what,
+        plan=cfg.results_hash(),
+        heartbeat_s=e.lock_heartbeat_s,
+        stale_s=e.lock_stale_s,
     )
 
 
-def step_lock(cfg: Config, step: str, stage: str) -> StepLock:
-    """The lock of ``step`` (see the module docstring), with the executor's lock timing."""
-    e = cfg.executor
-    path = cfg.cache_dir / "locks" / f"{safe_name(step)}-{inputs_hash(cfg, stage)}.lock"
-    return StepLock(path, what=step, heartbeat_s=e.lock_heartbeat_s, stale_s=e.lock_stale_s)
+def held_steps(cfg: Config) -> dict[str, tuple[StepLock, Owner]]:
+    """Step name -> the lock and its holder, for the steps of this configuration's plans that
+    hold a lock now (read from the lock files: writes nothing)."""
+    held = {}
+    for path in sorted((cfg.cache_dir / "locks").glob("*.lock")):
+        owner = read_owner(path)
+        if owner is not None and owner.plan == cfg.results_hash():
+            held[owner.what] = (_lock(cfg, path, owner.what), owner)
+    return held
 
 
 def record_path(cfg: Config, step: str) -> Path:

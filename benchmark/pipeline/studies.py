@@ -31,12 +31,18 @@ def snapshot_model(ctx: Context, model: PretrainedModel, step: int) -> Pretraine
     from methods import get_method
 
     method = get_method(model.method)
-    corpus, _valid, _identity = pair_corpora(ctx, method)
+    corpus, _valid = pair_corpora(ctx, method)
     train_seed = model.seed + getattr(method, "seed_offset", 0)
     path = evaluated_snapshot(
         ctx.cfg, method, corpus, model.final_path.parent, model.key, train_seed, step
     )
-    return replace(model, key=f"{model.key}@{step}", final_path=path, run_id=None)
+    return replace(model, key=snapshot_key(model, step), final_path=path, run_id=None)
+
+
+def snapshot_key(model: PretrainedModel, step: int) -> str:
+    """The content key of ``model``'s encoder after ``step`` updates (the plan's snapshot lock
+    is named by it)."""
+    return f"{model.key}@{step}"
 
 
 def record_separator_quality(ctx: Context, model: PretrainedModel) -> str:

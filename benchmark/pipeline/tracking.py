@@ -12,7 +12,10 @@ The rule for every tracked step (train-separator, separate, pretrain, tune, prob
   finished (checkpoint, trials, model directory) and closes it; a run RUNNING in a live
   process is left alone (:class:`~benchmark.errors.StageError`);
 * a FINISHED run whose artefact has gone is redone under a new run, and the old one is tagged
-  ``bench.superseded_by`` (the new one ``bench.supersedes``); lookups skip superseded runs.
+  ``bench.superseded_by`` (the new one ``bench.supersedes``); lookups skip superseded runs;
+* a process that holds the plan's lock of a key (:meth:`Tracker.locked`) resumes a run of it
+  left open on another host, and checks before each write that the lock is still its own: one
+  whose lock was taken over stops (``LockLost``) and leaves the run to the new holder.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from mlflow.tracking import MlflowClient
 
 from benchmark.errors import StageError
 from benchmark.io import owner_is_alive, process_identity
-from benchmark.pipeline.locks import sqlite_lock
+from benchmark.pipeline.locks import LockLost, StepLock, sqlite_lock
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +138,7 @@ class Tracker:
             Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.uri = tracking_uri
         self.experiment = experiment
-        self._step_locked = False  # see step_locked
+        self._locks: dict[str, StepLock] = {}  # bench.key -> its lock, held (see locked)
         # Opening a SQLite store creates or migrates its schema: one process at a time.
         with sqlite_lock(tracking_uri) if create else contextlib.nullcontext():
             self.client = MlflowClient(tracking_uri=tracking_uri)
@@ -213,8 +216,13 @@ class Tracker:
         ``supersede``: a FINISHED run of ``key`` (whose artefact has gone, or a forced rerun)
         is replaced by a new run; the old one is tagged ``bench.superseded_by``.
         Raises :class:`StageError` when a live process has the run open, ``RuntimeError`` (a
-        caller's bug) when the run is FINISHED and ``supersede`` is false.
+        caller's bug) when the run is FINISHED and ``supersede`` is false, and
+        :class:`~benchmark.pipeline.locks.LockLost` when this process held the lock of ``key``
+        (:meth:`locked`) and lost it: the run is then left as it is, to the new holder.
         """
+        lock = self._locks.get(key)
+        if lock is not None:
+            lock.check()  # a run open elsewhere is resumed only while the lock is ours
         existing = self.find(key)
         supersedes = None
         if existing is not None and existing.info.status == "FINISHED":
@@ -252,36 +260,41 @@ class Tracker:
         if tags:
             for k, v in tags.items():
                 self.client.set_tag(run_id, k, str(v))
-        handle = RunHandle(self, run_id)
+        handle = RunHandle(self, run_id, lock)
         try:
             yield handle
+        except LockLost:
+            raise  # the new holder has the run open
         except BaseException:
             self.client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.FAILED))
             raise
+        handle.check_lock()
         if os.environ.get(EXIT_BEFORE_CLOSE_ENV) == kind:
             os._exit(EXIT_BEFORE_CLOSE_STATUS)
         self.client.set_terminated(run_id, status="FINISHED")
 
     @contextlib.contextmanager
-    def step_locked(self):
-        """Within the block the caller holds the lock of the plan step whose runs it opens
-        (:func:`benchmark.pipeline.plan.run_step`): a run of the step left RUNNING by a
+    def locked(self, key: str, lock: StepLock):
+        """Within the block this process holds ``lock``, the lock named by content key ``key``
+        (:meth:`benchmark.pipeline.context.Context.hold`): a run of ``key`` left RUNNING by a
         process on another host is then its dead holder's (the lock was taken over only once
-        that holder was gone, e.g. a Slurm job requeued onto another node), and is resumed."""
-        before, self._step_locked = self._step_locked, True
+        that holder was gone, e.g. a Slurm job requeued onto another node), and is resumed;
+        the run checks that the lock is still ours before each write and before it closes
+        (:meth:`RunHandle.check_lock`)."""
+        self._locks[key] = lock
         try:
             yield
         finally:
-            self._step_locked = before
+            del self._locks[key]
 
     def _check_not_live(self, run, kind: str, name: str) -> None:
         """Raise StageError when ``run`` is RUNNING in a process that still runs (on another
-        host: unless this process holds the step's lock, see :meth:`step_locked`)."""
+        host: unless this process holds the lock of its key, see :meth:`locked`)."""
         owner = run.data.tags.get(OWNER_TAG)
         if run.info.status != "RUNNING" or owner is None or owner == process_identity():
             return
         alive = owner_is_alive(owner)
-        if alive is None and getattr(self, "_step_locked", False):
+        if alive is None and run.data.tags.get(KEY_TAG) in self._locks:
             log.info(
                 "run %s was open on another host (%s), whose step lock we hold",
                 run.info.run_id,
@@ -323,30 +336,42 @@ class Tracker:
 
 
 class RunHandle:
-    """Logging helpers bound to one run."""
+    """Logging helpers bound to one run; with the lock of its key (:meth:`Tracker.locked`),
+    each first checks that the lock is still ours (a step writes its artefact after logging,
+    so one that lost its lock stops before)."""
 
-    def __init__(self, tracker: Tracker, run_id: str):
+    def __init__(self, tracker: Tracker, run_id: str, lock: StepLock | None = None):
         self.tracker = tracker
         self.client = tracker.client
         self.run_id = run_id
+        self.lock = lock
+
+    def check_lock(self) -> None:
+        """Raise :class:`~benchmark.pipeline.locks.LockLost` when the run's lock was taken over."""
+        if self.lock is not None:
+            self.lock.check()
 
     def metrics(self, values: dict[str, float], step: int | None = None) -> None:
         import time
 
         from mlflow.entities import Metric
 
+        self.check_lock()
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step or 0) for k, v in values.items()]
         for i in range(0, len(batch), 500):
             self.client.log_batch(self.run_id, metrics=batch[i : i + 500])
 
     def tag(self, key: str, value) -> None:
+        self.check_lock()
         self.client.set_tag(self.run_id, key, str(value))
 
     def artifact(self, path: Path, subdir: str | None = None) -> None:
+        self.check_lock()
         self.client.log_artifact(self.run_id, str(path), subdir)
 
     def artifact_dict(self, obj: dict, name: str) -> None:
+        self.check_lock()
         self.client.log_dict(self.run_id, obj, name)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing
 import os
 import signal
@@ -12,7 +13,7 @@ from dataclasses import asdict, replace
 import pytest
 
 from benchmark.pipeline import locks
-from benchmark.pipeline.locks import LockTimeout, StepLock
+from benchmark.pipeline.locks import LockLost, LockTimeout, StepLock
 
 
 def _hold(path: str, seconds: float, started) -> None:
@@ -153,6 +154,51 @@ def test_two_waiters_never_both_take_over_one_stale_lock(tmp_path):
     assert first.holder().token == first.owner.token
     assert not second.try_acquire()
     first.release()
+
+
+def test_a_takeover_never_removes_the_lock_of_a_newer_holder(tmp_path, monkeypatch):
+    """A waiter judges the holder stale; the holder, only slow, releases and another process
+    acquires before the waiter takes the lock over: the newer lock stays, and the waiter
+    does not get the lock too."""
+    path = tmp_path / "n.lock"
+    slow = _foreign_lock(path)
+    newer = StepLock(path, heartbeat_s=5, stale_s=600)
+    waiter = StepLock(path, heartbeat_s=5, stale_s=600)
+
+    def judged(holder):
+        if holder.token != slow.token:
+            return False  # the newer holder beats
+        path.unlink()  # the slow holder releases ...
+        assert newer.try_acquire()  # ... and another process acquires, then the takeover
+        return True
+
+    monkeypatch.setattr(waiter, "_is_stale", judged)
+    assert not waiter.try_acquire()
+    assert newer.holder().token == newer.owner.token
+    assert not list((tmp_path / "stale").iterdir())  # no tombstone: nothing was stale
+    newer.check()
+    newer.release()
+
+
+def test_a_holder_notices_that_its_lock_was_taken_over(tmp_path, caplog):
+    """A holder stalled for longer than stale_s (suspended, a hung filesystem) has had its lock
+    taken over: its heartbeat thread notices, and ``check`` raises a one-line LockLost naming
+    the lock; releasing leaves the new holder's lock alone."""
+    path = tmp_path / "l.lock"
+    lock = StepLock(path, what="slow step", heartbeat_s=0.05, stale_s=1.0)
+    lock.acquire()
+    lock.check()
+    path.unlink()  # what a takeover leaves: the new holder's lock under the same name
+    taker = _foreign_lock(path)
+    with caplog.at_level(logging.ERROR, logger="benchmark.pipeline.locks"):
+        deadline = time.monotonic() + 10
+        while "lost the lock" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert f"{path}: lost the lock of slow step (taken over by other pid" in caplog.text
+    with pytest.raises(LockLost, match="lost the lock of slow step"):
+        lock.check()
+    lock.release()
+    assert locks.read_owner(path).token == taker.token
 
 
 def test_bad_timing_is_refused():

@@ -374,6 +374,7 @@ def test_run_step_records_checked_and_sums_compute_over_runs(tmp_path, monkeypat
         return next(outcomes)
 
     monkeypatch.setitem(plan._RUNNERS, "features", fake)
+    monkeypatch.setitem(plan._KEYS, "features", lambda ctx, corpus: ("features", corpus))
     ctx = Context(cfg, None, progress=False)
     results = [plan.run_step(cfg, "features:fma", ctx) for _ in range(3)]
     assert [r.status for r in results] == ["checked", "checked", "done"]
@@ -381,3 +382,37 @@ def test_run_step_records_checked_and_sums_compute_over_runs(tmp_path, monkeypat
     assert record["status"] == "done"
     total = results[0].wall_s + results[1].wall_s  # a step found done adds nothing
     assert record["compute_s"] == results[2].compute_s == pytest.approx(total, abs=0.02)
+
+
+def test_status_tells_a_live_holder_from_one_whose_heartbeat_stopped(tmp_path):
+    """A step whose lock a process on another host holds: running while its heartbeat is
+    fresh, stale once it stood still for longer than ``executor.lock_stale_s`` (a holder that
+    died there: nothing here can tell it is dead, and its step is not running forever)."""
+    import json
+    import re
+    from dataclasses import asdict, replace
+
+    from benchmark.config import resolve
+    from benchmark.pipeline import locks, state
+    from benchmark.pipeline.context import Context
+    from benchmark.pipeline.plan import Step, status_lines, step_states
+
+    cfg = resolve("smoke", [f"paths.runs_dir={tmp_path}"])
+    ctx = Context(cfg, None, progress=False)
+    step = Step("pretrain:cola:s0", "pretrain", method="cola")
+    lock = state.artefact_lock(cfg, "pretrain", "0123456789abcdef", step.name)
+    owner = replace(
+        locks.this_process(step.name, cfg.results_hash()), machine="other:boot:1", host="other"
+    )
+    lock.path.parent.mkdir(parents=True)
+    lock.path.write_text(json.dumps(asdict(owner)))
+    beat = lock.path.with_name(f"{lock.path.name}.{owner.token}.beat")
+    beat.write_text("7 0.0")
+    (running,) = step_states(ctx, [step])
+    assert running.state == "running"
+    assert re.fullmatch(r"other pid \d+, since [\d:]+, heartbeat \d+ s ago", running.detail)
+    twenty_minutes_ago = time.time() - 20 * 60
+    os.utime(beat, (twenty_minutes_ago, twenty_minutes_ago))
+    (stale,) = step_states(ctx, [step])
+    assert stale.state == "stale" and "no heartbeat for 20 min (" in stale.detail
+    assert status_lines([stale])[-1] == "1 steps: 1 stale"
