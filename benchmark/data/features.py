@@ -78,6 +78,17 @@ def store_root(cache_dir: Path, kind: str, dataset: str, key: str) -> Path:
     return Path(cache_dir) / "features" / f"{dataset}-{kind}-{key}"
 
 
+def mixture_root(
+    cache_dir: Path, dataset: str, cfg: FrontEndConfig, corpus_version: str = ""
+) -> Path:
+    """Where :func:`build_mixtures` keeps the mixtures of this front end and corpus."""
+    return store_root(cache_dir, MIX, dataset, _mixture_key(cfg, corpus_version))
+
+
+def _mixture_key(cfg: FrontEndConfig, corpus_version: str) -> str:
+    return section_hash(cfg, extra={"kind": MIX, "corpus": corpus_version})
+
+
 def build_mixtures(
     items: Sequence[AudioItem],
     cache_dir: Path,
@@ -92,13 +103,14 @@ def build_mixtures(
 ) -> FeatureStore:
     """Stage ``features``: the log-mel of every clip's mixture, one entry ``(clip_id, "mix")``.
 
-    ``corpus_version`` (e.g. the synthetic generator's version) joins every content key.
+    ``corpus_version`` (e.g. the synthetic corpus's generator version, size and seed) joins
+    every content key.
     ``missing``: ``(clip_id, reason)`` of the listed clips without usable files (the dataset
     loaders skip them); they count as bad clips. Raises :class:`StoreBuildError` when more
     than ``max_bad_fraction`` of the listed clips are bad.
     """
-    key = section_hash(cfg, extra={"kind": MIX, "corpus": corpus_version})
-    root = store_root(cache_dir, MIX, dataset, key)
+    key = _mixture_key(cfg, corpus_version)
+    root = mixture_root(cache_dir, dataset, cfg, corpus_version)
     # A whole file keeps the job key and payload it always had (existing stores stay valid).
     jobs = [
         Job(it.clip_id, file_key(it.path, key), (Path(it.path), cfg))
