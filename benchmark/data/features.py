@@ -104,7 +104,8 @@ def build_mixtures(
 ) -> FeatureStore:
     """Stage ``features``: the log-mel of every clip's mixture, one entry ``(clip_id, "mix")``.
 
-    ``corpus_version`` (e.g. the synthetic generator's version) joins every content key.
+    ``corpus_version`` (e.g. the synthetic corpus's generator version, size and seed) joins
+    every content key.
     ``missing``: ``(clip_id, reason)`` of the listed clips without usable files (the dataset
     loaders skip them); they count as bad clips. Raises :class:`StoreBuildError` when more
     than ``max_bad_fraction`` of the listed clips are bad.

@@ -57,7 +57,9 @@ class DataPaths:
     nsynth_root: Path | None
     fma_root: Path | None
     fma_subset: str
-    corpus_version: str  # joins every cache key (the synthetic generator's version)
+    # Joins every cache key of the built-in corpora: the synthetic corpus's identity (generator
+    # version, size and seed; "" for real trees).
+    corpus_version: str
 
 
 def data_paths(ctx: Context) -> DataPaths:
@@ -74,9 +76,9 @@ def synthetic_root(cfg: Config) -> Path:
 
 
 def synthetic_layout(cfg: Config) -> DataPaths:
-    """The paths of ``cfg``'s synthetic corpus (whether or not it is generated yet)."""
-    from benchmark.data.synth import GENERATOR_VERSION
-
+    """The paths of ``cfg``'s synthetic corpus (whether or not it is generated yet). Its
+    ``corpus_version`` is named after its folder: corpora of another size or seed (same clip
+    ids, other audio) must not share feature stores, sources or pre-training keys."""
     root = synthetic_root(cfg)
     return DataPaths(
         root / "mtat",
@@ -85,7 +87,7 @@ def synthetic_layout(cfg: Config) -> DataPaths:
         root / "nsynth",
         root / "fma",
         "small",
-        f"synth-v{GENERATOR_VERSION}",
+        f"synth-{root.name}",  # {size}-s{seed}-v{generator version}
     )
 
 
@@ -298,7 +300,7 @@ def mixture_store_root(ctx: Context, corpus: str) -> Path:
 
 
 def _corpus_version(ctx: Context, corpus: str) -> str:
-    # The synthetic generator's version keys its own corpora only (task files, folders: none).
+    # The synthetic corpus's identity keys its own corpora only (task files, folders: none).
     return data_paths(ctx).corpus_version if corpus in BUILTIN_CORPORA else ""
 
 
