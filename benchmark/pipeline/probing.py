@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.config import Config, stable_hash, to_dict
+from benchmark.config import Config, results_settings, stable_hash, to_dict
 from benchmark.errors import StageError
 from benchmark.evaluation.embed import embed, embedding_key
 from benchmark.io import atomic_write_json, read_json
@@ -62,8 +62,10 @@ def probe_params(cfg: Config, task, method_name: str, emb_key: str, mode: str | 
 
 def tune_key(cfg: Config, task_name: str, emb_key: str) -> str:
     """What a tuning result depends on: the search budget, the probe setup and the embeddings
-    (which carry ``probe.train_hop_frames``)."""
-    tune = {k: v for k, v in to_dict(cfg.tune).items() if k != "workers"}  # placement only
+    (which carry ``probe.train_hop_frames``). ``tune`` as the results hash sees it: without
+    ``tune.workers`` (placement), and ``tune.lag`` only when not 0 (so tuning done before the
+    lag existed is found)."""
+    tune = results_settings({"tune": to_dict(cfg.tune)})["tune"]
     return stable_hash({"tune": tune, "emb": emb_key, "task": task_name, "probe": _training(cfg)})
 
 
