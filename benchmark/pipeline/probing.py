@@ -185,10 +185,7 @@ def run_tune(ctx: Context, model: PretrainedModel, task) -> dict:
             **_training(cfg),
             score_fn=_score_fn(task, dataset),
             baseline_params=probe_params(cfg, task, model.method, emb["key"], "default"),
-            on_trial=lambda tr: h.metrics(
-                {"trial_value": tr["value"] if tr["value"] is not None else float("nan")},
-                tr["number"],
-            ),
+            on_trial=_trial_logger(h),
             workers=t.workers,
             lag=t.lag,
         )
@@ -203,6 +200,21 @@ def run_tune(ctx: Context, model: PretrainedModel, task) -> dict:
         atomic_write_json(path, out)  # the artefact, last: the run closes after it
         run_id = h.run_id
     return {**out, "cached": False, "run_id": run_id}
+
+
+def _trial_logger(h):
+    """``on_trial`` of ``tune_probe`` (called with each counted trial, also those counted by an
+    earlier, interrupted call): logs its value as metric ``trial_value`` at step = its number,
+    once; the steps a resumed run holds already are skipped. So a tune run's trial history is
+    the counted trials, whatever the number of workers and however often the step was cut."""
+    logged = {m.step for m in h.client.get_metric_history(h.run_id, "trial_value")}
+
+    def log_trial(trial: dict) -> None:
+        if trial["number"] not in logged:
+            h.metrics({"trial_value": trial["value"]}, trial["number"])
+            logged.add(trial["number"])
+
+    return log_trial
 
 
 def run_probe(
