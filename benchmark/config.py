@@ -34,6 +34,11 @@ PLACEMENT_SECTIONS = ("profile", "paths", "benchmark", "executor")
 # Keys of other sections that change no result: how many processes do the work, and which
 # snapshots a pre-training run keeps (the convergence study).
 PLACEMENT_KEYS = {"tune": ("workers",), "pretrain": ("snapshot_fractions",)}
+# Keys added after results were first keyed, at the value that gives the results of before:
+# left out of the keys at that value, so that results computed before they existed (tuned
+# parameters, plan records, MLflow runs found by key) stay valid. tune.lag = 0 is sequential
+# TPE with a per-trial seed, the sampler of every study before tune.lag.
+KEYED_SINCE = {"tune": {"lag": 0}}
 
 
 @dataclass(frozen=True)
@@ -168,8 +173,10 @@ class TuneConfig:
     sampler_seed: int = 0  # TPE sampler seed, equal for every method (ours)
     probe_seed: int = 0  # probe seed used inside trials (ours)
     max_epochs: int = 20  # probe epochs per trial (ours)
-    lag: int = 3  # trial n's TPE sees trials < n - lag: any number of workers, same trials (ours)
-    workers: int = 1  # processes sharing one study; placement only, not in the results hash (ours)
+    # Trial n's TPE sees the trials < n - lag; up to lag + 1 workers give the same trials (ours;
+    # 0: sequential TPE, the tuning of every result made before the lag existed)
+    lag: int = 0
+    workers: int = 1  # processes sharing one study (needs lag >= workers - 1); placement (ours)
 
 
 @dataclass(frozen=True)
@@ -333,22 +340,28 @@ class Config:
         go (``paths``), which methods/tasks to run and how to report them (``benchmark``) and
         where the steps run (``executor``, ``tune.workers``: any placement gives the same
         numbers): profiles of the same settings (default, studies) share it."""
-        return stable_hash(without_placement(self.to_dict()))
+        return stable_hash(results_settings(self.to_dict()))
 
 
 # -- helpers ---------------------------------------------------------------------------
 
 
-def without_placement(d: dict) -> dict:
-    """A config dict without what only places the work (:data:`PLACEMENT_SECTIONS`,
-    :data:`PLACEMENT_KEYS`): what shapes the results."""
+def results_settings(d: dict) -> dict:
+    """What of a config dict shapes the results, as result keys hash it: without what only
+    places the work (:data:`PLACEMENT_SECTIONS`, :data:`PLACEMENT_KEYS`) and without the keys
+    of :data:`KEYED_SINCE` at their old value."""
     return {
-        k: {kk: vv for kk, vv in v.items() if kk not in PLACEMENT_KEYS.get(k, ())}
+        k: {kk: vv for kk, vv in v.items() if _shapes_results(k, kk, vv)}
         if isinstance(v, dict)
         else v
         for k, v in d.items()
         if k not in PLACEMENT_SECTIONS
     }
+
+
+def _shapes_results(section: str, key: str, value) -> bool:
+    old = KEYED_SINCE.get(section, {})
+    return key not in PLACEMENT_KEYS.get(section, ()) and not (key in old and old[key] == value)
 
 
 def to_dict(obj) -> dict:
@@ -566,8 +579,10 @@ def check(cfg: Config) -> None:
     Raises :class:`ConfigError` for an unknown ``data.source`` or ``data.pretrain_source``, a
     real-data root set while ``data.source=synthetic`` (it would be silently ignored), a
     folder or manifest corpus without its path (or a path set for another source), and a
-    ``data.valid_fraction`` outside (0, 1).
+    ``data.valid_fraction`` outside (0, 1), and parallel tuning (``tune.workers`` > 1) with a
+    ``tune.lag`` below ``tune.workers - 1`` or an SQLite Optuna storage.
     """
+    _check_tune(cfg)
     d = cfg.data
     if d.source not in DATA_SOURCES:
         raise ConfigError(f"data.source must be one of {', '.join(DATA_SOURCES)}, got {d.source!r}")
@@ -600,6 +615,24 @@ def check(cfg: Config) -> None:
         )
     if not 0.0 < d.valid_fraction < 1.0:
         raise ConfigError(f"data.valid_fraction must lie in (0, 1), got {d.valid_fraction}")
+
+
+def _check_tune(cfg: Config) -> None:
+    t = cfg.tune
+    if t.workers < 1 or t.lag < 0:
+        raise ConfigError(f"need tune.workers >= 1 and tune.lag >= 0, got {t.workers}, {t.lag}")
+    if t.workers > 1 and t.lag < t.workers - 1:
+        raise ConfigError(
+            f"tune.workers={t.workers} needs tune.lag >= {t.workers - 1}: trial n is drawn "
+            "from the trials below n - tune.lag, so with a smaller lag the workers wait for "
+            "each other (a larger lag changes the tuned parameters, see the README)"
+        )
+    if t.workers > 1 and cfg.optuna_storage.startswith("sqlite"):
+        raise ConfigError(
+            f"tune.workers={t.workers} needs a database server as paths.optuna_storage (e.g. "
+            "postgresql://host/db), not SQLite: SQLite lets one process write at a time, and "
+            "the workers' heartbeats and trials would wait on its lock"
+        )
 
 
 def from_dict(data: dict) -> Config:

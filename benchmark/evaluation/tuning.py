@@ -6,32 +6,43 @@ longer search. A trial trains a probe on the training split and returns its best
 score; the test split is never an input here, so tuning cannot peek at it.
 
 Studies live in an Optuna RDB storage (any SQLAlchemy URL, by default
-``sqlite:///runs/optuna.db``; PostgreSQL for many processes) and are resumable. Several worker
-processes may share one study (``workers``). One rule covers a rerun after a kill and any
-number of workers:
+``sqlite:///runs/optuna.db``; a database server such as PostgreSQL for several workers) and
+are resumable. Several worker processes may share one study (``workers``). One rule covers a
+rerun after a kill and any number of workers:
 
 - *Parameters* (:func:`trial_params`, :class:`LaggedTPESampler`): trial ``n``'s are a pure
   function of the sampler seed, ``n`` and the COMPLETE trials numbered below ``n - lag``: a
   TPE sampler seeded with ``(seed, n)`` fitted on exactly those trials, once every trial
   numbered below ``n - lag`` has finished. So trial ``n`` is the same whether or not the study
   was interrupted before it, whichever worker draws it and however many workers there are.
-  With W workers, ``lag >= W - 1`` keeps the waits rare. (A sampler seeded once per process
-  would draw other trials after a resumption, and the same start-up points in every worker:
-  docs/SCALEOUT_PHASE1.md.)
+  ``lag = 0`` (the default) is sequential TPE with a per-trial seed, the sampler of the
+  single-process tuning before workers existed; W workers need ``lag >= W - 1`` (any fewer
+  would mostly wait), so with a given lag any 1 to ``lag + 1`` workers give the same trials.
+  (A sampler seeded once per process would draw other trials after a resumption, and the
+  same start-up points in every worker: docs/SCALEOUT_PHASE1.md.)
 - *The budget* is the first ``num_trials`` COMPLETE trials by number, counted once every
   trial numbered below the last of them has finished (:func:`counted_trials`). Parallel
-  workers may start up to W - 1 trials more (:func:`_work`); those are wasted time, never
-  counted, and the best trial is the best of the counted ones, so the budget stays exactly
-  equal for every method.
+  workers may start up to W - 1 trials more (:func:`_work`); once the budget is settled they
+  are stopped, their trials left RUNNING and never counted (a later call with a larger budget
+  runs them again under their own numbers). The best trial is the best of the counted ones,
+  so the budget stays exactly equal for every method, and ``on_trial`` (MLflow) sees exactly
+  the counted trials.
 - *An interrupted call* (Ctrl-C, a kill, a preemption: the workers die with the step): the
   rerun runs every trial left RUNNING by a dead process again, under its own number and with
-  its own parameters, before the study goes on (:func:`_orphans`). Nothing is marked FAIL, so
-  the study ends as an uninterrupted one.
-- *Heartbeats*: every running trial's process writes a heartbeat to the storage. A worker that
-  dies while the call goes on leaves its trial to the others: they mark it FAIL once its
-  heartbeat stood still for ``grace_s`` seconds, never leaving it RUNNING, and the next number
-  takes its place in the budget (which stays exact; the trials after it then differ from an
-  uninterrupted study's).
+  its own parameters, before the study goes on (:func:`_orphans`); a trial whose heartbeat
+  still beats is left to its process, and a trial beyond a settled budget is not run again.
+  Nothing is marked FAIL, so the study ends as an uninterrupted one.
+- *Heartbeats* (:class:`_Heartbeat`): every running trial's process writes a heartbeat to the
+  storage. A worker that dies while the call goes on leaves its trial to the others: they
+  mark it FAIL once its heartbeat stood still for ``grace_s`` seconds, never leaving it
+  RUNNING, and the next number takes its place in the budget (which stays exact; the trials
+  after it then differ from an uninterrupted study's). A trial failed so while its process
+  was in fact still at work (its heartbeat lagged) keeps that FAIL: its result is dropped.
+
+Only Optuna's public API is used, except :func:`_reopen_trial` (see there). Process-wide
+state: Optuna's log verbosity is WARNING during :func:`tune_probe` and restored after it;
+warning filters (``warnings.catch_warnings``, not thread-safe) are changed only in the thread
+that called :func:`tune_probe`, never in the heartbeat threads.
 """
 
 from __future__ import annotations
@@ -42,6 +53,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -51,7 +63,6 @@ from pathlib import Path
 import numpy as np
 import optuna
 from optuna.distributions import FloatDistribution
-from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
 from benchmark.evaluation.probe import (
@@ -74,12 +85,15 @@ SEARCH_SPACE = {
     "weight_decay": {"low": 1e-7, "high": 1e-2, "log": True},
     "dropout": {"low": 0.0, "high": 0.5, "log": False},
 }
-LAG = 3  # default lag of :class:`LaggedTPESampler`: up to 4 workers rarely wait (ours)
 HEARTBEAT_S = 5.0  # a running trial's process writes a heartbeat this often, s (ours)
 GRACE_S = 60.0  # a trial whose heartbeat stood still this long is failed, s (ours)
 # Trials before TPE models the history (optuna's default); until then draws are random.
 TPE_STARTUP_TRIALS = 10
 OWNER_ATTR = "bench.owner"  # user attribute: the process running a trial (benchmark.io)
+HEARTBEAT_ATTR = "bench.heartbeat"  # user attribute: rewritten at each heartbeat (_Heartbeat)
+# Once the budget is settled, a worker gets this long to end on its own before it is stopped;
+# one still at work runs a trial beyond the budget (s, ours).
+STOP_S = 5.0
 WAIT_POLL_S = 0.2  # how often a worker looks whether the trials it samples from have finished
 
 
@@ -94,8 +108,9 @@ class TuneResult:
             interrupted runs), by number, as ``{"number", "params", "value", "state",
             "best_epoch", "epochs_run", "duration_s"}``: the same list for any number of
             workers (trials that parallel workers ran beyond the budget are left out).
-        beyond_budget: how many trials parallel workers finished beyond the budget (not
-            counted, not in ``trials``).
+        beyond_budget: how many trials parallel workers started beyond the budget (not
+            counted, not in ``trials``; finished, or left RUNNING when their worker was
+            stopped).
     """
 
     best_params: ProbeParams
@@ -198,9 +213,8 @@ class LaggedTPESampler(optuna.samplers.BaseSampler):
 
 
 def _fail_stale_trials(study: optuna.Study) -> None:
-    """Mark FAIL the RUNNING trials whose heartbeat stood still for the grace period."""
-    if not is_heartbeat_enabled(study._storage):
-        return
+    """Mark FAIL the RUNNING trials whose heartbeat stood still for the grace period (only in
+    the thread that runs the study: see the module docstring on warning filters)."""
     with warnings.catch_warnings():  # "experimental" in Optuna 4 and 5
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
@@ -209,7 +223,8 @@ def _fail_stale_trials(study: optuna.Study) -> None:
 def open_storage(
     storage: str, heartbeat_s: float = HEARTBEAT_S, grace_s: float = GRACE_S
 ) -> optuna.storages.RDBStorage:
-    """The RDB storage at SQLAlchemy URL ``storage``, with trial heartbeats."""
+    """The RDB storage at SQLAlchemy URL ``storage``, with trial heartbeats; the caller
+    closes it (:func:`close_storage`)."""
     if not 0 < heartbeat_s < grace_s:
         raise ValueError(f"need 0 < heartbeat_s < grace_s, got {heartbeat_s}, {grace_s}")
     _ensure_sqlite_folder(storage)
@@ -221,6 +236,14 @@ def open_storage(
             grace_period=int(max(2, round(grace_s))),
             engine_kwargs={"pool_pre_ping": True} if not storage.startswith("sqlite") else None,
         )
+
+
+def close_storage(storage: optuna.storages.RDBStorage) -> None:
+    """Close ``storage``'s connections (its SQLAlchemy engine, the public ``engine``
+    attribute): a process that opens storages repeatedly (a pool worker running many tune
+    steps) would otherwise hold a pool of connections to the database server per storage."""
+    storage.remove_session()
+    storage.engine.dispose()
 
 
 def _trial_dict(trial: optuna.trial.FrozenTrial) -> dict:
@@ -255,7 +278,7 @@ def init_storage(storage: str, attempts: int = 5) -> None:
     _ensure_sqlite_folder(storage)
     for attempt in range(1, attempts + 1):
         try:
-            optuna.storages.RDBStorage(storage)
+            close_storage(optuna.storages.RDBStorage(storage))
             return
         except sqlalchemy.exc.DBAPIError as exc:
             if storage.startswith("sqlite") or attempt == attempts:
@@ -288,13 +311,9 @@ class _Search:
     standardize: bool
     device: object
 
-    def load_study(self) -> optuna.Study:
-        return optuna.load_study(
-            study_name=self.study_name,
-            storage=open_storage(self.storage, self.heartbeat_s, self.grace_s),
-            sampler=LaggedTPESampler(
-                self.sampler_seed, search_space(self.spec), self.lag, self.n_startup_trials
-            ),
+    def sampler(self) -> LaggedTPESampler:
+        return LaggedTPESampler(
+            self.sampler_seed, search_space(self.spec), self.lag, self.n_startup_trials
         )
 
     def objective(self, trial: optuna.Trial) -> float:
@@ -329,15 +348,20 @@ def counted_trials(trials: list, num_trials: int) -> list | None:
     """The first ``num_trials`` COMPLETE trials by number, once settled: every trial numbered
     below the last of them has finished (a running one might still complete and count).
     None while not settled."""
+    counted = counted_so_far(trials, num_trials)
+    return counted if len(counted) == num_trials else None
+
+
+def counted_so_far(trials: list, num_trials: int) -> list:
+    """The COMPLETE trials counted already, by number: the first ones, up to ``num_trials``,
+    numbered below the lowest unfinished trial (which might still complete and count)."""
     counted = []
     for t in sorted(trials, key=lambda t: t.number):
-        if not t.state.is_finished():
-            return None
+        if len(counted) == num_trials or not t.state.is_finished():
+            break
         if t.state == TrialState.COMPLETE:
             counted.append(t)
-            if len(counted) == num_trials:
-                return counted
-    return None
+    return counted
 
 
 def _diverged(trials: list) -> int:
@@ -351,26 +375,112 @@ def _ask(study: optuna.Study) -> optuna.Trial:
         return study.ask()
 
 
+def _trial_id(storage: optuna.storages.RDBStorage, study: optuna.Study, number: int) -> int:
+    """The storage's id of trial ``number`` (Optuna's trial objects keep theirs private)."""
+    study_id = storage.get_study_id_from_name(study.study_name)
+    return storage.get_trial_id_from_study_id_trial_number(study_id, number)
+
+
+def _reopen_trial(study: optuna.Study, trial_id: int) -> optuna.Trial:
+    """The RUNNING trial ``trial_id`` of ``study`` as an :class:`optuna.Trial`, to run it
+    again under its own number and with its own parameters.
+
+    The one Optuna internal this module uses, as nothing public does it: ``Trial(study,
+    trial_id)`` is how ``Study.ask`` and ``Study.optimize`` wrap a trial, but the constructor
+    is not public API. ``Study.ask`` only creates trials or pops WAITING ones, and putting an
+    orphan back as WAITING would keep its old heartbeat, so that another worker's
+    ``fail_stale_trials`` could fail it between the pop and its first new beat.
+    ``test_reopen_trial_is_optuna_trial_of_that_id`` (tests) fails if Optuna changes it."""
+    return optuna.trial.Trial(study, trial_id)
+
+
+class _Heartbeat:
+    """A thread writing trial ``trial_id``'s heartbeat every heartbeat interval of
+    ``storage``, from :meth:`start` until :meth:`stop` or the trial has finished: Optuna's
+    (``record_heartbeat``, read by ``fail_stale_trials``) and the user attribute
+    :data:`HEARTBEAT_ATTR`, which :func:`_orphans` watches (Optuna has no public reader of
+    its own heartbeats). A daemon thread, so it never keeps a dying process alive."""
+
+    def __init__(self, storage: optuna.storages.RDBStorage, trial_id: int):
+        self.storage, self.trial_id = storage, trial_id
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(
+            target=self._beat, name=f"heartbeat of trial id {trial_id}", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._thread.ident is not None:
+            self._thread.join()
+
+    def __enter__(self) -> _Heartbeat:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    def _beat(self) -> None:
+        interval = self.storage.get_heartbeat_interval()
+        while True:
+            try:
+                self.storage.record_heartbeat(self.trial_id)
+                self.storage.set_trial_user_attr(self.trial_id, HEARTBEAT_ATTR, time.time())
+            except optuna.exceptions.UpdateFinishedTrialError:
+                return  # told, or failed as stale by another worker
+            if self._stopped.wait(interval):
+                return
+
+
+def _evaluate(search: _Search, trial: optuna.Trial) -> tuple[float | None, TrialState]:
+    """The trial's value and state to tell: COMPLETE, or FAIL for a diverged probe."""
+    try:
+        return search.objective(trial), TrialState.COMPLETE
+    except ProbeDivergedError as exc:
+        log.warning("%s: trial %d failed: %s", search.study_name, trial.number, exc)
+        return None, TrialState.FAIL
+
+
 def _run_trial(
-    search: _Search, study: optuna.Study, trial: optuna.Trial, callback=None
+    search: _Search,
+    study: optuna.Study,
+    storage: optuna.storages.RDBStorage,
+    trial: optuna.Trial,
+    callback=None,
 ) -> FrozenTrial:
     """Run ``trial`` to its end, with a heartbeat while it runs; a diverged probe is a FAIL.
 
     Any other exception, Ctrl-C included, leaves the trial RUNNING, to be run again under its
     own number by the rerun (Optuna's own loop would mark it FAIL, and the next trial would
-    take another number)."""
-    with get_heartbeat_thread(trial._trial_id, study._storage):
+    take another number). A trial that another worker failed meanwhile, taking it for dead
+    (its heartbeat lagged past the grace period), stays FAIL: its result is dropped and, as
+    for a dead worker, the next number takes its place in the budget."""
+    trial_id = _trial_id(storage, study, trial.number)
+    with _Heartbeat(storage, trial_id):
         try:
-            finished = study.tell(trial, search.objective(trial))
-        except ProbeDivergedError as exc:
-            log.warning("%s: trial %d failed: %s", search.study_name, trial.number, exc)
-            finished = study.tell(trial, state=TrialState.FAIL)
+            value, state = _evaluate(search, trial)
+            finished = study.tell(trial, value, state, skip_if_finished=True)
+        except optuna.exceptions.UpdateFinishedTrialError:  # an attribute written too late
+            finished = storage.get_trial(trial_id)
+    if finished.state == TrialState.FAIL and "diverged" not in finished.user_attrs:
+        log.warning(
+            "%s: trial %d was failed by another worker while it ran (its heartbeat stood "
+            "still for %.0f s); its result is dropped and the next trial takes its place",
+            search.study_name,
+            trial.number,
+            search.grace_s,
+        )
     if callback is not None:
         callback(study, finished)
     return finished
 
 
-def _work(search: _Search, study: optuna.Study, callback=None) -> None:
+def _work(
+    search: _Search, study: optuna.Study, storage: optuna.storages.RDBStorage, callback=None
+) -> None:
     """One worker: run trials until the budget is settled (see :func:`counted_trials`) or more
     than ``num_trials`` trials diverged.
 
@@ -390,7 +500,7 @@ def _work(search: _Search, study: optuna.Study, callback=None) -> None:
         if not queued and sum(t.state in live for t in trials) >= search.num_trials:
             time.sleep(WAIT_POLL_S)
             continue
-        _run_trial(search, study, _ask(study), callback)
+        _run_trial(search, study, storage, _ask(study), callback)
 
 
 def _die_with_parent(parent: int) -> None:
@@ -412,10 +522,16 @@ def _worker_main(payload: bytes, parent: int) -> None:
 
     search: _Search = cloudpickle.loads(payload)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # a process of our own
+    storage = open_storage(search.storage, search.heartbeat_s, search.grace_s)
     try:
-        _work(search, search.load_study())
+        study = optuna.load_study(
+            study_name=search.study_name, storage=storage, sampler=search.sampler()
+        )
+        _work(search, study, storage)
     except KeyboardInterrupt:  # Ctrl-C reaches the whole process group: the step says so
         sys.exit(130)
+    finally:
+        close_storage(storage)
 
 
 def _start_workers(search: _Search, count: int) -> list:
@@ -441,17 +557,62 @@ def _start_workers(search: _Search, count: int) -> list:
     return procs
 
 
-def _stop_workers(procs: list, timeout: float) -> list[int | None]:
-    """Wait up to ``timeout`` s for the workers (each may finish a trial beyond the budget),
-    then end the rest; their exit codes."""
-    deadline = time.monotonic() + timeout
+def _stop_workers(procs: list, grace_s: float) -> tuple[list[int | None], int]:
+    """Give the workers ``grace_s`` seconds to end on their own, then stop the others
+    (SIGTERM, then SIGKILL). Called once the budget is settled (or the call failed): a worker
+    still at work then runs a trial beyond the budget, which is never counted, so waiting for
+    it would only waste time. Returns the exit codes of the workers that ended on their own,
+    and how many were stopped."""
+    deadline = time.monotonic() + grace_s
     for proc in procs:
         proc.join(max(0.0, deadline - time.monotonic()))
-    for proc in procs:
+    stopped = [proc for proc in procs if proc.is_alive()]
+    for proc in stopped:
+        proc.terminate()
+    for proc in stopped:
+        proc.join(10)
         if proc.is_alive():
             proc.kill()
             proc.join(10)
-    return [proc.exitcode for proc in procs]
+    return [proc.exitcode for proc in procs if proc not in stopped], len(stopped)
+
+
+class _Reporter:
+    """The study's callback in :func:`tune_probe`'s process: logs each trial that finished in
+    this call (whichever worker ran it) and passes each counted trial to ``on_trial`` once,
+    in number order, as soon as it is counted (:func:`counted_so_far`), also the trials
+    counted by an earlier, interrupted call: never a trial beyond the budget."""
+
+    def __init__(self, search: _Search, on_trial, finished_before: set[int]):
+        self.search, self.on_trial = search, on_trial
+        self.logged, self.passed = set(finished_before), set()
+
+    def __call__(self, study: optuna.Study, _trial=None) -> None:
+        trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+        num_trials = self.search.num_trials
+        done = sum(t.state == TrialState.COMPLETE for t in trials)
+        best = _best(trials, num_trials)
+        for trial in trials:
+            if not trial.state.is_finished() or trial.number in self.logged:
+                continue
+            self.logged.add(trial.number)
+            info = _trial_dict(trial)
+            log.info(
+                "%s: trial %d %s value=%s (%d/%d complete, best %s) %s",
+                self.search.study_name,
+                trial.number,
+                info["state"],
+                _fmt(info["value"]),
+                done,
+                num_trials,
+                _fmt(best.value if best else None),
+                ", ".join(f"{k}={v:.3g}" for k, v in info["params"].items()),
+            )
+        for trial in counted_so_far(trials, num_trials):
+            if trial.number not in self.passed:
+                self.passed.add(trial.number)
+                if self.on_trial is not None:
+                    self.on_trial(_trial_dict(trial))
 
 
 def tune_probe(
@@ -474,7 +635,7 @@ def tune_probe(
     on_trial: Callable[[dict], None] | None = None,
     device=None,
     workers: int = 1,
-    lag: int = LAG,
+    lag: int = 0,
     heartbeat_s: float = HEARTBEAT_S,
     grace_s: float = GRACE_S,
 ) -> TuneResult:
@@ -498,30 +659,36 @@ def tune_probe(
         baseline_params: if given, enqueued as trial 0 of a new study (one without trials),
             e.g. the paper's lr, so the tuned probe is never worse on validation than the
             default one; it counts towards ``num_trials`` like any trial.
-        on_trial: called in this process with each trial's dict (see :class:`TuneResult`) that
-            finished in this run, whichever worker ran it, in order of trial number as far as
-            they finish in order (e.g. to log it to MLflow).
+        on_trial: called in this process with the dict (see :class:`TuneResult`) of each
+            counted trial, in number order, once it is counted, whichever worker ran it:
+            also those counted by an earlier, interrupted call (a caller that logs them, e.g.
+            to MLflow, skips what it logged before), never a trial beyond the budget. So
+            what it sees is the same for any number of workers and any interruptions.
         device: passed to ``train_probe``.
         workers: processes sharing the study: this one and ``workers - 1`` spawned ones (each
-            gets a pickled copy of ``train`` and ``valid``). Any number gives the same trials
-            (see the module docstring for a worker that dies meanwhile).
-        lag: see :class:`LaggedTPESampler`; part of what a result depends on.
+            gets a pickled copy of ``train`` and ``valid``). They need a storage that all of
+            them reach: not an in-memory database (the pipeline's config also refuses SQLite
+            files, whose single writer lock the workers would wait on; the tests use small
+            ones). Any number from 1 to ``lag + 1`` gives the same trials (see the module
+            docstring for a worker that dies meanwhile).
+        lag: see :class:`LaggedTPESampler`; part of what a result depends on; 0 is
+            sequential TPE.
         heartbeat_s, grace_s: trial heartbeats (see the module docstring).
 
     Returns:
         A :class:`TuneResult` whose best trial is the best of the counted trials.
 
     Raises:
-        ValueError: if ``num_trials < 1``, ``workers < 1`` or ``lag < 0``.
+        ValueError: if ``num_trials < 1``, ``workers < 1``, ``lag < 0``, ``lag < workers -
+            1``, or ``workers > 1`` with an in-memory storage.
         RuntimeError: if more than ``num_trials`` trials diverged, or every worker ended
             before the budget was met.
 
     One call per study at a time (the plan's step lock sees to it). A trial left RUNNING by an
-    earlier call (its ``bench.owner`` attribute names a dead process on this host, this
-    process, another host, or nothing) is run again by this process under its own number with
-    its own parameters, while the workers go on with the next trials; a trial of a live
-    process on this host is waited for. Within the call, a worker killed mid-trial leaves its
-    trial to the heartbeat: the other workers fail it after ``grace_s``.
+    earlier call is run again by this process under its own number with its own parameters,
+    while the workers go on with the next trials (see :func:`_orphans` for which). Within the
+    call, a worker killed mid-trial leaves its trial to the heartbeat: the other workers fail
+    it after ``grace_s``.
     """
     if num_trials < 1:
         raise ValueError(f"num_trials must be >= 1, got {num_trials}")
@@ -529,9 +696,10 @@ def tune_probe(
         raise ValueError(f"workers must be >= 1, got {workers}")
     if lag < 0:
         raise ValueError(f"lag must be >= 0, got {lag}")
-    # Optuna logs one INFO line per trial; our own progress line below replaces it.
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-
+    if lag < workers - 1:
+        raise ValueError(f"{workers} workers need lag >= {workers - 1}, got {lag}")
+    if workers > 1 and storage in ("sqlite://", "sqlite:///:memory:"):
+        raise ValueError(f"{workers} workers cannot share the in-memory storage {storage}")
     search = _Search(
         study_name=study_name,
         storage=storage,
@@ -553,69 +721,63 @@ def tune_probe(
         standardize=standardize,
         device=device,
     )
-    optuna.create_study(
+    # Optuna logs one INFO line per trial and per replayed study (trial_params); our own
+    # progress line replaces them. Restored after the call.
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    opened = open_storage(storage, heartbeat_s, grace_s)
+    try:
+        return _tune(search, opened, baseline_params, on_trial, workers)
+    finally:
+        close_storage(opened)
+        optuna.logging.set_verbosity(verbosity)
+
+
+def _tune(
+    search: _Search,
+    storage: optuna.storages.RDBStorage,
+    baseline_params: ProbeParams | None,
+    on_trial: Callable[[dict], None] | None,
+    workers: int,
+) -> TuneResult:
+    """:func:`tune_probe` on an open storage."""
+    study_name, num_trials = search.study_name, search.num_trials
+    study = optuna.create_study(
         study_name=study_name,
-        storage=open_storage(storage, heartbeat_s, grace_s),
+        storage=storage,
+        sampler=search.sampler(),
         direction="maximize",
         load_if_exists=True,
     )
-    study = search.load_study()
     existing = study.get_trials(deepcopy=False)
     if baseline_params is not None and not existing:
-        study.enqueue_trial(_baseline_point(baseline_params, spec))
+        study.enqueue_trial(_baseline_point(baseline_params, search.spec))
+    # A settled budget (a call killed after it, before returning) needs no trial: a RUNNING
+    # one lies beyond it, left to a later call with a larger budget.
+    settled = counted_trials(existing, num_trials) is not None
     # Claimed before any worker starts: from here on their heartbeats are this process's.
-    orphans = _orphans(study)
-    beats = [get_heartbeat_thread(trial._trial_id, study._storage) for trial in orphans]
-    for beat in beats:
-        beat.start()
-
-    finished_before = {t.number for t in existing if t.state.is_finished()}
-    reported: set[int] = set()
-
-    def report_new(study: optuna.Study, _trial=None) -> None:
-        """Log (and pass to ``on_trial``) every trial that finished since the last call."""
-        trials = study.get_trials(deepcopy=False)
-        done = sum(t.state == TrialState.COMPLETE for t in trials)
-        best = _best(trials, num_trials)
-        for trial in sorted(trials, key=lambda t: t.number):
-            if (
-                not trial.state.is_finished()
-                or trial.number in finished_before
-                or trial.number in reported
-            ):
-                continue
-            reported.add(trial.number)
-            info = _trial_dict(trial)
-            log.info(
-                "%s: trial %d %s value=%s (%d/%d complete, best %s) %s",
-                study_name,
-                trial.number,
-                info["state"],
-                _fmt(info["value"]),
-                done,
-                num_trials,
-                _fmt(best.value if best else None),
-                ", ".join(f"{k}={v:.3g}" for k, v in info["params"].items()),
-            )
-            if on_trial is not None:
-                on_trial(info)
-
+    orphans = [] if settled else _orphans(study, storage, search.grace_s)
+    beats = [_Heartbeat(storage, _trial_id(storage, study, t.number)) for t in orphans]
+    report = _Reporter(search, on_trial, {t.number for t in existing if t.state.is_finished()})
     started = time.perf_counter()
     procs: list = []
     try:
-        procs = _start_workers(search, workers - 1)
-        # The orphans first, in number order (the workers meanwhile draw the next numbers).
+        for beat in beats:
+            beat.start()
+        procs = [] if settled else _start_workers(search, workers - 1)
+        # The orphans first, in number order (the workers meanwhile draw the next numbers),
+        # unless the budget is settled before them.
         for trial, beat in zip(orphans, beats, strict=True):
-            _run_trial(search, study, trial, callback=report_new)
-            beat.join()
-        _work(search, study, callback=report_new)
-        codes = _stop_workers(procs, timeout=3600)
+            if counted_trials(study.get_trials(deepcopy=False), num_trials) is not None:
+                break
+            beat.stop()  # _run_trial beats from here on
+            _run_trial(search, study, storage, trial, callback=report)
+        _work(search, study, storage, callback=report)
     finally:
-        for beat in beats:  # after an exception: a heartbeat thread would keep us alive
-            with contextlib.suppress(AssertionError, RuntimeError):
-                beat.join()
-        _stop_workers(procs, timeout=0)
-    report_new(study)
+        for beat in beats:
+            beat.stop()
+        codes, stopped = _stop_workers(procs, STOP_S)
+    report(study)
     trials = study.get_trials(deepcopy=False)
     diverged = _diverged(trials)
     if diverged > num_trials:
@@ -628,6 +790,8 @@ def tune_probe(
         )
     if any(code != 0 for code in codes):
         log.warning("%s: a tuning worker ended with exit code(s) %s", study_name, codes)
+    if stopped:
+        log.info("%s: stopped %d worker(s) at trials beyond the budget", study_name, stopped)
     last = counted[-1].number
     log.info(
         "%s: %d trials complete in %.0f s (%d worker(s))",
@@ -641,26 +805,40 @@ def tune_probe(
         best_params=ProbeParams(**best.params),
         best_value=float(best.value),
         trials=[_trial_dict(t) for t in sorted(trials, key=lambda t: t.number) if t.number <= last],
-        beyond_budget=sum(t.number > last for t in trials),
+        beyond_budget=sum(t.number > last and t.state != TrialState.WAITING for t in trials),
     )
 
 
-def _orphans(study: optuna.Study) -> list[optuna.Trial]:
+def _orphans(
+    study: optuna.Study, storage: optuna.storages.RDBStorage, grace_s: float
+) -> list[optuna.Trial]:
     """The RUNNING trials that no live process runs, in number order, claimed by this process
-    to be run again under their own numbers: their owner died, was this very process (Ctrl-C),
-    is unknown, or ran on another host (one call per study at a time: a trial of another host
-    is a dead call's, e.g. a Slurm job requeued onto another node). A trial of a live process
-    on this host is left to it.
+    to be run again under their own numbers: their owner died, or was this very process
+    (Ctrl-C). A trial of a live process on this host is left to it. A trial whose process
+    this host cannot check (another host, or none recorded yet) is left to it when its
+    heartbeat (:data:`HEARTBEAT_ATTR`) changes within ``grace_s`` seconds of this process's
+    clock (so clocks of different machines never need to agree), and claimed otherwise: one
+    call per study at a time, so it is a dead call's, e.g. a Slurm job requeued onto another
+    node (waiting here only then, at most ``grace_s``).
 
     Their parameters are stored already, or are drawn again by the sampler exactly as before
     (a pure function of the trial number and the history), so the study continues as if it
     had not been interrupted.
     """
     here = process_identity()
-    orphans = []
-    for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    unknown = []
+    for frozen in running:
         owner = frozen.user_attrs.get(OWNER_ATTR)
-        if owner is not None and owner != here and owner_is_alive(owner) is True:
+        if owner != here and (owner is None or owner_is_alive(owner) is None):
+            unknown.append(frozen)
+    beating = _beating(study, storage, unknown, grace_s)
+    orphans = []
+    for frozen in running:
+        owner = frozen.user_attrs.get(OWNER_ATTR)
+        if frozen.number in beating or (
+            owner is not None and owner != here and owner_is_alive(owner) is True
+        ):
             continue
         log.info(
             "%s: trial %d was left running by %s; running it again",
@@ -668,13 +846,45 @@ def _orphans(study: optuna.Study) -> list[optuna.Trial]:
             frozen.number,
             owner or "an unknown process",
         )
-        # Trial(study, id) is how Study.optimize itself wraps a trial; FrozenTrial keeps the
-        # id private.
-        trial = optuna.trial.Trial(study, frozen._trial_id)
+        trial = _reopen_trial(study, _trial_id(storage, study, frozen.number))
         trial.set_user_attr(OWNER_ATTR, here)
         trial.set_user_attr("pid", os.getpid())
         orphans.append(trial)
     return orphans
+
+
+def _beating(
+    study: optuna.Study,
+    storage: optuna.storages.RDBStorage,
+    trials: list[FrozenTrial],
+    grace_s: float,
+) -> set[int]:
+    """The numbers of those RUNNING ``trials`` whose heartbeat attribute changes (or which
+    finish) within ``grace_s`` seconds: a live process runs them. A trial without one never
+    had a heartbeat (it was created and left before its first) and is not watched."""
+    watched = {
+        t.number: (_trial_id(storage, study, t.number), t.user_attrs[HEARTBEAT_ATTR])
+        for t in trials
+        if HEARTBEAT_ATTR in t.user_attrs
+    }
+    if watched:
+        log.info(
+            "%s: trials %s were left running by processes that this host cannot check; "
+            "watching their heartbeats for up to %.0f s",
+            study.study_name,
+            sorted(watched),
+            grace_s,
+        )
+    beating: set[int] = set()
+    deadline = time.monotonic() + grace_s
+    while watched and time.monotonic() < deadline:
+        time.sleep(WAIT_POLL_S)
+        for number, (trial_id, beat) in list(watched.items()):
+            now = storage.get_trial(trial_id)
+            if now.state != TrialState.RUNNING or now.user_attrs.get(HEARTBEAT_ATTR) != beat:
+                beating.add(number)
+                del watched[number]
+    return beating
 
 
 def _best(trials: list[FrozenTrial], num_trials: int) -> FrozenTrial | None:

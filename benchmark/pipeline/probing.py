@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.config import Config, stable_hash, to_dict
+from benchmark.config import Config, results_settings, stable_hash, to_dict
 from benchmark.errors import StageError
 from benchmark.evaluation.embed import embed, embedding_key
 from benchmark.io import atomic_write_json, read_json
@@ -62,8 +62,10 @@ def probe_params(cfg: Config, task, method_name: str, emb_key: str, mode: str | 
 
 def tune_key(cfg: Config, task_name: str, emb_key: str) -> str:
     """What a tuning result depends on: the search budget, the probe setup and the embeddings
-    (which carry ``probe.train_hop_frames``)."""
-    tune = {k: v for k, v in to_dict(cfg.tune).items() if k != "workers"}  # placement only
+    (which carry ``probe.train_hop_frames``). ``tune`` as the results hash sees it: without
+    ``tune.workers`` (placement), and ``tune.lag`` only when not 0 (so tuning done before the
+    lag existed is found)."""
+    tune = results_settings({"tune": to_dict(cfg.tune)})["tune"]
     return stable_hash({"tune": tune, "emb": emb_key, "task": task_name, "probe": _training(cfg)})
 
 
@@ -196,10 +198,7 @@ def run_tune(ctx: Context, model: PretrainedModel, task) -> dict:
             **_training(cfg),
             score_fn=_score_fn(task, dataset),
             baseline_params=probe_params(cfg, task, model.method, emb["key"], "default"),
-            on_trial=lambda tr: h.metrics(
-                {"trial_value": tr["value"] if tr["value"] is not None else float("nan")},
-                tr["number"],
-            ),
+            on_trial=_trial_logger(h),
             workers=t.workers,
             lag=t.lag,
         )
@@ -245,6 +244,21 @@ def probe_setup(
         }
     )
     return key, params
+
+
+def _trial_logger(h):
+    """``on_trial`` of ``tune_probe`` (called with each counted trial, also those counted by an
+    earlier, interrupted call): logs its value as metric ``trial_value`` at step = its number,
+    once; the steps a resumed run holds already are skipped. So a tune run's trial history is
+    the counted trials, whatever the number of workers and however often the step was cut."""
+    logged = {m.step for m in h.client.get_metric_history(h.run_id, "trial_value")}
+
+    def log_trial(trial: dict) -> None:
+        if trial["number"] not in logged:
+            h.metrics({"trial_value": trial["value"]}, trial["number"])
+            logged.add(trial["number"])
+
+    return log_trial
 
 
 def run_probe(

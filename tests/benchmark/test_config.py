@@ -105,16 +105,56 @@ def test_results_hash_ignores_where_outputs_go_and_what_is_listed():
     assert resolve("smoke", ["probe.standardize=false"]).results_hash() != base.results_hash()
 
 
+PARALLEL = ["tune.lag=3", "paths.optuna_storage=postgresql://db-host/optuna"]
+
+
 def test_tuning_workers_are_placement_and_the_lag_is_not():
-    base = resolve("smoke")
-    assert resolve("smoke", ["tune.workers=4"]).results_hash() == base.results_hash()
-    assert resolve("smoke", ["tune.lag=0"]).results_hash() != base.results_hash()
-    # ... and a tuning result of one worker is found by a plan with four.
     from benchmark.pipeline.probing import tune_key
 
-    four = resolve("smoke", ["tune.workers=4"])
+    base = resolve("smoke", PARALLEL)
+    four = resolve("smoke", [*PARALLEL, "tune.workers=4"])
+    assert four.results_hash() == base.results_hash()
+    # ... and a tuning result of one worker is found by a plan with four.
     assert tune_key(four, "fma", "emb") == tune_key(base, "fma", "emb")
-    assert tune_key(resolve("smoke", ["tune.lag=0"]), "fma", "emb") != tune_key(base, "fma", "emb")
+    lag_2 = resolve("smoke", [*PARALLEL, "tune.lag=2"])
+    assert lag_2.results_hash() != base.results_hash()
+    assert tune_key(lag_2, "fma", "emb") != tune_key(base, "fma", "emb")
+
+
+def test_the_default_lag_keeps_the_keys_of_results_made_before_it():
+    """tune.lag=0 (the default) is the tuning of every result made before the lag existed:
+    the results hash and the tune key are those of the settings without it, so a cache of
+    then (tuned parameters, plan records, MLflow runs) is found, not redone."""
+    from benchmark.config import stable_hash
+    from benchmark.pipeline.probing import _training, tune_key
+
+    for profile in ("default", "smoke", "paper"):
+        cfg = resolve(profile)
+        assert cfg.tune.lag == 0
+        before = cfg.to_dict()
+        for section in ("profile", "paths", "benchmark", "executor"):
+            before.pop(section)
+        before["pretrain"].pop("snapshot_fractions")
+        before["tune"] = {k: v for k, v in before["tune"].items() if k not in ("lag", "workers")}
+        assert cfg.results_hash() == stable_hash(before)
+        keyed = {"tune": before["tune"], "emb": "e", "task": "fma", "probe": _training(cfg)}
+        assert tune_key(cfg, "fma", "e") == stable_hash(keyed)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["tune.workers=2"], "tune.workers=2 needs tune.lag >= 1"),
+        (["tune.workers=3", "tune.lag=1"], "tune.workers=3 needs tune.lag >= 2"),
+        (["tune.workers=2", "tune.lag=1"], "tune.workers=2 needs a database server"),
+        (["tune.lag=-1"], "tune.lag >= 0"),
+    ],
+)
+def test_parallel_tuning_needs_a_lag_and_a_database_server(overrides, message):
+    with pytest.raises(ConfigError, match=message) as caught:
+        resolve("smoke", overrides)
+    assert "\n" not in str(caught.value)
+    resolve("smoke", ["tune.workers=2", *PARALLEL])  # a lag of 3 and PostgreSQL: fine
 
 
 @pytest.mark.parametrize("profile", ["paper", "default", "smoke", "studies"])

@@ -69,8 +69,9 @@ def test_slurm_gives_the_local_leaderboard(
 ):
     server, stores = tracking
     runs = runs_with_corpus(tmp_path / "runs", synth_smoke[0])
-    # Two Optuna workers per tune job, sharing each study on PostgreSQL: the same numbers.
-    overrides = [*stores, *SMALL_JOBS, "tune.workers=2"]
+    # Two Optuna workers per tune job, sharing each study on PostgreSQL: the same numbers
+    # (the lag that two workers need changes no trial of a budget of random start-up trials).
+    overrides = [*stores, *SMALL_JOBS, "tune.workers=2", "tune.lag=1"]
     out, report = submit(runs, *PLAN, overrides=overrides)
     assert "submitted 13 step(s)" in out
     assert wait_for(slurm_cluster, report) == "COMPLETED"

@@ -102,7 +102,7 @@ def _dead_process() -> str:
 
 
 # random start-up draws only / TPE's model too, on the newest history or a lagged one (#16)
-@pytest.mark.parametrize(("startup", "lag"), [(10, tuning.LAG), (2, 0), (2, 1)])
+@pytest.mark.parametrize(("startup", "lag"), [(10, 3), (2, 0), (2, 1)])
 def test_trial_n_is_the_same_with_or_without_an_interruption_before_it(
     storage, monkeypatch, startup, lag
 ):
@@ -246,11 +246,20 @@ def test_tuning_never_touches_test_data(storage):
     assert scored_targets and all(t is valid.targets for t in scored_targets)
 
 
-def test_optuna_is_silenced(storage, caplog):
+def test_optuna_is_silenced_during_the_call_only(storage, caplog):
+    """Optuna's INFO lines (one per trial and per replayed study) are replaced by ours, and
+    the caller's verbosity is back afterwards: setting it for good changed process state."""
     train, valid, _ = _splits(0)
-    with caplog.at_level("INFO"):
-        _tune(storage, "m/t", train, valid, 1)
-    assert optuna.logging.get_verbosity() == optuna.logging.WARNING
+    previous = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.INFO)
+    optuna.logging.enable_propagation()  # so that caplog would see Optuna's records
+    try:
+        with caplog.at_level("INFO"):
+            _tune(storage, "m/t", train, valid, 1)
+        assert optuna.logging.get_verbosity() == optuna.logging.INFO
+    finally:
+        optuna.logging.disable_propagation()
+        optuna.logging.set_verbosity(previous)
     assert not any(r.name.startswith("optuna") for r in caplog.records)
     assert any(
         r.name == "benchmark.evaluation.tuning" and "trial 0" in r.message for r in caplog.records
@@ -341,6 +350,10 @@ def test_lag_and_workers_are_checked(storage):
         _tune(storage, "m/t", train, valid, 2, workers=0)
     with pytest.raises(ValueError, match="lag"):
         _tune(storage, "m/t", train, valid, 2, lag=-1)
+    with pytest.raises(ValueError, match="3 workers need lag >= 2"):
+        _tune(storage, "m/t", train, valid, 2, workers=3, lag=1)
+    with pytest.raises(ValueError, match="in-memory"):
+        _tune("sqlite:///:memory:", "m/t", train, valid, 2, workers=2, lag=1)
 
 
 def test_a_study_killed_with_its_workers_resumes_as_an_uninterrupted_one(storage):
@@ -369,3 +382,327 @@ def test_a_study_killed_with_its_workers_resumes_as_an_uninterrupted_one(storage
         t.number: t.state for t in optuna.load_study(study_name="cut", storage=storage).trials
     }
     assert states[2] == states[3] == TrialState.COMPLETE
+
+
+# -- the scale-out review: a trial failed meanwhile, Optuna's API, on_trial, stopping ------
+
+
+def test_a_trial_failed_meanwhile_by_a_heartbeat_check_is_dropped_and_replaced(
+    storage, monkeypatch
+):
+    """A trial whose heartbeat lagged past the grace period is failed by another worker while
+    its process still trains it; telling it then raised "Cannot tell a FAIL trial" (or could
+    not write its attributes) and crashed the step. Its result is dropped instead, and the
+    next number takes its place: still exactly ``num_trials`` counted trials."""
+    train, valid, _ = _splits(0)
+    calls = []
+    train_probe = tuning.train_probe
+
+    def failed_by_another_worker_during_the_second(*args, **kwargs):
+        calls.append(1)
+        result = train_probe(*args, **kwargs)
+        if len(calls) == 2:  # what fail_stale_trials in another worker does to trial 1
+            other = optuna.storages.RDBStorage(storage)
+            study_id = other.get_study_id_from_name("m/t")
+            trial_id = other.get_trial_id_from_study_id_trial_number(study_id, 1)
+            other.set_trial_state_values(trial_id, TrialState.FAIL)
+        return result
+
+    monkeypatch.setattr(tuning, "train_probe", failed_by_another_worker_during_the_second)
+    result = _tune(storage, "m/t", train, valid, 3)
+    assert [t["state"] for t in result.trials] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+    assert len(calls) == 4 and result.best_value == max(
+        t["value"] for t in _complete(result.trials)
+    )
+
+
+def test_reopen_trial_is_optuna_trial_of_that_id(storage):
+    """The one Optuna internal the module uses (``Trial(study, trial_id)``): a RUNNING trial
+    reopened keeps its number and stored parameters, takes attributes and can be told."""
+    opened = tuning.open_storage(storage)
+    try:
+        study = optuna.create_study(study_name="s", storage=opened, direction="maximize")
+        asked = tuning._ask(study)
+        drawn = tuning.suggest_params(asked, SPEC)
+        trial = tuning._reopen_trial(study, tuning._trial_id(opened, study, asked.number))
+        assert isinstance(trial, optuna.Trial) and trial.number == asked.number
+        assert tuning.suggest_params(trial, SPEC) == drawn
+        trial.set_user_attr("who", "the rerun")
+        study.tell(trial, 0.5)
+        (told,) = study.get_trials()
+        assert (told.state, told.value, told.user_attrs["who"]) == (
+            TrialState.COMPLETE,
+            0.5,
+            "the rerun",
+        )
+    finally:
+        tuning.close_storage(opened)
+
+
+def test_only_public_optuna_api_outside_the_one_shim():
+    source = inspect.getsource(tuning)
+    shim = inspect.getsource(tuning._reopen_trial)
+    assert "optuna.trial.Trial(study, trial_id)" in shim
+    rest = source.replace(shim, "")
+    for private in (
+        "._storage",
+        "._trial_id",
+        "._study_id",
+        "optuna.storages._",
+        "get_heartbeat_thread",
+        "is_heartbeat_enabled",
+        "optuna.trial.Trial(",
+    ):
+        assert private not in rest, private
+
+
+def _enqueued_study(storage: str, name: str, points: list[dict]) -> None:
+    """A study holding ``points`` as queued trials 0, 1, ... (like trials enqueued by hand)."""
+    tuning.init_storage(storage)
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
+    for point in points:
+        study.enqueue_trial(point)
+
+
+def _state(storage: str, name: str, number: int) -> TrialState | None:
+    trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+    return trials[number].state if number < len(trials) else None
+
+
+def _score_after(storage, name, number, state, main_pid, worker_s, targets, scores):
+    """SCORE_FN, except that the test's own process first waits until trial ``number`` (a
+    spawned worker's) is in ``state``, and a worker takes ``worker_s`` seconds longer."""
+    if os.getpid() == main_pid:
+        deadline = time.monotonic() + 120
+        while _state(storage, name, number) != state:
+            assert time.monotonic() < deadline, f"trial {number} never got {state}"
+            time.sleep(0.1)
+    else:
+        time.sleep(worker_s)
+    return SCORE_FN(targets, scores)
+
+
+POINTS = [{"lr": 3e-4, "weight_decay": 1e-7}, {"lr": 1e-3, "weight_decay": 1e-5}]
+
+
+def test_on_trial_sees_the_counted_trials_only_whatever_the_workers(storage):
+    """on_trial (MLflow's trial history) also saw the trials that parallel workers finished
+    beyond the budget, so the logged tune run depended on the number of workers. Here a
+    spawned worker finishes queued trial 1 while this process runs trial 0 of a budget of 1."""
+    train, valid, _ = _splits(0)
+    seen = {1: [], 2: []}
+    _enqueued_study(storage, "one", POINTS)
+    one = _tune(storage, "one", train, valid, 1, on_trial=seen[1].append)
+    _enqueued_study(storage, "two", POINTS)
+    after_trial_1 = functools.partial(
+        _score_after, storage, "two", 1, TrialState.COMPLETE, os.getpid(), 0.0
+    )
+    two = _tune(
+        storage,
+        "two",
+        train,
+        valid,
+        1,
+        workers=2,
+        lag=1,
+        score_fn=after_trial_1,
+        on_trial=seen[2].append,
+    )
+    assert _state(storage, "two", 1) == TrialState.COMPLETE  # the worker's, beyond the budget
+    assert [(t["number"], t["value"]) for t in seen[2]] == [(0, one.best_value)]
+    assert _without_durations(seen[2]) == _without_durations(seen[1])
+    assert _without_durations(two.trials) == _without_durations(one.trials)
+    assert two.beyond_budget == 1 and one.beyond_budget == 0  # trial 1 stayed queued
+
+
+def test_once_the_budget_is_settled_a_worker_at_a_trial_beyond_it_is_stopped(storage):
+    """The step waited up to an hour for workers still running trials beyond the budget. They
+    are stopped instead; their trial stays RUNNING, never counted, and a later call with a
+    larger budget runs it under its own number."""
+    train, valid, _ = _splits(0)
+    _enqueued_study(storage, "s", POINTS)
+    while_trial_1_runs = functools.partial(
+        _score_after, storage, "s", 1, TrialState.RUNNING, os.getpid(), 60.0
+    )
+    started = time.monotonic()
+    result = _tune(storage, "s", train, valid, 1, workers=2, lag=1, score_fn=while_trial_1_runs)
+    assert time.monotonic() - started < 45, "waited for the worker's trial beyond the budget"
+    assert [t["number"] for t in result.trials] == [0] and result.beyond_budget == 1
+    assert _state(storage, "s", 1) == TrialState.RUNNING
+    larger = _tune(storage, "s", train, valid, 2)
+    assert [t["state"] for t in larger.trials] == ["COMPLETE", "COMPLETE"]
+    assert larger.trials[1]["params"] == POINTS[1]
+
+
+def test_a_trial_beyond_a_settled_budget_is_not_run_again(storage, monkeypatch):
+    """A call killed after its budget was settled leaves a worker's trial beyond it RUNNING;
+    the rerun ran it again (wasted: it is never counted)."""
+    train, valid, _ = _splits(0)
+    first = _tune(storage, "s", train, valid, 2)
+    study = optuna.load_study(study_name="s", storage=storage)
+    left = study.ask()  # trial 2 of a killed worker
+    left.set_user_attr(tuning.OWNER_ATTR, _dead_process())
+    calls = []
+    monkeypatch.setattr(tuning, "train_probe", lambda *a, **k: calls.append(1))
+    again = _tune(storage, "s", train, valid, 2)
+    assert calls == [] and again.trials == first.trials and again.beyond_budget == 1
+    assert _state(storage, "s", 2) == TrialState.RUNNING
+
+
+def test_on_trial_after_an_interruption_sees_every_counted_trial(storage):
+    """A trial finished (told) but not yet reported when the call was killed was never passed
+    to on_trial by the rerun: MLflow lacked it. Now every counted trial is passed, also those
+    of earlier calls (a caller logging them skips what it has logged: here a dict)."""
+    train, valid, _ = _splits(0)
+    whole = []
+    _tune(storage, "whole", train, valid, 4, on_trial=whole.append)
+
+    logged: dict[int, dict] = {}
+
+    def log_once(trial):
+        logged.setdefault(trial["number"], trial)
+
+    def killed_before_logging_trial_2(trial):
+        if trial["number"] == 2:
+            raise KeyboardInterrupt
+        log_once(trial)
+
+    with pytest.raises(KeyboardInterrupt):
+        _tune(storage, "cut", train, valid, 4, on_trial=killed_before_logging_trial_2)
+    assert _state(storage, "cut", 2) == TrialState.COMPLETE and 2 not in logged
+    _tune(storage, "cut", train, valid, 4, on_trial=log_once)
+    assert _without_durations([logged[n] for n in sorted(logged)]) == _without_durations(whole)
+
+
+def test_a_trial_whose_heartbeat_beats_elsewhere_is_left_to_its_process(storage, monkeypatch):
+    """A trial RUNNING in a process this host cannot check (another host) was taken for an
+    orphan and run again, also while its process was alive. Now: trial 1, whose heartbeat
+    beats, is left to its process (which tells it later); trial 2, whose heartbeat stood still
+    for the grace period, is run again here."""
+    import threading
+
+    monkeypatch.setattr(tuning, "TPE_STARTUP_TRIALS", 2, raising=False)
+    train, valid, _ = _splits(0)
+    _tune(storage, "s", train, valid, 1, lag=1)  # lag 1: trial 2 need not wait for trial 1
+    elsewhere = tuning.open_storage(storage, heartbeat_s=1, grace_s=2)
+    study = optuna.load_study(
+        study_name="s",
+        storage=elsewhere,
+        sampler=tuning.LaggedTPESampler(0, tuning.search_space(SPEC), 1, n_startup_trials=2),
+    )
+    alive, dead = tuning._ask(study), tuning._ask(study)
+    for trial in (alive, dead):
+        trial.set_user_attr(tuning.OWNER_ATTR, "another-host:1234:")
+        tuning.suggest_params(trial, SPEC)
+    dead.set_user_attr("bench.heartbeat", 0.0)  # its last beat, long ago
+    study_id = elsewhere.get_study_id_from_name("s")
+    alive_id = elsewhere.get_trial_id_from_study_id_trial_number(study_id, alive.number)
+    errors = []
+
+    def the_other_process():
+        try:
+            for _ in range(40):  # 4 s: its heartbeat, as the other host's process writes it
+                elsewhere.record_heartbeat(alive_id)
+                elsewhere.set_trial_user_attr(alive_id, "bench.heartbeat", time.time())
+                time.sleep(0.1)
+            study.tell(alive, 0.123)
+        except Exception as exc:  # noqa: BLE001 (asserted below)
+            errors.append(exc)
+
+    other = threading.Thread(target=the_other_process)
+    other.start()
+    result = _tune(storage, "s", train, valid, 3, lag=1, heartbeat_s=1, grace_s=2)
+    other.join()
+    assert errors == []
+    assert [t["state"] for t in result.trials] == ["COMPLETE"] * 3
+    assert result.trials[1]["value"] == 0.123
+    pids = [
+        t.user_attrs.get("pid") for t in optuna.load_study(study_name="s", storage=storage).trials
+    ]
+    assert pids[2] == os.getpid()
+
+
+def test_every_storage_opened_is_closed(storage, monkeypatch):
+    """Every RDBStorage opened held a connection pool for the life of the process: a pool
+    worker running many tune steps piled them up on the database server."""
+    import sqlalchemy.engine
+
+    created, disposed = [], set()
+    create_engine, dispose = sqlalchemy.engine.create_engine, sqlalchemy.engine.Engine.dispose
+
+    def recorded_create_engine(*args, **kwargs):
+        created.append(create_engine(*args, **kwargs))
+        return created[-1]
+
+    def recorded_dispose(engine, *args, **kwargs):
+        disposed.add(id(engine))
+        return dispose(engine, *args, **kwargs)
+
+    monkeypatch.setattr(sqlalchemy.engine, "create_engine", recorded_create_engine)
+    monkeypatch.setattr(sqlalchemy.engine.Engine, "dispose", recorded_dispose)
+    train, valid, _ = _splits(0)
+    tuning.init_storage(storage)
+    _tune(storage, "m/t", train, valid, 2)
+    assert created and [id(e) in disposed for e in created] == [True] * len(created)
+
+
+def test_warning_filters_change_only_in_the_calling_thread(storage, monkeypatch):
+    """``warnings.catch_warnings`` swaps process-wide filters and is not thread-safe: the
+    heartbeat threads must never use it."""
+    import threading
+    import warnings
+
+    users = set()
+    catch_warnings = warnings.catch_warnings
+
+    class Recorded(catch_warnings):
+        def __enter__(self):
+            users.add(threading.current_thread().name)
+            return super().__enter__()
+
+    monkeypatch.setattr(warnings, "catch_warnings", Recorded)
+    train, valid, _ = _splits(0)
+    slow = functools.partial(_slowly, SCORE_FN, 0.6)  # beats while it trains
+    _tune(storage, "m/t", train, valid, 2, score_fn=slow, heartbeat_s=1, grace_s=30)
+    assert users == {threading.current_thread().name}
+
+
+def _stand_in_probe(spec, params, *args, **kwargs):
+    """A cheap, deterministic stand-in for train_probe: a smooth score of the parameters."""
+    from types import SimpleNamespace
+
+    score = -((np.log10(params.lr) + 3.3) ** 2) - 0.1 * (np.log10(params.weight_decay) + 5) ** 2
+    return SimpleNamespace(best_valid_score=float(score), best_epoch=1, epochs_run=2)
+
+
+def _sequential_tpe(seed: int, num_trials: int, baseline: dict, startup: int) -> list[dict]:
+    """main's tuning written out naively: one process; trial 0 the baseline, trial n drawn by
+    a TPE sampler seeded with SeedSequence([seed, n]) fitted on every COMPLETE trial before n."""
+    space = {
+        "lr": optuna.distributions.FloatDistribution(1e-5, 1e-2, log=True),
+        "weight_decay": optuna.distributions.FloatDistribution(1e-7, 1e-2, log=True),
+    }
+    done = []
+    for n in range(num_trials):
+        params = baseline
+        if n > 0:
+            seed_n = int(np.random.SeedSequence([seed, n]).generate_state(1)[0])
+            replay = optuna.create_study(
+                direction="maximize",
+                sampler=optuna.samplers.TPESampler(seed=seed_n, n_startup_trials=startup),
+            )
+            replay.add_trials(done)
+            params = replay.ask(fixed_distributions=space).params
+        value = _stand_in_probe(SPEC, ProbeParams(**params)).best_valid_score
+        done.append(optuna.trial.create_trial(params=params, distributions=space, value=value))
+    return [{"params": t.params, "value": t.value} for t in done]
+
+
+def test_the_default_lag_draws_mains_trials(storage, monkeypatch):
+    """tune.lag defaults to 0, which must give main's tuning (sequential TPE with a per-trial
+    seed) exactly, so that main's tuned parameters and leaderboard stay what they were."""
+    monkeypatch.setattr(tuning, "train_probe", _stand_in_probe)
+    monkeypatch.setattr(tuning, "TPE_STARTUP_TRIALS", 3, raising=False)
+    result = _tune(storage, "m/t", None, None, 9, baseline_params=ProbeParams(lr=5e-4))
+    reference = _sequential_tpe(0, 9, {"lr": 5e-4, "weight_decay": 1e-7}, startup=3)
+    assert [{"params": t["params"], "value": t["value"]} for t in result.trials] == reference

@@ -220,6 +220,43 @@ def test_a_resumed_pretrain_run_has_one_loss_point_per_step(tmp_path):
     ]
 
 
+def test_a_tune_run_logs_each_counted_trial_once_across_a_kill(tmp_path):
+    """A tune run's trial history (``trial_value`` at step = trial number): a trial told but
+    not yet logged when the step was killed was never logged by the rerun, which passed on
+    only the trials finished in its own call. Now the resumed run ends with the history of
+    an uninterrupted one, each step once."""
+    from benchmark.pipeline.tracking import Tracker
+    from tests.benchmark.evaluation import test_tuning as t
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "t", artifact_root=tmp_path / "a")
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    train, valid, _ = t._splits(0)
+
+    def tune(key, wrap=lambda log: log):
+        with tracker.run(key, "tune", key) as h:
+            t._tune(storage, key, train, valid, 4, on_trial=wrap(probing._trial_logger(h)))
+        return h.run_id
+
+    def killed_before_logging_trial_2(log):
+        def on_trial(trial):
+            if trial["number"] == 2:
+                raise KeyboardInterrupt
+            log(trial)
+
+        return on_trial
+
+    def history(run_id):
+        points = tracker.client.get_metric_history(run_id, "trial_value")
+        return sorted((m.step, m.value) for m in points)
+
+    whole = tune("whole")
+    with pytest.raises(KeyboardInterrupt):
+        tune("cut", killed_before_logging_trial_2)
+    cut = tune("cut")  # resumes the run the kill left FAILED
+    assert [step for step, _ in history(whole)] == [0, 1, 2, 3]
+    assert history(cut) == history(whole)
+
+
 def test_a_kill_while_superseding_leaves_no_third_run(env):
     """Killed after creating the new run and before tagging the old one superseded: the
     rerun resumes the new run instead of superseding the old one again."""
