@@ -19,7 +19,7 @@ rerun after a kill and any number of workers:
   single-process tuning before workers existed; W workers need ``lag >= W - 1`` (any fewer
   would mostly wait), so with a given lag any 1 to ``lag + 1`` workers give the same trials.
   (A sampler seeded once per process would draw other trials after a resumption, and the
-  same start-up points in every worker: docs/SCALEOUT_PHASE1.md.)
+  same start-up points in every worker: docs/SCALEOUT.md, "Parallel tuning".)
 - *The budget* is the first ``num_trials`` COMPLETE trials by number, counted once every
   trial numbered below the last of them has finished (:func:`counted_trials`). Parallel
   workers may start up to W - 1 trials more (:func:`_work`); once the budget is settled they
