@@ -26,11 +26,11 @@ import logging
 import os
 import platform
 import subprocess
+import tempfile
 from pathlib import Path
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
-import mlflow
 from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -403,12 +403,13 @@ def _local_artifact(artifact_uri: str, name: str) -> Path | None:
 
 def load_artifact_dict(client: MlflowClient, run_id: str, name: str) -> dict:
     """Read a JSON artifact written with :meth:`RunHandle.artifact_dict`."""
-    uri = client.get_run(run_id).info.artifact_uri
-    local = _local_artifact(uri, name)
+    local = _local_artifact(client.get_run(run_id).info.artifact_uri, name)
     if local is not None:
         return json.loads(local.read_text())
-    with _no_progress_bars():
-        return mlflow.artifacts.load_dict(f"{uri}/{name}")
+    # Through the client, which knows its tracking server: mlflow.artifacts.load_dict would
+    # resolve an ``mlflow-artifacts:`` URI against the process-wide tracking URI instead.
+    with tempfile.TemporaryDirectory() as tmp, _no_progress_bars():
+        return json.loads(Path(client.download_artifacts(run_id, name, tmp)).read_text())
 
 
 def download_artifact(client: MlflowClient, run_id: str, path: str, dst: Path) -> Path:

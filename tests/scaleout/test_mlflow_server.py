@@ -76,3 +76,24 @@ def test_tags_search_and_resume_like_the_tracker(mlflow_server):
     client.set_terminated(run.info.run_id, "FINISHED")
     again = client.get_run(run.info.run_id)
     assert again.info.status == "FINISHED" and again.data.metrics["auc"] == 0.9
+
+
+def test_json_artifacts_are_read_back_through_the_server(mlflow_server, tmp_path, monkeypatch):
+    """The report reads JSON artifacts (e.g. a separation's activity.json) of a server-backed
+    store through the client, whatever the process-wide tracking URI says: a Slurm report job
+    has none set, and ``mlflow.artifacts.load_dict`` resolved ``mlflow-artifacts:`` against it."""
+    from mlflow.tracking import MlflowClient
+
+    from benchmark.pipeline.tracking import load_artifact_dict
+
+    client = MlflowClient(tracking_uri=mlflow_server.uri)
+    experiment_id = client.create_experiment("json-artifacts")
+    run = client.create_run(experiment_id)
+    client.log_dict(run.info.run_id, {"active": 3, "total": 4}, "activity.json")
+    client.set_terminated(run.info.run_id, "FINISHED")
+    # as in a job: the process default is some local store, not the server
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'elsewhere.db'}")
+    assert load_artifact_dict(client, run.info.run_id, "activity.json") == {
+        "active": 3,
+        "total": 4,
+    }
