@@ -108,9 +108,16 @@ def test_two_submissions_at_once_run_each_step_once(slurm_cluster, tracking, syn
     assert status[-1] == "13 steps: 13 done"
 
 
-# Long enough to interrupt it twice: a checkpoint every 5 of 60 steps of the tiny encoder
-# (0.2-1.5 s a step on the 2-core machine, so 10-80 s after the first checkpoint).
-LONG_PRETRAIN = ["pretrain.steps=60", "pretrain.checkpoint_every=5", "pretrain.val_every=60"]
+# Long enough to interrupt it twice, and for a cancelled job not to finish within the
+# cluster's KillWait (2 s): submitit ignores SIGTERM, so a job with little left to do would
+# complete before SIGKILL. A checkpoint every 5 of STEPS steps of the tiny encoder (0.04 s a
+# step on the idle 2-core machine, up to ~1.5 s under load).
+STEPS = 200
+LONG_PRETRAIN = [
+    f"pretrain.steps={STEPS}",
+    "pretrain.checkpoint_every=5",
+    f"pretrain.val_every={STEPS}",
+]
 PRETRAIN_ONLY = ["--methods", "cola", "--tasks", "fma", "--only", "features,pretrain"]
 
 
@@ -156,7 +163,7 @@ def _job_log(runs: Path, job: str) -> str:
 def _wait_for_resumption(runs: Path, job: str, timeout: float = 600) -> int:
     """The step the requeued ``job`` resumed from (its log says so)."""
     deadline = time.monotonic() + timeout
-    while not (found := re.search(r"resuming at step (\d+) of 60", _job_log(runs, job))):
+    while not (found := re.search(rf"resuming at step (\d+) of {STEPS}", _job_log(runs, job))):
         assert time.monotonic() < deadline, "the requeued job did not resume"
         time.sleep(0.2)
     return int(found.group(1))
@@ -186,7 +193,7 @@ def test_an_interrupted_pretraining_job_resumes_to_the_uninterrupted_weights(
 
     slurm_cluster.command("scancel", job)  # cancelled for good
     assert wait_for(slurm_cluster, job) == "CANCELLED"
-    assert second < 60 and not list((runs / "smoke" / "pretrain").glob("cola-*/final.pt"))
+    assert second < STEPS and not list((runs / "smoke" / "pretrain").glob("cola-*/final.pt"))
     wait_for(slurm_cluster, report)  # afterany: the report job runs after a cancellation
     status = finish(cli(runs, "status", *PRETRAIN_ONLY, overrides=overrides))
     assert re.search(rf"^pretrain:cola:s0 +cancelled +job {job}\b", status, re.M), status
