@@ -41,6 +41,8 @@ def _f(value, digits: int = 3) -> str:
 
 
 def _ci(mean, low, high, digits: int = 3) -> str:
+    if _f(mean, digits) == "–":  # nothing measured (e.g. a source without tags of its own)
+        return "–"
     if not (isinstance(low, float) and math.isfinite(low)):
         return f"{_f(mean, digits)} (one run: no interval)"
     return f"{_f(mean, digits)} [{_f(low, digits)}, {_f(high, digits)}]"

@@ -344,3 +344,15 @@ def test_the_report_carries_the_four_study_sections(tmp_path):
     empty = build_report(tmp_path / "empty", scores, preds, calibration_reps=200,
                          primary={"fma": "accuracy"}, studies={})  # fmt: skip
     assert empty["leaderboard.md"].read_text().count("Not measured in this run") == 4
+
+
+def test_a_cell_without_a_value_says_nothing_was_measured():
+    """A model with no tag of its own source (bass on MTAT) has no gain: '–', not a claim
+    about runs; one run gives a value without an interval; more give the interval."""
+    from reports.study_sections import _ci
+
+    nan = float("nan")
+    assert _ci(nan, nan, nan) == "–"
+    assert _ci(None, None, None) == "–"
+    assert _ci(0.5, nan, nan) == "0.500 (one run: no interval)"
+    assert _ci(0.5, 0.4, 0.6) == "0.500 [0.400, 0.600]"
