@@ -247,11 +247,9 @@ def cmd_probe(args, cfg):
     from benchmark.pipeline import probing
 
     ctx, task, models = _task_and_models(args, cfg)
-    tuned_from = None
     for pseed, model in models:
-        tuned_from = tuned_from or model  # the first pre-training seed (probing.tuning_model)
         for seed in _seeds(args.seeds, cfg.probe.seeds):
-            out = probing.run_probe(ctx, model, task, seed, force=args.force, tuned_from=tuned_from)
+            out = probing.run_probe(ctx, model, task, seed, force=args.force)
             print(
                 f"{args.method} {task.name} pretrain seed {pseed} probe seed {seed}: "
                 f"{out.status} (MLflow run {out.run_id})"
@@ -267,11 +265,18 @@ def cmd_tune(args, cfg):
     from benchmark.pipeline import probing
 
     ctx, task, models = _task_and_models(args, cfg)
-    _seed, model = next(models)  # a method is tuned on its first pre-training seed
-    out = probing.run_tune(ctx, model, task)
-    print(
-        json.dumps({"best_params": out["best_params"], "best_value": out["best_value"]}, indent=2)
-    )
+    for pseed, model in models:  # every pre-training run its own search (probing.run_tune)
+        out = probing.run_tune(ctx, model, task)
+        print(
+            json.dumps(
+                {
+                    "pretrain_seed": pseed,
+                    "best_params": out["best_params"],
+                    "best_value": out["best_value"],
+                },
+                indent=2,
+            )  # fmt: skip
+        )
 
 
 def _report_args(p):
@@ -323,13 +328,16 @@ def cmd_calibrate(args, cfg):
     if not rows:
         print("nothing to calibrate: no task has two pre-training runs of its baseline")
         return 0
-    print(f"{'task / metric':28s} {'runs':>4s} {'SD runs':>8s} {'clusters':>8s} "
-          f"{'A/A false pos.':>16s} {'MDD (80%)':>10s} {'runs for 0.01':>14s}")  # fmt: skip
+    print(f"{'task / metric':28s} {'runs':>4s} {'SD runs':>8s} {'s2/u':>6s} {'clusters':>8s} "
+          f"{'d.f.':>5s} {'A/A false pos.':>16s} {'worst eq.':>9s} {'MDD (80%)':>10s} "
+          f"{'runs for 0.01':>14s}")  # fmt: skip
     for r in rows:
         fpr = f"{100 * r['false_positive_rate']:.1f}% ± {100 * r['fpr_se']:.1f}"
+        worst = f"{100 * r['worst_null_rate']:.1f}%"
         needed = r["runs_for_planted"] or "> 200"
         print(f"{r['task'] + ' / ' + r['metric']:28s} {r['runs']:4d} {r['sd_run']:8.4f} "
-              f"{r['clusters']:8d} {fpr:>16s} {r['min_detectable']:10.4f} {needed!s:>14s}")  # fmt: skip
+              f"{r['s2_over_u']:6.2f} {r['clusters']:8d} {r['test_df']:5d} {fpr:>16s} "
+              f"{worst:>9s} {r['min_detectable']:10.4f} {needed!s:>14s}")  # fmt: skip
     return 0
 
 

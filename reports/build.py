@@ -13,9 +13,11 @@ Input contract
     value``, one row per probe run and metric. Metric names: ``roc_auc``, ``pr_auc`` (mtat,
     mtat_star); ``accuracy``, ``balanced_accuracy`` (nsynth, fma). All higher-is-better.
 ``predictions``: dict ``(method, task, pretrain_seed, probe_seed) -> dict(clip_ids, targets,
-    scores, groups)`` with ``clip_ids`` a list of str (n), ``targets`` an (n, C) multi-hot or
-    (n,) int array, ``scores`` an (n, C) array of probabilities and ``groups`` (n,) cluster
-    ids (optional: each clip its own cluster); used for the test-set components. Optional.
+    scores, groups, strata)`` with ``clip_ids`` a list of str (n), ``targets`` an (n, C)
+    multi-hot or (n,) int array, ``scores`` an (n, C) array of probabilities, ``groups`` (n,)
+    cluster ids (optional: each clip its own cluster) and ``strata`` (n,) the strata the test
+    split was drawn within (optional; the report stage adds them for tasks declared
+    ``test_strata = "class"``); used for the test-set components. Optional.
 ``per_tag``: DataFrame ``method, task, tag, roc_auc, pr_auc`` (+ seed columns); optional.
 ``provenance``: dict with ``profile``, ``config_hash``, ``git_commit``, ``versions``
     (package -> version), ``machine``, ``stage_compute_s`` (stage -> seconds of compute behind
@@ -44,6 +46,7 @@ Statistics: see :mod:`reports.compare` and :mod:`reports.variance`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -94,25 +97,42 @@ def calibration_table(
     alpha: float,
     reps: int = 4000,
 ) -> list[dict]:
-    """:func:`reports.variance.calibrate` per task (primary metric) with the baseline's measured
-    components: between-run SD, run x item variance, the task's clusters and runs."""
+    """:func:`reports.variance.calibrate` per task (primary metric) with the components
+    measured in this run, pooled over every method with at least 2 runs (the same pipeline
+    and test set; one method's between-run variance from 3 runs has only 2 degrees of
+    freedom): the pooled between-run SD (``sd_run``), the run x item variance ``u`` (averaged
+    with the same weights), the baseline's number of runs, the task's clusters and test-set
+    degrees of freedom. ``s2_over_u`` (their ratio) says where the test stands: below ~0.4
+    the runs' own item noise dominates and the worst equal-means rate grows."""
     out = []
     for (task, metric), methods in sorted(sets.items()):
         if primary.get(task) != metric or baseline not in methods:
             continue
-        parts = components(methods[baseline])
-        if parts["runs"] < 2:
+        base = components(methods[baseline])
+        if base["runs"] < 2:
             continue
+        pooled = [methods[m] for m in sorted(methods) if methods[m].num_runs >= 2]
+        weights = np.array([rs.num_runs - 1 for rs in pooled], dtype=float)
+        squares = sum(float(np.sum((rs.run_scores - rs.run_scores.mean()) ** 2)) for rs in pooled)
+        sd_run = math.sqrt(squares / weights.sum())
+        u_values = np.array([components(rs)["u"] for rs in pooled])
+        u = (
+            float(np.sum(weights * u_values) / weights.sum())
+            if np.all(np.isfinite(u_values))
+            else 0.0
+        )
         result = calibrate(
-            parts["sd_between"],
-            parts["u"] if np.isfinite(parts["u"]) else 0.0,
+            sd_run,
+            u,
             max(clusters.get(task, 0), 2),
-            parts["runs"],
+            base["runs"],
+            test_df=base["test_df"] if clusters.get(task, 0) else None,
             alpha=alpha,
             reps=reps,
         )
-        out.append(dict(task=task, metric=metric, baseline=baseline, sd_run=parts["sd_between"],
-                        clusters=clusters.get(task, 0), **result))  # fmt: skip
+        out.append(dict(task=task, metric=metric, baseline=baseline, sd_run=sd_run, u=u,
+                        s2_over_u=sd_run**2 / u if u > 0 else math.inf, methods_pooled=len(pooled),
+                        clusters=clusters.get(task, 0), test_df=base["test_df"], **result))  # fmt: skip
     return out
 
 

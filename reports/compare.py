@@ -2,11 +2,12 @@
 
 The unit of replication is a pre-training run (method, pre-training seed); its probe seeds are
 averaged (they measure probe noise only). Per task and metric, :func:`run_sets` gathers each
-method's runs with their probe-seed scores and their test items' influences (clustered:
-MTAT clips by song, NSynth notes by instrument, FMA tracks by artist, when the predictions
-carry group ids); :func:`summarise` gives the mean over runs and its three sources of
-variance; :func:`compare` tests every family member against its family's baseline with the
-one combined test of :mod:`reports.variance`, Holm-corrected within (family, task, metric).
+method's runs with their probe-seed scores and their test items' influences (clustered: MTAT
+clips by song, NSynth notes by instrument, FMA tracks by artist, when the predictions carry
+group ids; within strata where they carry strata, as FMA's genre-balanced test split);
+:func:`summarise` gives the mean over runs and its three sources of variance; :func:`compare`
+tests every family member against its family's baseline with the one combined test of
+:mod:`reports.variance`, Holm-corrected within (family, task, metric).
 
 Families are declared (``benchmark.pipeline.report`` passes them from the method registry
 and the config): adding a method to one family never changes another family's p-values.
@@ -24,7 +25,7 @@ import pandas as pd
 
 from benchmark.evaluation.metrics import influence
 from reports.stats import holm
-from reports.variance import RunSet, cluster_sums, combined_test, components
+from reports.variance import RunSet, SamplingDesign, combined_test, components
 
 __all__ = [
     "NOT_TESTABLE",
@@ -58,12 +59,14 @@ def check_scores(scores: pd.DataFrame) -> pd.DataFrame:
     return scores[SCORE_COLUMNS].copy()
 
 
-def _aligned(predictions: Mapping, task: str) -> tuple[list[str], np.ndarray, np.ndarray, list]:
-    """The test clips common to every prediction set of ``task``, their targets and clusters.
+def _aligned(predictions: Mapping, task: str) -> tuple[list[str], np.ndarray, SamplingDesign, list]:
+    """The test clips common to every prediction set of ``task``, their targets and how they
+    were sampled.
 
-    Returns ``(clip ids, targets, cluster labels, notes)``; cluster labels are the
-    predictions' ``groups`` where recorded, else each clip is its own cluster (said in notes).
-    Raises ``ValueError`` when two runs disagree on a clip's target or group.
+    Returns ``(clip ids, targets, design, notes)``; the design's clusters are the predictions'
+    ``groups`` where recorded, else each clip is its own cluster (said in notes), and its
+    strata the predictions' ``strata`` where recorded. Raises ``ValueError`` when two runs
+    disagree on a clip's target, group or stratum.
     """
     sets = [predictions[key] for key in sorted(k for k in predictions if k[1] == task)]
     common = set(sets[0]["clip_ids"])
@@ -77,29 +80,40 @@ def _aligned(predictions: Mapping, task: str) -> tuple[list[str], np.ndarray, np
             f"{task}: the test-set components use the {len(order)} clips common to every run "
             f"(largest run: {largest})"
         )
-    targets = groups = None
+    targets = groups = strata = None
     for item in sets:
         position = {clip: i for i, clip in enumerate(item["clip_ids"])}
         index = np.array([position[c] for c in order], dtype=int)
         run_targets = np.asarray(item["targets"])[index]
         run_groups = np.asarray(item["groups"])[index] if item.get("groups") is not None else None
+        run_strata = np.asarray(item["strata"])[index] if item.get("strata") is not None else None
         if targets is None:
-            targets, groups = run_targets, run_groups
+            targets, groups, strata = run_targets, run_groups, run_strata
         elif not np.array_equal(run_targets, targets):
             raise ValueError(f"{task}: two runs' predictions disagree on the targets of a clip")
         elif (
             run_groups is not None and groups is not None and not np.array_equal(run_groups, groups)
         ):
             raise ValueError(f"{task}: two runs' predictions disagree on the group of a clip")
+        elif (run_strata is None) != (strata is None) or (
+            strata is not None and not np.array_equal(run_strata, strata)
+        ):
+            raise ValueError(f"{task}: two runs' predictions disagree on the stratum of a clip")
     if groups is None:
         groups = np.asarray(order)
         notes.append(f"{task}: no group ids were recorded; every test clip is its own cluster")
-    return order, targets, groups, notes
+    design = SamplingDesign.of(groups, strata)
+    if design.mixed_clusters():
+        notes.append(
+            f"{task}: {design.mixed_clusters()} of {design.num_clusters} test clusters span "
+            "several strata; each counts in its most frequent one"
+        )
+    return order, targets, design, notes
 
 
 def aligned_items(predictions: Mapping, task: str):
     """The test clips common to every prediction set of ``task``: ``(clip ids, targets,
-    cluster labels, notes)`` (see :func:`run_sets`)."""
+    sampling design, notes)`` (see :func:`run_sets`)."""
     return _aligned(predictions, task)
 
 
@@ -109,9 +123,11 @@ def run_sets(
     """Every method's runs per (task, metric).
 
     ``predictions``: ``(method, task, pretrain_seed, probe_seed) -> dict(clip_ids, targets,
-    scores, groups?)``. A run's probe values are the logged scores; its cluster influences
-    (:func:`benchmark.evaluation.metrics.influence`, summed per cluster on the clips common
-    to every run of the task) are averaged over its probe seeds. Without predictions a task
+    scores, groups?, strata?)``. A run's probe values are the logged scores; its cluster
+    influences (:func:`benchmark.evaluation.metrics.influence`, summed per cluster on the
+    clips common to every run of the task, centred within strata where there are strata:
+    :class:`reports.variance.SamplingDesign`) are averaged over its probe seeds. Without
+    predictions a task
     gets zero influences and a note (no test-set component).
 
     Returns ``({(task, metric): {method: RunSet}}, {task: number of clusters}, notes)``.
@@ -124,7 +140,7 @@ def run_sets(
     for task, task_scores in scores.groupby("task", sort=True):
         psi: dict = {}
         if any(key[1] == task for key in predictions):
-            order, targets, groups, task_notes = _aligned(predictions, task)
+            order, targets, design, task_notes = _aligned(predictions, task)
             notes += task_notes
             for key, item in predictions.items():
                 if key[1] != task:
@@ -135,10 +151,9 @@ def run_sets(
                     targets, np.asarray(item["scores"])[index]
                 ).items():
                     psi[(metric, *key[:1], *key[2:])] = items
-            labels = np.unique(groups)
-            clusters[task] = len(labels)
+            clusters[task] = design.num_clusters
         else:
-            groups = None
+            design = None
             clusters[task] = 0
             notes.append(f"{task}: no predictions; comparisons use training randomness only")
         for (metric, method), part in task_scores.groupby(["metric", "method"], sort=True):
@@ -155,17 +170,17 @@ def run_sets(
                     for p in rows["probe_seed"]
                     if (metric, method, seed, p) in psi
                 ]
-                if items and groups is not None:
-                    run_psi.append(cluster_sums(np.mean(items, axis=0), groups)[0])
+                if items and design is not None:
+                    run_psi.append(design.influences(np.mean(items, axis=0)))
                 else:
-                    if groups is not None:
+                    if design is not None:
                         notes.append(
                             f"{task} / {metric}: {method} pre-training seed {seed} has no saved "
                             "predictions: its test-set influence counts as zero"
                         )
                     run_psi.append(np.zeros(max(clusters[task], 1)))
             out.setdefault((task, metric), {})[method] = RunSet(
-                method, seeds, values, np.stack(run_psi)
+                method, seeds, values, np.stack(run_psi), design.df if design else None
             )
     return out, clusters, notes
 
@@ -224,7 +239,8 @@ def compare(
                     row["status"] = NOT_TESTABLE
                     row["diff"] = float(run_set.run_scores.mean() - base.run_scores.mean())
                 else:
-                    test = combined_test(run_set.run_scores, base.run_scores, run_set.psi, base.psi)
+                    test = combined_test(run_set.run_scores, base.run_scores, run_set.psi,
+                                         base.psi, test_df=base.test_df)  # fmt: skip
                     row.update(status="tested", **{k: float(test[k]) for k in (
                         "diff", "ci_low", "ci_high", "df", "var_training", "var_test", "p")})  # fmt: skip
                 block.append(row)

@@ -311,21 +311,31 @@ def calibration_blocks(calibration: Sequence[Mapping], controls: Sequence[Mappin
         (
             "p",
             "The comparison machinery simulated with the variance components measured in "
-            "this run (the baseline's between-run SD and run × item variance, this test "
-            "set's clusters, this many runs): the false-positive rate of equal methods (A/A) "
-            "at α, which should be close to α; the smallest difference detected with 80% "
-            "power; and the pre-training runs per method a difference of 0.01 would need.",
+            "this run (between-run SD and run × item variance pooled over every method with "
+            "two runs or more, this test set's clusters and degrees of freedom, the "
+            "baseline's number of runs): the false-positive rate of equal methods (A/A) at α, "
+            "which should be close to α; the worst rate over methods that are equal on "
+            "average but differ item by item (what a marker risks when the runs' own item "
+            "noise, u, dwarfs the between-run variance, s²); the smallest difference detected "
+            "with 80% power; and the pre-training runs per method a difference of 0.01 would "
+            "need.",
         )
     )
     table = pd.DataFrame(
         {
             "task / metric": [f"{c['task']} / {c['metric']}" for c in calibration],
-            "baseline": [c["baseline"] for c in calibration],
             "runs": [c["runs"] for c in calibration],
-            "between-run SD": [_fmt(c["sd_run"], 4) for c in calibration],
-            "clusters": [c["clusters"] for c in calibration],
+            "between-run SD (methods)": [
+                f"{_fmt(c['sd_run'], 4)} ({c.get('methods_pooled', 1)})" for c in calibration
+            ],
+            "s²/u": [_fmt(c.get("s2_over_u", math.nan), 2) for c in calibration],
+            "clusters (d.f.)": [f"{c['clusters']} ({c.get('test_df', '–')})" for c in calibration],
             "A/A false positives": [
                 f"{100 * c['false_positive_rate']:.1f}% ± {100 * c['fpr_se']:.1f} ({c['reps']} sims)"
+                for c in calibration
+            ],
+            "equal means, worst": [
+                f"{100 * c['worst_null_rate']:.1f}%" if "worst_null_rate" in c else "–"
                 for c in calibration
             ],
             "min. detectable Δ (80%)": [_fmt(c["min_detectable"], 4) for c in calibration],

@@ -31,7 +31,7 @@ import pandas as pd
 from benchmark.evaluation.metrics import column_influence, scorable_tags
 from reports.compare import NOT_TESTABLE, aligned_items, run_sets
 from reports.stats import holm
-from reports.variance import cluster_sums, combined_test, contrast_test, run_interval
+from reports.variance import combined_test, contrast_test, run_interval
 
 __all__ = [
     "ABLATION_CLAIMS",
@@ -135,7 +135,7 @@ def convergence(
                     status=NOT_TESTABLE, diff=float(a.run_scores.mean() - b.run_scores.mean())
                 )
             else:
-                test = combined_test(a.run_scores, b.run_scores, a.psi, b.psi)
+                test = combined_test(a.run_scores, b.run_scores, a.psi, b.psi, test_df=b.test_df)
                 row.update(status="tested", **{k: float(test[k]) for k in
                                                ("diff", "ci_low", "ci_high", "df", "p")})  # fmt: skip
             test_rows.append(row)
@@ -252,7 +252,8 @@ def separator_study(
             continue
         weights = (x - x.mean()) / np.sum((x - x.mean()) ** 2)
         test = contrast_test([by_method[m].run_scores for m in finite],
-                             [by_method[m].psi for m in finite], weights)  # fmt: skip
+                             [by_method[m].psi for m in finite], weights,
+                             test_df=by_method[finite[0]].test_df)  # fmt: skip
         slope_rows.append(dict(task=task, metric=metric, arms=", ".join(finite), slope=test["estimate"],
                                ci_low=test["ci_low"], ci_high=test["ci_high"], df=test["df"], p=test["p"]))  # fmt: skip
     slopes = pd.DataFrame(slope_rows)
@@ -337,7 +338,7 @@ def specialisation(
             f"{task}: no test predictions of {baseline}: no specialisation test"
         ]
     subset = {k: predictions[k] for k in keys if k[0] in models or k[0] == baseline}
-    order, targets, groups, _ = aligned_items(subset, task)
+    order, targets, design, _ = aligned_items(subset, task)
     vocabulary = list(next(iter(subset.values()))["vocabulary"])
     scorable = scorable_tags(targets)
     per_run: dict[str, dict[int, list]] = {}
@@ -382,7 +383,7 @@ def specialisation(
                 vals = [p[part][0] for p in probes]
                 items = [p[part][1] for p in probes]
             scores_.append(float(np.mean(vals)))
-            psi.append(cluster_sums(np.mean(items, axis=0), groups)[0])
+            psi.append(design.influences(np.mean(items, axis=0)))
         return np.array(scores_), np.array(psi)
 
     rows = []
@@ -405,7 +406,7 @@ def specialisation(
             if len(a[0]) < 2 or len(b[0]) < 2:
                 results[part] = None
                 continue
-            results[part] = combined_test(a[0], b[0], a[1], b[1])
+            results[part] = combined_test(a[0], b[0], a[1], b[1], test_df=design.df)
         if results["diff"] is None:
             diff = runs_of(name, "diff")[0].mean() - runs_of(base, "diff")[0].mean()
             rows.append(row | dict(status=NOT_TESTABLE, specialisation=float(diff)))

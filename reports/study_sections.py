@@ -97,7 +97,7 @@ def _convergence(out_dir, inputs, scores, predictions, sets, comparison, summary
     blocks.append(("p", f"Measured: {', '.join(methods)} probed on every task with the encoder of each "
                         f"pre-training run after {', '.join(str(s) for s in sorted(curves['step'].unique()))} "
                         f"of {final_step} steps (snapshots with precise-BN statistics, like final.pt; probe "
-                        "parameters tuned once per method and task on the final encoder). Each cell: mean over "
+                        "parameters tuned per run and task on its final encoder). Each cell: mean over "
                         "pre-training runs [95% t interval over runs]. Per step, the combined test of "
                         f"{pair[0]} against {pair[1]} (run and test-set variance), Holm over the steps."))  # fmt: skip
     verdicts = convergence_verdict(tests, final_step, primary)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from benchmark.data.datasets import Dataset
 from benchmark.evaluation.probe import ProbeSpec
 
+TEST_STRATA = ("", "class")  # how a task's test split was drawn (Task.test_strata)
+
 
 @dataclass(frozen=True)
 class Task:
@@ -30,6 +32,10 @@ class Task:
         identity: what the results depend on beyond the audio files and the name (a task
             file's content hash; "" for a registered task, whose code is its identity).
         declared_in: the task file that declares it ("" for a registered task).
+        test_strata: how the test split was drawn: "" (clusters of items drawn freely) or
+            "class" (a fixed number of test items per class, as FMA small's 100 tracks per
+            genre; multi-class tasks only). The report's test-set variance follows it
+            (:class:`reports.variance.SamplingDesign`).
     """
 
     name: str
@@ -41,6 +47,16 @@ class Task:
     metrics: tuple[str, ...]
     identity: str = ""
     declared_in: str = ""
+    test_strata: str = ""
+
+    def __post_init__(self):
+        if self.test_strata not in TEST_STRATA:
+            raise ValueError(
+                f"task {self.name}: test_strata {self.test_strata!r} is not one of "
+                f"{', '.join(repr(s) for s in TEST_STRATA)}"
+            )
+        if self.test_strata == "class" and self.multilabel:
+            raise ValueError(f"task {self.name}: test_strata 'class' needs one label per clip")
 
     @property
     def primary(self) -> str:

@@ -13,6 +13,9 @@ A task file (all paths relative to the file's folder, or absolute)::
     classes = ["backing", "guitar"]  # optional: fixes the vocabulary and its order
     label_separator = ";"            # optional: between the tags of a multilabel row
     clip_s = 29.0                    # optional: cut each file into clips of this many seconds
+    test_strata = "class"            # optional: the test split holds a fixed number of clips
+                                     #   per class (multiclass); the report's test-set
+                                     #   variance then varies only within classes
     [columns]                        # optional: other column names, e.g. label = "genre"
     [split]                          # optional: used when the CSV has no split column
     valid_fraction = 0.15            #   splits derived by group: deterministic, group-disjoint
@@ -37,7 +40,7 @@ from pathlib import Path
 from benchmark.data.datasets import DatasetError
 from benchmark.data.owndata import load_labelled_csv
 from benchmark.evaluation.probe import PROBE_KINDS
-from tasks.base import Task
+from tasks.base import TEST_STRATA, Task
 
 KINDS = {"multiclass": False, "multilabel": True}  # kind -> multilabel
 METRICS = {
@@ -47,7 +50,7 @@ METRICS = {
 DEFAULT_LR = 5e-4  # the paper's rate for its linear probes (MTAT, FMA)
 _KEYS = {
     "name", "audio_root", "labels", "kind", "probe", "lr", "metrics", "classes",
-    "label_separator", "columns", "split", "clip_s",
+    "label_separator", "columns", "split", "clip_s", "test_strata",
 }  # fmt: skip
 _COLUMN_KEYS = {"path", "label", "labels", "split", "group", "id"}
 _SPLIT_KEYS = {"valid_fraction", "test_fraction", "seed"}
@@ -110,6 +113,12 @@ def load_task_file(path: str | Path) -> Task:
     clip_s = spec.get("clip_s", 0.0)
     if isinstance(clip_s, bool) or not isinstance(clip_s, int | float) or clip_s < 0:
         fail(f"clip_s must be a number of seconds >= 0, got {clip_s!r}")
+    test_strata = spec.get("test_strata", "")
+    if test_strata not in TEST_STRATA:
+        fail(f"test_strata must be one of {', '.join(repr(s) for s in TEST_STRATA)}, "
+             f"got {test_strata!r}")  # fmt: skip
+    if test_strata == "class" and kind != "multiclass":
+        fail("test_strata 'class' needs kind = \"multiclass\" (one label per clip)")
     lr = spec.get("lr", DEFAULT_LR)
     if isinstance(lr, bool) or not isinstance(lr, int | float) or not lr > 0:
         fail(f"lr must be a positive number, got {lr!r}")
@@ -158,6 +167,7 @@ def load_task_file(path: str | Path) -> Task:
         metrics=metrics,
         identity=identity,
         declared_in=str(path),
+        test_strata=test_strata,
     )
 
 

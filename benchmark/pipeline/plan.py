@@ -12,7 +12,8 @@ what is missing.
 
 Step names: ``data``, ``features:<corpus>``, ``separate:<separator>``,
 ``pretrain:<method>:s<seed>``, ``embed:<method>:s<seed>:<task>``,
-``tune:<method>:s<seed>:<task>`` (once per method and task, on its first pre-training seed),
+``tune:<method>:s<seed>:<task>`` (once per pre-training run and task: each run's probes use
+its own search, so the between-run variance holds the search's randomness too),
 ``probe:<method>:s<seed>:<task>:p<probe seed>``; the studies add
 ``quality:<method>:s<seed>`` (stage separate: the separator's measured quality, logged into the
 run), ``snapshot:<method>:s<seed>:@<step>`` (stage pretrain: the run's encoder at a
@@ -208,13 +209,6 @@ def _snapshot(ctx: Context, method: str, seed: int, at: int) -> PretrainedModel:
     )
 
 
-def _tuning_seed(cfg: Config, method: str) -> int:
-    """The pre-training seed a method is tuned on (:func:`probing.tuning_model`)."""
-    from methods import get_method
-
-    return min(pretrain_seeds(cfg, get_method(method)))
-
-
 def _run_data(ctx):
     # The synthetic corpus is generated (or the real roots are checked) only when a task of
     # the plan (``benchmark.tasks``, narrowed by build_plan) or MTAT pre-training reads it.
@@ -263,20 +257,19 @@ def _run_tune(ctx, method, seed, task):
 
 
 def _run_probe(ctx, method, seed, task, probe_seed):
-    first = _model(ctx, method, _tuning_seed(ctx.cfg, method))
     model = _model(ctx, method, seed)
-    out = probing.run_probe(ctx, model, stages.get_task(ctx, task), probe_seed, tuned_from=first)
+    out = probing.run_probe(ctx, model, stages.get_task(ctx, task), probe_seed)
     return out.status, out.run_id or ""
 
 
 def _run_snapshot_probe(ctx, snapshot_step, method, seed, task, probe_seed):
-    first = _model(ctx, method, _tuning_seed(ctx.cfg, method))
+    final = _model(ctx, method, seed)  # the run's tuning, done on its final encoder
     out = probing.run_probe(
         ctx,
         _snapshot(ctx, method, seed, snapshot_step),
         stages.get_task(ctx, task),
         probe_seed,
-        tuned_from=first,
+        tuned_from=final,
         snapshot_step=snapshot_step,
     )
     return out.status, out.run_id or ""
@@ -337,15 +330,14 @@ def _tune_key(ctx, method, seed, task):
 
 
 def _probe_key(ctx, method, seed, task, probe_seed):
-    first = _model(ctx, method, _tuning_seed(ctx.cfg, method))
     model, task = _model(ctx, method, seed), stages.get_task(ctx, task)
-    return "probe", probing.probe_setup(ctx, model, task, probe_seed, tuned_from=first)[0]
+    return "probe", probing.probe_setup(ctx, model, task, probe_seed)[0]
 
 
 def _snapshot_probe_key(ctx, snapshot_step, method, seed, task, probe_seed):
-    first = _model(ctx, method, _tuning_seed(ctx.cfg, method))
+    final = _model(ctx, method, seed)
     model, task = _snapshot(ctx, method, seed, snapshot_step), stages.get_task(ctx, task)
-    return "probe", probing.probe_setup(ctx, model, task, probe_seed, tuned_from=first)[0]
+    return "probe", probing.probe_setup(ctx, model, task, probe_seed, tuned_from=final)[0]
 
 
 _KEYS: dict[str, Callable[..., tuple[str, str]]] = {
@@ -435,7 +427,6 @@ def build_plan(ctx: Context, methods=None, tasks=None, only=None) -> list[Step]:
     for m in method_names:
         method = get_method(m)
         seeds = pretrain_seeds(cfg, method)
-        first = min(seeds)  # the run it is tuned on (probing.tuning_model)
         for seed in seeds:
             deps = [f"features:{pre_corpus}"] if method.pretrained else ["data"]
             deps += [f"separate:{method.separator}"] if method.sources else []
@@ -453,13 +444,13 @@ def build_plan(ctx: Context, methods=None, tasks=None, only=None) -> list[Step]:
                 emb = step_name("embed", m, seed, t)
                 add(emb, [step_name("pretrain", m, seed), f"features:{corpus}", *after], m, t)
                 embedded_corpus[corpus] = emb
-                if tune and seed == first:
-                    add(step_name("tune", m, first, t), [emb], m, t)
+                if tune:  # each run its own search (probing.run_tune)
+                    add(step_name("tune", m, seed, t), [emb], m, t)
         for t in task_names:
             for seed in seeds:
                 probe_deps = [step_name("embed", m, seed, t)]
                 if tune:
-                    probe_deps.append(step_name("tune", m, first, t))
+                    probe_deps.append(step_name("tune", m, seed, t))
                 for ps in cfg.probe.seeds:
                     add(step_name("probe", m, seed, t, ps), probe_deps, m, t)
     for m in converging:
@@ -489,20 +480,19 @@ def snapshot_steps_of(cfg: Config) -> list[int]:
 
 def _add_snapshot_steps(ctx, add, m, task_names, at, tune) -> None:
     """The convergence study's steps for method ``m``: each run's encoder at each snapshot
-    step, probed on every task with the method's tuned parameters (tuned once, on its final
-    encoder: the study varies the encoder only)."""
+    step, probed on every task with the run's tuned parameters (tuned on its final encoder:
+    the study varies the encoder only)."""
     from methods import get_method
 
     cfg = ctx.cfg
-    first = min(pretrain_seeds(cfg, get_method(m)))
     for seed in pretrain_seeds(cfg, get_method(m)):
         for step in at:
             name = f"snapshot:{m}:s{seed}:@{step}"
             add(name, [step_name("pretrain", m, seed)], m)
             for t in task_names:
                 corpus = stages.get_task(ctx, t).corpus
-                deps = [name, f"features:{corpus}", step_name("pretrain", m, first)]
-                deps += [step_name("tune", m, first, t)] if tune else []
+                deps = [name, f"features:{corpus}", step_name("pretrain", m, seed)]
+                deps += [step_name("tune", m, seed, t)] if tune else []
                 for ps in cfg.probe.seeds:
                     add(f"probe@{step}:{m}:s{seed}:{t}:p{ps}", deps, m, t)
 

@@ -139,16 +139,14 @@ def health_metrics(health: dict, prefix: str = "embedding_") -> dict[str, float]
     return {f"{prefix}{name}": float(health[name]) for name in names}
 
 
-def tuning_model(models: dict[int, PretrainedModel]) -> PretrainedModel:
-    """The run a method is tuned on: its first pre-training seed. Every run of the method then
-    probes with those parameters, so the between-run variance is training randomness, not a
-    different search per run, and each method gets one search of the same budget."""
-    return models[min(models)]
-
-
 def run_tune(ctx: Context, model: PretrainedModel, task) -> dict:
-    """Equal-budget Optuna search of the probe's hyper-parameters on the validation split
-    (of ``model``: the method's tuning run, :func:`tuning_model`).
+    """Equal-budget Optuna search of the probe's hyper-parameters on the validation split of
+    ``model``, one pre-training run. Every run is tuned (the same budget per run, so per
+    method) and probes with its own parameters: the search's randomness (which trial wins on
+    a small validation split) then varies between runs, where the comparison's between-run
+    variance sees it. One search per method, shared by its runs, made it a method-level
+    effect that no run showed: COLA and its twin (COLA on other seeds) picked learning rates
+    17x apart and came out "significantly" different (issue #14).
 
     Returns the tuned-parameters file's content (``best_params``, ``best_value``, ``trials``,
     ``study``) plus ``cached`` (found done) and ``run_id`` (its MLflow run). Done means: the
@@ -276,8 +274,8 @@ def run_probe(
 
     ``force`` reruns a finished probe (the new run supersedes it, the old one is tagged
     ``bench.superseded_by``); ``params_mode`` overrides ``probe.params``; ``tuned_from`` is
-    the model whose tuning gives the parameters (:func:`tuning_model`: the method's first
-    pre-training run; default ``model``); ``snapshot_step``: ``model`` is the run's encoder at
+    the model whose tuning gives the parameters (default ``model``; a snapshot's is its run's
+    final encoder); ``snapshot_step``: ``model`` is the run's encoder at
     that pre-training step (the convergence study), recorded as a run of kind
     ``probe-snapshot`` that the leaderboard's tables never read. The probe's artefacts are its MLflow metrics and
     predictions, logged before the run closes; an unfinished run (a killed process) is

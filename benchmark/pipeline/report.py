@@ -7,6 +7,8 @@ import logging
 import shutil
 from pathlib import Path
 
+import numpy as np
+
 from benchmark.config import Config
 from benchmark.errors import StageError, UserError
 from benchmark.io import read_json
@@ -127,11 +129,26 @@ def skipped_lines(plan_status: dict) -> list[str]:
     ]
 
 
+def mark_strata(predictions: dict | None, tasks: dict) -> None:
+    """Give the test predictions of every task declared ``test_strata = "class"`` their
+    strata (each clip's class), in place: the report's test-set variance then follows the
+    stratified design (:class:`reports.variance.SamplingDesign`)."""
+    for key, item in (predictions or {}).items():
+        task = tasks.get(key[1])
+        if task is not None and task.test_strata == "class":
+            item["strata"] = np.asarray(item["targets"])
+
+
 def _gather(cfg: Config, tracker: Tracker, work: Path, plan_status: dict | None, select_by_plan):
     """The plan's status and everything the report reads from MLflow."""
+    from tasks import all_tasks
+
     status_file = cfg.profile_dir / "plan_status.json"
     plan_status = plan_status or (read_json(status_file) if status_file.is_file() else {})
     data = collect(tracker, work, plan_run_ids(plan_status) if select_by_plan else None)
+    tasks = all_tasks(cfg.benchmark.task_files)
+    mark_strata(data["predictions"], tasks)
+    mark_strata(data.get("snapshot_predictions"), tasks)
     return plan_status, data
 
 

@@ -355,3 +355,35 @@ def test_figures_a_run_has_no_data_for_by_design_are_not_listed(tmp_path):
     markdown = paths["leaderboard.md"].read_text()
     assert "- pretraining.png: " in markdown  # expected, so said
     assert "separation_quality.png" not in markdown  # no separation ran: nothing to say
+
+
+def test_calibration_pools_the_components_of_every_method_with_two_runs():
+    from reports.build import calibration_table
+    from reports.variance import RunSet, calibrate
+
+    rng = np.random.default_rng(5)
+    k = 12
+
+    def run_set(name, runs):
+        scores = 0.7 + 0.01 * rng.standard_normal((runs, 2))
+        return RunSet(name, np.arange(runs), scores, 0.004 * rng.standard_normal((runs, k)))
+
+    methods = {"cola": run_set("cola", 3), "a": run_set("a", 4), "single": run_set("single", 1)}
+    rows = calibration_table({("t", "accuracy"): methods}, {"t": k}, {"t": "accuracy"}, "cola",
+                             0.05, reps=500)  # fmt: skip
+    (row,) = rows
+    # pooled by hand: squares over both methods with >= 2 runs, on (3 - 1) + (4 - 1) d.f.
+    squares, dfs, u_sum = 0.0, 0, 0.0
+    for name in ("cola", "a"):
+        scores = methods[name].run_scores
+        squares += sum((x - scores.mean()) ** 2 for x in scores)
+        dfs += len(scores) - 1
+        u = k / (k - 1) * sum(np.var(methods[name].psi[:, j], ddof=1) for j in range(k))
+        u_sum += (len(scores) - 1) * u
+    assert row["sd_run"] == pytest.approx((squares / dfs) ** 0.5, rel=1e-12)
+    assert row["u"] == pytest.approx(u_sum / dfs, rel=1e-12)
+    assert row["methods_pooled"] == 2 and row["runs"] == 3 and row["test_df"] == k - 1
+    assert row["s2_over_u"] == pytest.approx(row["sd_run"] ** 2 / row["u"])
+    expected = calibrate(row["sd_run"], row["u"], k, 3, test_df=k - 1, reps=500)
+    assert row["false_positive_rate"] == expected["false_positive_rate"]
+    assert row["worst_null_rate"] >= row["false_positive_rate"]

@@ -93,6 +93,35 @@ def test_run_sets_gather_runs_probe_values_and_clustered_influences():
             assert np.abs(run_set.psi).max() > 1e-3
 
 
+def test_run_sets_follow_a_stratified_design():
+    # strata of songs: song0 and song1 in "x", song2 and song3 in "y" (clips carry them)
+    stratum = {"song0": "x", "song1": "x", "song2": "y", "song3": "y"}
+    scores, predictions = _benchmark()
+    for prediction in predictions.values():
+        prediction["strata"] = [stratum[g] for g in prediction["groups"]]
+    sets, clusters, notes = run_sets(scores, predictions)
+    free, _, _ = run_sets(*_benchmark())
+    assert clusters == {"mtat": 4} and notes == []
+    for key, methods in sets.items():
+        for method, run_set in methods.items():
+            assert run_set.test_df == 2 and free[key][method].test_df == 3  # K - H, K - 1
+            psi = free[key][method].psi  # per-cluster sums in song order
+            for h in ([0, 1], [2, 3]):
+                # centred within the stratum, scaled by sqrt((n_h/(n_h-1)) / (K/(K-1)))
+                expected = (psi[:, h] - psi[:, h].mean(axis=1, keepdims=True)) * (
+                    2 / (4 / 3)
+                ) ** 0.5
+                np.testing.assert_allclose(run_set.psi[:, h], expected, atol=1e-14)
+    # the comparison uses the design's degrees of freedom (2 here, not 3)
+    rows = compare(sets, {"paper": ("base", ("a", "b"))})
+    assert (rows["status"] == "tested").all()
+    # runs that disagree on a clip's stratum are refused
+    key = next(iter(predictions))
+    predictions[key]["strata"] = ["z"] * len(CLIPS)
+    with pytest.raises(ValueError, match="disagree on the stratum"):
+        run_sets(scores, predictions)
+
+
 def test_run_sets_without_group_ids_make_each_clip_its_own_cluster():
     scores, predictions = _benchmark(groups=False)
     sets, clusters, notes = run_sets(scores, predictions)
@@ -196,7 +225,7 @@ def _family_sets(extra=()):
 
     def runs(name, shift, r=3):
         scores = 0.80 + shift + 0.004 * rng.standard_normal(r)
-        return _run_set(name, scores, psi=0.002 * rng.standard_normal((r, 8)))
+        return _run_set(name, scores, psi=0.0005 * rng.standard_normal((r, 8)))
 
     methods = {"base": runs("base", 0.0), "a": runs("a", 0.02), "b": runs("b", 0.008),
                "c": runs("c", -0.006)}  # fmt: skip

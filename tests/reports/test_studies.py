@@ -64,6 +64,7 @@ def test_contrast_without_test_set_part_is_the_ols_contrast_of_a_one_way_anova()
 def test_contrast_test_set_variance_against_a_naive_loop():
     rng = np.random.default_rng(2)
     scores, psi = _groups(rng, runs=(3, 3, 4), clusters=7)
+    psi[1] = psi[1] + 0.03 * rng.standard_normal(7)  # its average predictor differs by cluster
     weights = [0.4, -1.0, 0.6]
     got = contrast_test(scores, psi, weights)
     k = 7
@@ -78,7 +79,19 @@ def test_contrast_test_set_variance_against_a_naive_loop():
     for c, p in zip(weights, psi, strict=True):
         u = k / (k - 1) * sum(np.var(p[:, cl], ddof=1) for cl in range(k))
         own += c**2 * u / len(p)
-    assert got["var_test"] == pytest.approx(max(items - own, 0.0), rel=1e-10)
+    assert items > 2 * own  # far above the runs' noise: the pre-test keeps the component
+    assert got["var_test"] == pytest.approx(items - own, rel=1e-10)
+    # its Satterthwaite term: V_items on K - 1 d.f., each method's noise on (K - 1)(R_j - 1)
+    term = items**2 / (k - 1) + sum(
+        (c**2 * k / (k - 1) * sum(np.var(p[:, cl], ddof=1) for cl in range(k)) / len(p)) ** 2
+        / ((k - 1) * (len(p) - 1))
+        for c, p in zip(weights, psi, strict=True)
+    )
+    s2 = sum(float(np.sum((x - x.mean()) ** 2)) for x in scores) / (10 - 3)
+    v_training = s2 * sum(c**2 / len(x) for c, x in zip(weights, scores, strict=True))
+    assert got["df"] == pytest.approx(
+        (v_training + items - own) ** 2 / (v_training**2 / 7 + term), rel=1e-10
+    )
 
 
 def test_contrast_rejects_single_runs():

@@ -38,6 +38,9 @@ def test_a_task_file_declares_a_task(tmp_path):
     default = load_task_file(_task_file(tmp_path, tmp_path, kind="multilabel"))
     assert default.metrics == ("roc_auc", "pr_auc") and default.lr == 5e-4
     # the identity follows the labels: edited labels are other results
+    assert task.test_strata == "" and default.test_strata == ""
+    stratified = load_task_file(_task_file(tmp_path, tmp_path, test_strata="class"))
+    assert stratified.test_strata == "class"
     before = default.identity
     (tmp_path / "labels.csv").write_text("path,labels\na.wav,x\n")
     assert load_task_file(tmp_path / "mine.toml").identity != before
@@ -54,6 +57,8 @@ def test_a_task_file_declares_a_task(tmp_path):
         ({"name": "a b"}, r"name 'a b' may hold only"),
         ({"lr": -1}, r"lr must be a positive number"),
         ({"probe": None}, r"'probe' must be given as a string"),
+        ({"test_strata": "genre"}, r"test_strata must be one of '', 'class', got 'genre'"),
+        ({"kind": "multilabel", "test_strata": "class"}, r"test_strata 'class' needs kind"),
     ],
 )
 def test_task_file_mistakes_name_the_file(tmp_path, changes, message):

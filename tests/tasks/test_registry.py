@@ -145,3 +145,25 @@ def test_every_declared_metric_is_scored(name):
         assert metric in result
         assert isinstance(result[metric], float) and math.isfinite(result[metric])
         assert 0.0 <= result[metric] <= 1.0
+
+
+def test_test_strata_are_declared_and_checked():
+    from benchmark.pipeline.report import mark_strata
+    from tasks.base import Task
+
+    # FMA's splits are stratified by genre; the tagging and NSynth splits are not
+    assert {name: task.test_strata for name, task in TASKS.items()} == {
+        "mtat": "", "mtat_star": "", "nsynth": "", "fma": "class"
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="test_strata 'genre' is not one of"):
+        Task("x", "fma", None, "linear", 1e-3, False, ("accuracy",), test_strata="genre")
+    with pytest.raises(ValueError, match="needs one label per clip"):
+        Task("x", "mtat", None, "linear", 1e-3, True, ("roc_auc",), test_strata="class")
+    targets = np.array([3, 1, 3])
+    predictions = {
+        ("cola", "fma", 0, 0): {"targets": targets},
+        ("cola", "nsynth", 0, 0): {"targets": targets},
+    }
+    mark_strata(predictions, TASKS)
+    np.testing.assert_array_equal(predictions[("cola", "fma", 0, 0)]["strata"], targets)
+    assert "strata" not in predictions[("cola", "nsynth", 0, 0)]

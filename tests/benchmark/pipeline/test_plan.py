@@ -159,14 +159,14 @@ def test_plan_steps_are_picklable_calls_of_a_config_and_a_name():
         "features:mtat",
         "embed:msa_vocals:s0:mtat",
     ]
-    # A method is tuned once per task, on its first pre-training seed; every run's probes use
-    # those parameters.
+    # Every pre-training run is tuned per task, and its probes use its own parameters (one
+    # search shared by a method's runs is a method-level effect no run shows).
     assert deps["probe:msa_vocals:s1:fma:p1"] == [
         "embed:msa_vocals:s1:fma",
-        "tune:msa_vocals:s0:fma",
+        "tune:msa_vocals:s1:fma",
     ]
     assert deps["tune:msa_vocals:s0:fma"] == ["embed:msa_vocals:s0:fma"]
-    assert not [s for s in steps if s.name.startswith("tune:msa_vocals:s1")]
+    assert deps["tune:msa_vocals:s1:fma"] == ["embed:msa_vocals:s1:fma"]
     assert deps["pretrain:random_init:s1"] == ["data"]  # nothing to train: no features needed
     assert step_name("probe", "msa_vocals", 1, "fma", 1) == "probe:msa_vocals:s1:fma:p1"
     assert {(s.method, s.task) for s in steps if s.name == "probe:msa_vocals:s1:fma:p1"} == {
@@ -206,8 +206,8 @@ def test_the_studies_steps_are_picklable_calls_too():
     assert deps[f"probe@{at}:msa_multi:s1:fma:p0"] == [
         f"snapshot:msa_multi:s1:@{at}",
         "features:fma",
-        "pretrain:msa_multi:s0",
-        "tune:msa_multi:s0:fma",  # the final encoder's parameters (smoke tunes)
+        "pretrain:msa_multi:s1",
+        "tune:msa_multi:s1:fma",  # its run's final encoder's parameters (smoke tunes)
     ]
     assert deps["quality:msa_multi:s1"] == ["pretrain:msa_multi:s1"]
     order = [s.name for s in steps]
