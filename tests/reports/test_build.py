@@ -387,3 +387,30 @@ def test_calibration_pools_the_components_of_every_method_with_two_runs():
     expected = calibrate(row["sd_run"], row["u"], k, 3, test_df=k - 1, reps=500)
     assert row["false_positive_rate"] == expected["false_positive_rate"]
     assert row["worst_null_rate"] >= row["false_positive_rate"]
+
+
+def test_the_negative_control_is_one_question_asked_on_every_task():
+    from statsmodels.stats.multitest import multipletests
+
+    from reports.build import _controls
+
+    def comparison(p_values):
+        rows = [
+            dict(method="cola_twin", baseline="cola", task=f"t{i // 2}", metric=f"m{i % 2}",
+                 status="tested", p=p, significant=p < 0.05, direction="", diff=0.01)
+            for i, p in enumerate(p_values)
+        ]  # fmt: skip
+        return pd.DataFrame(rows)
+
+    controls = {"positive": "random_init", "negative": "cola_twin"}
+    # one of 8 tests below 0.05 by chance: marked in the tables, yet the control holds, as
+    # Holm over the 8 tests (statsmodels) says
+    p_values = [0.03, 0.4, 0.6, 0.2, 0.9, 0.5, 0.7, 0.35]
+    (row,) = _controls(comparison(p_values), controls, {"t0": "m0"}, ["t0"])
+    expected = multipletests(p_values, method="holm")[1].min()
+    assert row["holds"] == "yes" and f"smallest Holm p {expected:.3f} (t0 / m0)" in row["measured"]
+    assert "marked in the tables (α per task and metric) on t0 / m0" in row["measured"]
+    assert "Holm over the 8 tests" in row["expected"]
+    # a difference no chance explains at the family-wise level: the control fails
+    (row,) = _controls(comparison([0.001, *p_values[1:]]), controls, {"t0": "m0"}, ["t0"])
+    assert row["holds"] == "NO"
