@@ -101,6 +101,20 @@ def free_port(host: str = LOOPBACK) -> int:
         return s.getsockname()[1]
 
 
+@contextlib.contextmanager
+def starting(service, what: str, t0: float):
+    """The block starts ``service`` (a daemon holder with ``stop()`` and ``started_s``): if
+    it fails, the service is stopped (nothing is left running) and the error goes on; if it
+    succeeds, ``started_s`` is the time since ``t0`` and is logged."""
+    try:
+        yield service
+    except BaseException:
+        service.stop()
+        raise
+    service.started_s = time.monotonic() - t0
+    log.info("%s up in %.1f s", what, service.started_s)
+
+
 def wait_until(
     predicate: Callable[[], bool],
     timeout: float,
@@ -485,7 +499,7 @@ def start_postgres(
     )
     data = server.data
     user = os_user if entry.pw_uid != os.geteuid() else None
-    try:
+    with starting(server, f"postgres at {server.url(database)}", t0):
         if not (data / "PG_VERSION").exists():
             data.mkdir(mode=0o700, exist_ok=True)
             os.chown(data, entry.pw_uid, entry.pw_gid)
@@ -548,11 +562,6 @@ def start_postgres(
         _write_passfile(server, password)
         if database:
             server.create_database(database)
-    except BaseException:
-        server.stop()
-        raise
-    server.started_s = time.monotonic() - t0
-    log.info("postgres up in %.1f s: %s", server.started_s, server.url(database))
     return server
 
 
@@ -703,8 +712,7 @@ def start_mlflow_server(
     if host != LOOPBACK:
         names = dict.fromkeys([address, LOOPBACK, "localhost"])
         argv += ["--allowed-hosts", ",".join(f"{name}:{port}" for name in names)]
-    t0 = time.monotonic()
-    try:
+    with starting(server, f"mlflow server at {uri}", time.monotonic()):
         server.daemon = spawn(
             "mlflow server",
             argv,
@@ -725,11 +733,6 @@ def start_mlflow_server(
             interval=0.5,
             alive=server.daemon.died,
         )
-    except BaseException:
-        server.stop()
-        raise
-    server.started_s = time.monotonic() - t0
-    log.info("mlflow server up in %.1f s at %s", server.started_s, uri)
     return server
 
 

@@ -37,6 +37,7 @@ from benchmark.pipeline.services import (
     postgres_bindir,
     run_command,
     spawn,
+    starting,
     sweep,
     wait_until,
 )
@@ -325,7 +326,7 @@ def start_slurm(
     )
     env = {**os.environ, "SLURM_CONF": str(conf)}
     logs = folder / "log"
-    try:
+    with starting(cluster, f"slurm ({conf})", t0):
         munged = [
             _program("munged"),
             "--foreground",
@@ -355,11 +356,6 @@ def start_slurm(
             interval=0.5,
             alive=cluster.died,
         )
-    except BaseException:
-        cluster.stop()
-        raise
-    cluster.started_s = time.monotonic() - t0
-    log.info("slurm up in %.1f s: %s", cluster.started_s, conf)
     return cluster
 
 

@@ -62,6 +62,37 @@ def test_spawned_processes_and_their_children_are_tracked_and_stopped(tmp_path):
     assert "exited with -9" in daemon.died()
 
 
+def test_a_service_that_fails_to_start_leaves_nothing_running(tmp_path):
+    """``starting``: a start that fails part-way (the daemon is up, its readiness check is
+    not) stops what it spawned and raises; one that succeeds records its start time."""
+    marker = services.new_marker("test")
+
+    class Service:
+        daemon = None
+        started_s = 0.0
+
+        def stop(self):
+            self.daemon.stop(timeout=1)
+
+    code = "import time; print('up', flush=True); time.sleep(60)"
+    service = Service()
+    with pytest.raises(services.ServiceError, match="never ready"):
+        with services.starting(service, "sleeper", time.monotonic()):
+            service.daemon = services.spawn(
+                "sleeper", [sys.executable, "-c", code], tmp_path / "log", marker
+            )
+            services.wait_until(lambda: "up" in service.daemon.tail(), 30, "the process")
+            services.wait_until(lambda: False, 0.1, "never ready")
+    try:
+        assert services.marked_processes(marker) == [] and service.started_s == 0.0
+    finally:
+        services.sweep(marker)
+    ready = Service()
+    with services.starting(ready, "nothing", time.monotonic() - 2):
+        pass
+    assert 2 <= ready.started_s < 10
+
+
 def test_wait_until_reports_a_dead_daemon_at_once():
     t0 = time.monotonic()
     with pytest.raises(services.ServiceError, match="server: it died"):
