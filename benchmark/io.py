@@ -44,6 +44,20 @@ def atomic_path(path: Path, suffix: str = ""):
             tmp_path.unlink()
 
 
+@contextlib.contextmanager
+def scratch_path(beside: Path, suffix: str = ""):
+    """Yield a temporary file's path beside ``beside`` (same filesystem, so large scratch data
+    does not fill /tmp); it is deleted on exit, success or not."""
+    beside = Path(beside)
+    beside.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{beside.name}.", suffix=f".tmp{suffix}", dir=beside.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

@@ -25,6 +25,7 @@ from benchmark.io import (
     file_digest,
     pick_device,
     read_json,
+    scratch_path,
     torch_threads,
 )
 from benchmark.pretrain.loop import PretrainedModel
@@ -121,8 +122,9 @@ def _embed_store(
     out.mkdir(parents=True, exist_ok=True)
     counts = _window_counts(store, crop, hop, selected)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    with atomic_path(out / "features32.npy", suffix=".npy") as tmp32:
-        # float32 features first (a temporary file: memory stays flat on any corpus).
+    with scratch_path(out / "features32.npy", suffix=".npy") as tmp32:
+        # float32 features first, in a scratch file deleted once the float16 cache is written
+        # (memory stays flat on any corpus; the cache keeps half the disk of float32).
         # Pinned threads: the embeddings must not depend on the caller's thread count.
         with torch_threads(cfg.compute.torch_threads):
             if model.external is not None:
