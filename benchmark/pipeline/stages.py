@@ -108,6 +108,18 @@ def synthetic_paths(cfg: Config, progress: bool = True) -> DataPaths:
     return synthetic_layout(cfg)
 
 
+def _synthetic_corpus(ctx: Context) -> DataPaths:
+    """The synthetic corpus of ``ctx``'s config for a stage that needs it whatever the data
+    source (separator training): generated, when missing, under the lock of the plan's data
+    step, so that a concurrent ``run`` generating the same corpus is waited for, not raced."""
+    cfg = ctx.cfg
+    root = synthetic_root(cfg)
+    if (root / "manifest.json").is_file():
+        return synthetic_layout(cfg)
+    with ctx.hold("data", root.name):  # the data step's lock (plan._data_key)
+        return synthetic_paths(cfg, ctx.progress)
+
+
 def prepare_data(cfg: Config, progress: bool = True) -> DataPaths:
     """Where the datasets are; generates the synthetic corpus once when it is the source.
 
@@ -407,7 +419,8 @@ def trained_separator_dir(cfg: Config, paths: DataPaths, sep: SeparationConfig |
     s = to_dict(sep or cfg.separation)
     key = stable_hash(
         {k: v for k, v in s.items() if k.startswith("train_")}
-        | {"corpus": paths.corpus_version, "stems": str(paths.stems_root)}
+        # the corpus's identity, not its folder: a moved runs folder keeps its separator
+        | {"corpus": paths.corpus_version}
     )
     return cfg.cache_dir / "separators" / f"umx-{key}"
 
@@ -425,7 +438,7 @@ def train_separator_stage(ctx: Context, sep: SeparationConfig | None = None) -> 
 
     cfg, tracker = ctx.cfg, ctx.tracker
     sep = sep or cfg.separation
-    paths = ctx.once(("synthetic",), lambda: synthetic_paths(cfg, ctx.progress))
+    paths = ctx.once(("synthetic",), lambda: _synthetic_corpus(ctx))
     out = trained_separator_dir(cfg, paths, sep)
     key = f"train-separator:{out.name}"
     # Found or trained under its own lock: steps of several plans (separate, pretrain, quality)

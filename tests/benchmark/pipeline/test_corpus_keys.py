@@ -44,3 +44,10 @@ def test_synthetic_corpora_of_another_seed_or_size_share_no_key(tmp_path):
 def test_real_data_keys_carry_no_corpus_version(tmp_path):
     cfg = resolve("smoke", ["data.source=real", f"paths.runs_dir={tmp_path}"])
     assert stages.prepare_data(cfg, progress=False).corpus_version == ""
+
+
+def test_a_moved_runs_folder_keeps_every_key(tmp_path):
+    """Keys name content, not places: a runs folder moved or copied elsewhere (another disk,
+    a cluster's shared filesystem) finds its trained separator, stores and runs again."""
+    here, there = _keys(tmp_path / "a"), _keys(tmp_path / "elsewhere" / "b")
+    assert here == there

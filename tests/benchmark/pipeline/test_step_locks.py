@@ -155,3 +155,30 @@ def test_a_step_without_its_inputs_fails_and_is_recorded_as_before(env):
     with pytest.raises(StageError, match="no finished pre-training of cola seed 0"):
         plan.run_step(env.cfg, name, env)
     assert state.read_record(env.cfg, name)["status"] == "failed"
+
+
+def test_separator_training_generates_the_corpus_under_the_data_steps_lock(tmp_path, monkeypatch):
+    """Separator training needs the synthetic corpus whatever the data source; generating it
+    outside the data step's lock let a concurrent ``run`` generating the same corpus delete
+    the other's half-written folder. Now both take one lock, and a finished corpus none."""
+    from benchmark.config import resolve
+
+    cfg = resolve("smoke", [f"paths.runs_dir={tmp_path}"])
+    ctx = Context(cfg, None, progress=False)
+    kind, key = plan.step_key(ctx, "data")
+    lock = state.artefact_lock(cfg, kind, key, "probe")
+    held_while_generating = []
+
+    def generate(cfg, progress):
+        held_while_generating.append(lock.holder())
+        root = stages.synthetic_root(cfg)
+        root.mkdir(parents=True)
+        (root / "manifest.json").write_text("{}")
+        return stages.synthetic_layout(cfg)
+
+    monkeypatch.setattr(stages, "synthetic_paths", generate)
+    assert stages._synthetic_corpus(ctx) == stages.synthetic_layout(cfg)
+    assert held_while_generating and held_while_generating[0] is not None
+    assert lock.holder() is None  # let go once generated
+    stages._synthetic_corpus(ctx)  # a finished corpus: neither generated nor locked again
+    assert len(held_while_generating) == 1
