@@ -1,7 +1,7 @@
 """The whole ``smoke`` profile on every executor: the same leaderboard, and what Slurm costs.
 
-``make test-slow`` (``-m slow``), not ``make test``: the three runs take about an hour or more
-on the 2-core machine of the project (the Slurm run is 307 jobs on two one-CPU slots). The fast
+``make test-slow`` (``-m slow``), not ``make test``: the three runs take 44 min on the 2-core
+machine of the project (the Slurm run is 359 jobs on two one-CPU slots, 32 min). The fast
 ``tests/scaleout/test_plan_on_slurm.py`` checks the same on a reduced plan in CI.
 
 It runs ``run --profile smoke`` locally (SQLite stores), with ``--executor processes
