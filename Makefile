@@ -10,7 +10,7 @@ ARGS   ?=
 # Makefile's own become config overrides.
 OVERRIDES := $(filter-out PROFILE=% ARGS=% PYTHON=%,$(-*-command-variables-*-))
 
-.PHONY: install test test-slow benchmark bench lint clean tracking-server tracking-server-stop
+.PHONY: install test test-slow benchmark bench bench-gpu lint clean tracking-server tracking-server-stop
 
 # Recreate the install when pyproject.toml changes (the stamp is older than it).
 $(STAMP): pyproject.toml
@@ -47,6 +47,15 @@ tracking-server-stop: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmark.perf $(ARGS)
+
+# On a machine with a GPU (issue #16's figures, a few minutes on one H200-class GPU): `make
+# bench` on CUDA, then the `paper` encoder (full EfficientNet-B0, 128 pairs) timed over 300
+# pre-training steps, projected to its 10,000, and its channels-last and bf16 paths against
+# fp32 over 300 steps.
+bench-gpu: $(STAMP)
+	$(PY) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'bench-gpu: no CUDA device')"
+	$(PY) -m benchmark.perf --out runs/bench.json
+	$(PY) -m benchmark.perf --profile paper --only pretrain,precision --steps 300 --out runs/bench-paper.json
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check benchmark methods tasks reports tests

@@ -10,12 +10,18 @@ line per measurement; everything is also written to ``runs/bench.json``.
 - ``pretrain``: steady-state pairs/s of the full loop (DataLoader workers, pairing, loss,
   Adam) versus the encoder's own forward + backward + Adam on one batch already in memory
   (target ratio >= 0.9: the data path must be hidden), the data path alone, and peak memory;
+  Also steps/s and the projected time of the profile's whole pre-training run (one method,
+  one seed);
+- ``precision``: the loop's fast paths (channels-last, bfloat16 autocast) against plain fp32
+  training from the same weights on the same batches, within :data:`PRECISION_TOLERANCE`;
 - ``probe``: for one method on the smoke corpus, the time to embed each task, five probe
   seeds, and the speed-up versus re-running the frozen encoder every epoch (the original
   code's approach), projected from one measured epoch of that approach.
 
 ``--profile`` picks the encoder and batch size (default: the ``default`` profile);
-``--only pretrain,probe`` runs some sections.
+``--only pretrain,probe`` runs some sections; ``--steps N`` times N steps in ``pretrain`` and
+trains N in ``precision`` (default 30). On a GPU machine, ``make bench-gpu`` runs the
+``paper`` encoder (issue #16's figures).
 """
 
 from __future__ import annotations
@@ -129,7 +135,7 @@ def bench_separation(tmp: Path, profile: str, seconds: float = 12.0) -> dict:
     }
 
 
-def bench_pretrain(tmp: Path, profile: str, warmup: int = 10, steps: int = 30) -> dict:
+def bench_pretrain(tmp: Path, profile: str, steps: int = 30, warmup: int = 10) -> dict:
     """Steady-state throughput of the loop versus the encoder alone (after ``warmup`` steps).
 
     The loop reports pairs/s over windows of 10 steps (``benchmark.pretrain.loop``); the windows after
@@ -140,6 +146,7 @@ def bench_pretrain(tmp: Path, profile: str, warmup: int = 10, steps: int = 30) -
         batches,
         build_model,
         loss_fn,
+        num_updates,
         pretrain,
         pretrain_key,
         train_step,
@@ -150,6 +157,7 @@ def bench_pretrain(tmp: Path, profile: str, warmup: int = 10, steps: int = 30) -
     if warmup % 10 or steps % 10:
         raise ValueError("warmup and steps must be multiples of the loop's 10-step window")
     total = warmup + steps
+    run_updates = num_updates(resolve(profile).pretrain)  # the profile's own run length
     cfg = resolve(
         profile,
         [
@@ -214,9 +222,116 @@ def bench_pretrain(tmp: Path, profile: str, warmup: int = 10, steps: int = 30) -
         "full_loop_pairs_per_s": loop_rate,
         "loop_over_encoder_ratio": loop_rate / encoder_rate,
         "whole_run_incl_startup_pairs_per_s": total * bs / res.wall_s,
+        "steps_per_s": loop_rate / bs,
+        "profile_run_updates": run_updates,
+        # one method, one seed, at the full loop's steady rate (validation not included)
+        "projected_run_min": run_updates / (loop_rate / bs) / 60,
     }
     if device.type == "cuda":
         out["peak_cuda_allocated_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out
+
+
+# The fast paths against fp32, as fractions of the chance loss ln N (N pairs in a batch):
+# channels-last is fp32 in another memory order (reduction order only); bfloat16 keeps 8 bits
+# of mantissa (~0.4% per value), so one forward's loss moves by a few parts in a thousand of
+# ln N. "trajectory": the mean loss over the last 10 of the trained steps, where rounding
+# differences have compounded through the updates.
+PRECISION_TOLERANCE = {
+    # the control: fp32 again (0 on a CPU; on a GPU, its nondeterministic kernels' floor)
+    "fp32_again": {"first_step": 1e-4, "trajectory": 0.02},
+    "channels_last": {"first_step": 1e-4, "trajectory": 0.02},
+    "bf16": {"first_step": 0.01, "trajectory": 0.05},
+}
+
+
+def bench_precision(tmp: Path, profile: str, steps: int = 30, overrides=(), seed: int = 0) -> dict:
+    """The loop's fast paths against plain fp32 training: from the same initial weights, on
+    the same ``steps`` batches (drawn again for each path, a pure function of the step;
+    MSA's, the method with every pairing and the centroid loss),
+    the loop's :func:`~benchmark.pretrain.loop.train_step` with
+
+    - ``fp32``: contiguous tensors, no autocast (the reference), and ``fp32_again``, the
+      same once more (the control: how far two identical runs drift apart on this device);
+    - ``channels_last``: the loop's memory format on CUDA, fp32;
+    - ``bf16``: channels-last under bfloat16 autocast (the loop's CUDA path; on a CPU, CPU
+      autocast, another set of kernels).
+
+    For each path, the loss difference from fp32 at the first step (the same weights: the
+    forward's precision alone) and of the mean loss over the last 10 steps, as fractions of
+    ln N, and whether both lie within :data:`PRECISION_TOLERANCE`. Dropout and drop connect
+    draw the same masks in every path (the same seeded generator)."""
+    import math
+
+    from benchmark.io import seeded_torch
+    from benchmark.pretrain.loop import build_model, loss_fn, step_rng, train_step
+    from methods import METHODS
+    from tests.fixtures import make_corpus
+
+    if steps < 10:
+        raise ValueError("precision needs at least 10 steps (the trajectory's window)")
+    cfg = resolve(profile, list(overrides))
+    corpus = make_corpus(tmp / "corpus", num_clips=24)
+    method = METHODS["msa_multi"]
+    bs = cfg.pretrain.batch_size
+    device = pick_device()
+    compute = loss_fn(method)
+    chance = math.log(bs)
+    paths = {
+        "fp32": (torch.contiguous_format, False),
+        "fp32_again": (torch.contiguous_format, False),
+        "channels_last": (torch.channels_last, False),
+        "bf16": (torch.channels_last, True),
+    }
+    losses: dict[str, list[float]] = {}
+    for name, (memory_format, bf16) in paths.items():
+        model = build_model(cfg.encoder, seed, device).to(memory_format=memory_format)
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.pretrain.lr)
+        with seeded_torch(seed):
+            losses[name] = [
+                float(
+                    train_step(
+                        model,
+                        opt,
+                        compute,
+                        b.anchors.to(device),
+                        b.positives.to(device),
+                        b.silent.to(device),
+                        device,
+                        bf16=bf16,
+                    )[0].detach()
+                )
+                for b in (method.sample(corpus, bs, step_rng(seed, i)) for i in range(steps))
+            ]
+        del model, opt
+    ref = losses["fp32"]
+    return {
+        "profile": profile,
+        "device": device.type,
+        "batch_pairs": bs,
+        "steps": steps,
+        "chance_loss": chance,
+        "fp32_first_loss": ref[0],
+        "fp32_last10_loss": float(np.mean(ref[-10:])),
+    } | precision_verdict(losses, chance)
+
+
+def precision_verdict(losses: dict[str, list[float]], chance: float, tolerance=None) -> dict:
+    """Each fast path's losses (``losses[name]``, one per step) against ``losses["fp32"]``:
+    the first step's and the last 10 steps' mean difference as fractions of ``chance``, and
+    whether both lie within ``tolerance`` (default :data:`PRECISION_TOLERANCE`)."""
+    ref = losses["fp32"]
+    out = {}
+    for name, tol in (tolerance or PRECISION_TOLERANCE).items():
+        first = abs(losses[name][0] - ref[0]) / chance
+        trajectory = float(abs(np.mean(losses[name][-10:]) - np.mean(ref[-10:])) / chance)
+        out[name] = {
+            "first_step_diff": first,
+            "trajectory_diff": trajectory,
+            "tolerance_first_step": tol["first_step"],
+            "tolerance_trajectory": tol["trajectory"],
+            "within": bool(first <= tol["first_step"] and trajectory <= tol["trajectory"]),
+        }
     return out
 
 
@@ -343,17 +458,20 @@ SECTIONS = {
     "store": bench_store,
     "separation": bench_separation,
     "pretrain": bench_pretrain,
+    "precision": bench_precision,
     "probe": bench_probe,
 }
+STEPPED = ("pretrain", "precision")  # the sections that take ``--steps``
 
 
-def run_section(name: str, profile: str) -> dict:
+def run_section(name: str, profile: str, steps: int | None = None) -> dict:
     """One section in this (fresh) process; adds the process's peak resident memory.
 
     Forked DataLoader workers share the parent's pages, so their own peak is not added.
     """
+    kwargs = {"steps": steps} if steps is not None and name in STEPPED else {}
     with tempfile.TemporaryDirectory() as d:
-        result = SECTIONS[name](Path(d), profile)
+        result = SECTIONS[name](Path(d), profile, **kwargs)
     return result | {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -363,7 +481,10 @@ def _print(name: str, result: dict, prefix: str = "") -> None:
             _print(name, v, f"{prefix}{k}.")
             continue
         label = f"{prefix}{k}"
-        text = f"{v:12.2f}" if isinstance(v, float) else f"{v!s:>12}"
+        if isinstance(v, float):  # small figures (differences, tolerances) keep 3 digits
+            text = f"{v:12.2f}" if v == 0 or abs(v) >= 0.1 else f"{v:12.3g}"
+        else:
+            text = f"{v!s:>12}"
         print(f"{name:11s} {label:44s} {text}", flush=True)
 
 
@@ -372,10 +493,11 @@ def main(argv=None) -> int:
     parser.add_argument("--profile", default="default", help="profile whose encoder/batch to time")
     parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
     parser.add_argument("--out", default="runs/bench.json")
+    parser.add_argument("--steps", type=int, help="steps timed in pretrain, trained in precision")
     parser.add_argument("--section", help=argparse.SUPPRESS)  # internal: one section, JSON out
     args = parser.parse_args(argv)
     if args.section:
-        print(json.dumps(run_section(args.section, args.profile)))
+        print(json.dumps(run_section(args.section, args.profile, args.steps)))
         return 0
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = sorted(set(names) - set(SECTIONS))
@@ -383,8 +505,10 @@ def main(argv=None) -> int:
         parser.error(f"unknown sections {unknown} (known: {', '.join(SECTIONS)})")
     results: dict = {"device": pick_device().type}
     for name in names:
+        steps = ["--steps", str(args.steps)] if args.steps is not None else []
         proc = subprocess.run(
-            [sys.executable, "-m", "benchmark.perf", "--section", name, "--profile", args.profile],
+            [sys.executable, "-m", "benchmark.perf", "--section", name, "--profile", args.profile]
+            + steps,
             stdout=subprocess.PIPE,
             check=True,
             text=True,

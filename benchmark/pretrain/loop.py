@@ -174,17 +174,19 @@ def _new_model(enc: EncoderConfig, device) -> ContrastiveModel:
     return model
 
 
-def _autocast(device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
+def _autocast(device, bf16: bool | None = None):
+    """bfloat16 autocast where the loop uses it (``bf16=None``: on CUDA), or as asked."""
+    on = device.type == "cuda" if bf16 is None else bf16
+    return torch.autocast(device.type if on else "cpu", dtype=torch.bfloat16, enabled=on)
 
 
-def train_step(model, opt, compute_loss, anchors, positives, silent, device):
+def train_step(model, opt, compute_loss, anchors, positives, silent, device, bf16=None):
     """One optimiser update on a batch already on ``device``; returns (loss, accuracy).
 
-    The loop's step, also timed alone by ``make bench`` (the encoder's own throughput)."""
-    with _autocast(device):
+    The loop's step, also timed alone by ``make bench`` (the encoder's own throughput) and run
+    with and without bfloat16 autocast (``bf16``; None: the loop's choice) by its precision
+    check."""
+    with _autocast(device, bf16):
         za, zp = model(anchors, positives)
     loss, acc = compute_loss(za.float(), zp.float(), silent, model.similarity)
     opt.zero_grad(set_to_none=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 
 from benchmark import perf
@@ -24,11 +25,44 @@ def test_pretrain_section_compares_the_loop_with_the_encoder(tmp_path):
         r["full_loop_pairs_per_s"] / r["encoder_only_pairs_per_s"]
     )
     assert r["batch_pairs"] == 8  # the smoke profile's batch
+    assert r["profile_run_updates"] == resolve("smoke").pretrain.steps
+    assert r["steps_per_s"] == pytest.approx(r["full_loop_pairs_per_s"] / r["batch_pairs"])
+    assert r["projected_run_min"] == pytest.approx(r["profile_run_updates"] / r["steps_per_s"] / 60)
 
 
 def test_pretrain_section_needs_whole_metric_windows(tmp_path):
     with pytest.raises(ValueError, match="multiples"):
         perf.bench_pretrain(tmp_path, "smoke", warmup=5, steps=10)
+
+
+def test_precision_section_compares_the_fast_paths_with_fp32(tmp_path):
+    """The bf16 path really runs in reduced precision (its loss differs from fp32's, by more
+    than channels-last's reordering does) and stays within the stated tolerance; fp32 run
+    twice gives the same losses."""
+    from tests.fixtures import TINY_PRETRAIN
+
+    r = perf.bench_precision(tmp_path, "smoke", steps=10, overrides=TINY_PRETRAIN)
+    assert r["chance_loss"] == pytest.approx(math.log(4)) and r["steps"] == 10
+    bf16, cl = r["bf16"], r["channels_last"]
+    assert bf16["first_step_diff"] > cl["first_step_diff"] and bf16["first_step_diff"] > 0
+    assert bf16["within"] and cl["within"]
+    again = r["fp32_again"]  # the control: the same fp32 run twice is the same on a CPU
+    assert again["first_step_diff"] == again["trajectory_diff"] == 0 and again["within"]
+
+
+def test_precision_verdict_against_a_hand_computation():
+    steps = np.arange(12.0)
+    losses = {"fp32": list(3 - 0.1 * steps), "channels_last": list(3 - 0.1 * steps)}
+    losses["bf16"] = [3.01, *(3 - 0.1 * steps[1:] + 0.05)]
+    tolerance = {"channels_last": {"first_step": 0.0, "trajectory": 0.0}}
+    tolerance["bf16"] = {"first_step": 0.01, "trajectory": 0.05}
+    v = perf.precision_verdict(losses, chance=2.0, tolerance=tolerance)
+    assert v["channels_last"]["first_step_diff"] == 0 and v["channels_last"]["within"]
+    assert v["bf16"]["first_step_diff"] == pytest.approx(0.005)
+    assert v["bf16"]["trajectory_diff"] == pytest.approx(0.025)  # the last 10 steps: +0.05 / 2
+    assert v["bf16"]["within"]
+    tolerance["bf16"]["trajectory"] = 0.02
+    assert not perf.precision_verdict(losses, 2.0, tolerance)["bf16"]["within"]
 
 
 def test_probe_section_reports_every_task(tmp_path):
